@@ -1,0 +1,134 @@
+"""The `kondense` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import KondenseError
+
+
+def _profile(args: argparse.Namespace) -> None:
+    from . import data, profile, report, zoo
+    from .device import resolve
+    from .zoo import weights
+
+    bundle = None
+    input_shape = data.parse_input_shape(args.input_shape) if args.input_shape else None
+    if args.data:
+        bundle = data.load(args.data, input_shape=input_shape, test_samples=args.test_samples)
+        input_shape = input_shape or bundle.input_shape
+        if args.num_classes is not None and args.num_classes != bundle.num_classes:
+            raise KondenseError(f"--num-classes {args.num_classes} does not match the {bundle.num_classes} classes of '{args.data}'")
+    if input_shape is None:
+        raise KondenseError("give --input-shape C,H,W (or --data, to take it from the data set)")
+    num_classes = args.num_classes or (bundle.num_classes if bundle else None)
+    if num_classes is None:
+        raise KondenseError("give --num-classes N (or --data, to take it from the data set)")
+    model = zoo.build(args.arch, num_classes, input_shape[0])
+    if args.weights:
+        weights.load_into(model, args.weights, args.arch, num_classes, input_shape[0])
+    model = model.to(resolve(args.device))
+    loader = bundle.loaders()[2] if bundle else None
+    metrics = profile.profile(model, input_shape, loader)
+    if args.json:
+        print(json.dumps(metrics.to_dict()))
+    else:
+        report.print_table(report.metrics_table({args.arch: metrics}, title=f"{args.arch}, input {input_shape}, {num_classes} classes"))
+
+
+def _zoo_list(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from . import report, zoo
+    from .zoo import weights
+
+    cached = sorted((weights.home() / "zoo").glob("*.pt")) if (weights.home() / "zoo").exists() else []
+    metas = [weights.read_meta(p) or {} for p in cached]
+    if args.json:
+        print(json.dumps({"archs": zoo.list_archs(), "trained": [dict(m, path=str(p)) for p, m in zip(cached, metas)]}))
+        return
+    table = Table(title=f"kondense zoo (weights under {weights.home() / 'zoo'})")
+    for col in ("arch", "trained weights (dataset: test acc, epochs)"):
+        table.add_column(col)
+    for arch in zoo.list_archs():
+        trained = [f"{m.get('dataset')}: {m.get('test_accuracy')}%, {m.get('epochs')} ep" for m in metas if m.get("arch") == arch]
+        table.add_row(arch, "; ".join(trained) or "-")
+    report.print_table(table)
+
+
+def _zoo_train(args: argparse.Namespace) -> None:
+    from .zoo import build
+    from .zoo.training import train_zoo
+
+    build(args.arch)  # an unknown arch fails here, before any data is read
+    result = train_zoo(args.arch, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       device=args.device, precision=args.precision, train_samples=args.train_samples,
+                       val_samples=args.val_samples, test_samples=args.test_samples, out=args.out)
+    if args.json:
+        print(json.dumps({"path": str(result.path), "arch": result.arch, "dataset": result.dataset, "epochs": result.epochs,
+                          "testAccuracy": result.test_accuracy, "wallSeconds": result.wall_seconds}))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kondense", description="Compress trained PyTorch models within an accuracy budget.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("profile", help="the six metrics of a zoo model")
+    p.add_argument("--arch", required=True, help="zoo architecture (see 'kondense zoo list')")
+    p.add_argument("--num-classes", type=_positive, help="output classes (default: from --data)")
+    p.add_argument("--input-shape", help="C,H,W of one input (default: from --data)")
+    p.add_argument("--weights", help="a weights file (state dict), loaded with weights_only=True")
+    p.add_argument("--data", help="data set name or path; test accuracy is measured on its test split")
+    p.add_argument("--test-samples", type=_positive, help="measure accuracy on the first N test samples only")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=_profile)
+
+    z = sub.add_parser("zoo", help="the model zoo").add_subparsers(dest="zoo_command", required=True)
+    zl = z.add_parser("list", help="architectures and cached trained weights")
+    zl.add_argument("--json", action="store_true")
+    zl.set_defaults(func=_zoo_list)
+    zt = z.add_parser("train", help="train an architecture on a data set and cache its weights")
+    zt.add_argument("arch")
+    zt.add_argument("--dataset", required=True, help="data set name (fashion-mnist) or path")
+    zt.add_argument("--epochs", type=_positive, default=3)
+    zt.add_argument("--batch-size", type=_positive, default=128)
+    zt.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    zt.add_argument("--seed", type=int, default=0)
+    zt.add_argument("--train-samples", type=_positive, help="train on the first N samples of the train split only")
+    zt.add_argument("--val-samples", type=_positive, help="validate on the first N samples of the validation split only")
+    zt.add_argument("--test-samples", type=_positive, help="report accuracy on the first N test samples only")
+    zt.add_argument("--out", help="write the weights here instead of the zoo cache ($KONDENSE_HOME/zoo)")
+    zt.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    zt.add_argument("--precision", default="auto", help="fp32, bf16 or auto (bf16 where the hardware has it)")
+    zt.add_argument("--json", action="store_true")
+    zt.set_defaults(func=_zoo_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KondenseError as e:
+        print(f"kondense: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kondense: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

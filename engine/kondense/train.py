@@ -1,0 +1,95 @@
+"""Training loops shared by the zoo and the compression stages."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .device import autocast
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def augment(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Random shifts of up to `pad` pixels and random horizontal flips, per sample, on a batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (n,))
+    dx = torch.randint(0, 2 * pad + 1, (n,))
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
+    out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1),
+                 rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    flip = (torch.rand(n, device=x.device) < 0.5).view(n, 1, 1, 1)
+    return torch.where(flip, out.flip(3), out)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    precision: str = "fp32",
+    use_augment: bool = False,
+    description: str = "train",
+) -> float:
+    """One pass over `loader`; returns the mean loss. Shows a progress bar with ETA."""
+    model.train()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    # off when stderr is not a terminal (logs, pods): callers print a line per epoch with an ETA instead
+    bar = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=None)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if use_augment:
+            x = augment(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, samples: int = 1024) -> None:
+    """Re-estimate every BatchNorm's running statistics from `samples` training samples.
+
+    Running averages lag behind weights that moved fast (short schedules, or a layer just
+    pruned or factorised), and eval-mode accuracy collapses although the weights are good;
+    a fresh cumulative estimate fixes it.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    device = next(model.parameters()).device
+    model.train()
+    seen = 0
+    try:
+        for x, _ in loader:
+            model(x.to(device).contiguous(memory_format=torch.channels_last))
+            seen += len(x)
+            if seen >= samples:
+                break
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)

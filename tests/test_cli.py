@@ -1,0 +1,98 @@
+"""The `kondense` command, run as a separate process the way a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kondense import zoo
+from kondense.profile import METRIC_KEYS
+from kondense.zoo import weights
+
+from .conftest import run_cli
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kondense: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_profile_json_reference_resnet18() -> None:
+    result = run_cli("profile", "--arch", "resnet18", "--num-classes", "100", "--input-shape", "3,32,32", "--json", check=True)
+    metrics = json.loads(result.stdout)
+    assert tuple(metrics) == METRIC_KEYS
+    assert metrics["accuracy"] is None
+    assert metrics["paramsM"] == pytest.approx(11.2201, rel=1e-3)
+    assert metrics["macsG"] == pytest.approx(0.5567, rel=0.02)
+    assert metrics["sizeMB"] == pytest.approx(42.8014, rel=1e-3)
+    assert metrics["memoryMB"] > metrics["sizeMB"] and metrics["latencyMs"] > 0
+
+
+def test_profile_table_with_data_and_weights(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    weights.save(path, zoo.build("mobilenet_v1", 10, 1), "mobilenet_v1", 10, 1, {})
+    result = run_cli("profile", "--arch", "mobilenet_v1", "--weights", str(path), "--data", "fashion-mnist", "--test-samples", "200", check=True)
+    for label in ("Accuracy (%)", "Size (MB)", "MACs (G)", "Params (M)", "Memory (MB)", "Latency (ms)"):
+        assert label in result.stdout
+    result = run_cli("profile", "--arch", "mobilenet_v1", "--data", "fashion-mnist", "--test-samples", "200", "--json", check=True)
+    assert 0 <= json.loads(result.stdout)["accuracy"] <= 100
+
+
+def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
+    assert_user_error(run_cli("profile", "--arch", "resnet18", "--num-classes", "10", "--input-shape", "3x32"),
+                      "malformed input shape", "C,H,W")
+    assert_user_error(run_cli("profile", "--arch", "resnet19", "--num-classes", "10", "--input-shape", "3,32,32"),
+                      "unknown architecture 'resnet19'", "resnet18, resnet50, vgg19")
+    path = tmp_path / "w.pt"
+    weights.save(path, zoo.build("mobilenet_v1", 100, 3), "mobilenet_v1", 100, 3, {})
+    assert_user_error(run_cli("profile", "--arch", "mobilenet_v1", "--num-classes", "10", "--input-shape", "3,32,32", "--weights", str(path)),
+                      "100 classes")
+    assert_user_error(run_cli("profile", "--arch", "resnet18", "--data", str(tmp_path / "nowhere")), "nowhere")
+    assert_user_error(run_cli("zoo", "train", "resnet19", "--dataset", "fashion-mnist"), "unknown architecture")
+
+
+def test_zoo_train_resumes_after_kill(tmp_path: Path, kondense_home: Path) -> None:
+    out = tmp_path / "m.pt"
+    args = ["zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "4", "--train-samples", "512",
+            "--val-samples", "64", "--test-samples", "64", "--batch-size", "64", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "kondense.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = out.with_suffix(".ckpt")
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate()
+    assert checkpoint.exists() and not out.exists(), "the run should have been killed after its first checkpoint"
+    killed_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= killed_at < 4
+
+    result = run_cli(*args, check=True)
+    assert f"resuming mobilenet_v1 on fashion-mnist from epoch {killed_at}/4" in result.stdout
+    assert f"epoch {killed_at}/4:" not in result.stdout  # finished epochs are not trained again
+    assert "epoch 4/4:" in result.stdout
+    assert out.exists() and not checkpoint.exists()
+    meta = weights.read_meta(out)
+    assert meta["epochs"] == 4 and meta["train_samples"] == 512
+    weights.load_into(zoo.build("mobilenet_v1", 10, 1), out, "mobilenet_v1", 10, 1)
+
+
+def test_zoo_train_learns_and_lists(kondense_home: Path) -> None:
+    result = run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "2", "--train-samples", "1536",
+                     "--val-samples", "256", "--test-samples", "500", "--json", check=True)
+    trained = json.loads(result.stdout.strip().splitlines()[-1])
+    assert trained["testAccuracy"] > 45, result.stdout  # 10 classes: chance is 10%
+    path = Path(trained["path"])
+    assert path.parent == kondense_home / "zoo" and "subset1536" in path.name
+    listing = json.loads(run_cli("zoo", "list", "--json", check=True).stdout)
+    assert listing["archs"] == zoo.list_archs()
+    assert [t["arch"] for t in listing["trained"]] == ["mobilenet_v1"]
+    assert "mobilenet_v1" in run_cli("zoo", "list", check=True).stdout
