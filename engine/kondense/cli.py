@@ -70,6 +70,26 @@ def _zoo_train(args: argparse.Namespace) -> None:
                           "testAccuracy": result.test_accuracy, "wallSeconds": result.wall_seconds}))
 
 
+def _compress(args: argparse.Namespace) -> None:
+    from . import report
+    from .api import compress
+    from .context import Budget
+
+    budget = Budget(**{k: v for k, v in {
+        "stage1_epochs": args.stage1_epochs, "step_epochs": args.step_epochs, "max_steps": args.max_steps,
+        "scan_samples": args.scan_samples, "ratios": tuple(args.ratios) if args.ratios else None,
+    }.items() if v is not None})
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    result = compress(args.model, args.data, delta=args.delta, stage=args.stage, out=args.out, arch=args.arch,
+                      objective=args.objective, device=args.device, budget=budget, train_samples=args.train_samples,
+                      val_samples=args.val_samples, test_samples=args.test_samples, seed=args.seed, log=log)
+    if args.json:
+        print(json.dumps(result.report))
+    else:
+        report.print_table(report.report_table(result.report))
+        print(f"outputs in {result.out}: " + ", ".join(sorted(p.name for p in result.out.iterdir() if p.is_file())))
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -94,6 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_profile)
+
+    c = sub.add_parser("compress", help="compress a model within an accuracy budget")
+    c.add_argument("--model", required=True, help="zoo:ARCH (the zoo's trained weights for --data) or a weights file")
+    c.add_argument("--arch", help="the architecture of a plain state-dict file")
+    c.add_argument("--data", required=True, help="data set name (fashion-mnist) or path (ImageFolder directory, .npz)")
+    c.add_argument("--delta", type=float, required=True, help="allowed top-1 accuracy drop, percentage points")
+    c.add_argument("--stage", type=int, default=2, choices=[1, 2], help="1: exploration; 2: exploration then annealing")
+    c.add_argument("--out", required=True, help="output directory; running again with it resumes a killed run")
+    c.add_argument("--objective", default="params", choices=["params", "macs"], help="what to minimise")
+    c.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--train-samples", type=_positive, help="fine-tune on the first N training samples only")
+    c.add_argument("--val-samples", type=_positive, help="decide on the first N validation samples only")
+    c.add_argument("--test-samples", type=_positive, help="report on the first N test samples only")
+    c.add_argument("--stage1-epochs", type=float, help="fine-tuning epochs of stage 1 (default 2)")
+    c.add_argument("--step-epochs", type=float, help="fine-tuning epochs per annealing step (default 1)")
+    c.add_argument("--max-steps", type=_positive, help="annealing steps at most (default 8)")
+    c.add_argument("--scan-samples", type=_positive, help="validation samples of the sensitivity scan (default 2000)")
+    c.add_argument("--ratios", type=float, nargs="+", help="layer sizes tried in the stage 1 scan (default 0.75 0.5 0.25 0.125)")
+    c.add_argument("--json", action="store_true", help="print report.json instead of the table (progress goes to stderr)")
+    c.set_defaults(func=_compress)
 
     z = sub.add_parser("zoo", help="the model zoo").add_subparsers(dest="zoo_command", required=True)
     zl = z.add_parser("list", help="architectures and cached trained weights")

@@ -38,3 +38,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def batch_to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move an input batch; images go channels-last, which oneDNN and cuDNN convolutions run fastest."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x

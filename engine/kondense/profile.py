@@ -20,6 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import batch_to
+
 MB = 2**20
 METRIC_KEYS = ("accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs")
 
@@ -140,7 +142,7 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
     correct = total = 0
     try:
         for x, y in loader:
-            pred = model(x.to(device)).argmax(dim=1)
+            pred = model(batch_to(x, device)).argmax(dim=1)
             correct += (pred.cpu() == y).sum().item()
             total += len(y)
     finally:

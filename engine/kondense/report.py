@@ -33,3 +33,88 @@ def metrics_table(columns: dict[str, Metrics], title: str | None = None) -> Tabl
 
 def print_table(table: Table) -> None:
     Console().print(table)
+
+
+ENHANCED = {"size": "sizeMB", "macs": "macsG", "params": "paramsM", "memory": "memoryMB", "latency": "latencyMs"}
+COLUMNS = {"original": "Original", "stage1": "Stage 1", "stage2": "Stage 2"}
+
+
+def enhancement(original: Metrics, final: Metrics) -> dict:
+    """original / compressed for the five costs; the accuracy drop as a signed difference in points."""
+    out = {"accuracyDrop": (original.accuracy or 0) - (final.accuracy or 0)}
+    for key, metric in ENHANCED.items():
+        before, after = getattr(original, metric), getattr(final, metric)
+        out[key] = before / after if after else None
+    return out
+
+
+def build_report(metrics: dict[str, Metrics], **extra) -> dict:
+    final = metrics.get("stage2") or metrics["stage1"]
+    return {**{k: m.to_dict() for k, m in metrics.items()}, "enhancement": enhancement(metrics["original"], final), **extra}
+
+
+def _rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the report table: one row per metric, a column per stage, then Enhance."""
+    stages = [k for k in COLUMNS if k in report]
+    enh = report["enhancement"]
+    rows = []
+    for key, label in LABELS.items():
+        if key == "accuracy":
+            ratio = f"{-enh['accuracyDrop']:+.2f}"
+        else:
+            name = next(n for n, m in ENHANCED.items() if m == key)
+            ratio = f"{enh[name]:.2f}x" if enh[name] else "n/a"
+        rows.append([label, *(_fmt(report[k][key]) for k in stages), ratio])
+    return ["Metric", *(COLUMNS[k] for k in stages), "Enhance"], rows
+
+
+def _summary(report: dict) -> str:
+    return (f"delta {report.get('delta')} points, stage {report.get('stage')}, objective {report.get('objective')}, "
+            f"{report.get('trainingSamples', 0):,} training samples processed, {report.get('seconds', 0):.0f} s")
+
+
+def report_table(report: dict) -> Table:
+    header, rows = _rows(report)
+    table = Table(title=f"kondense: {_summary(report)}")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def write_markdown(report: dict, path) -> None:
+    from .files import atomic_write
+
+    header, rows = _rows(report)
+    lines = ["# kondense report", "", _summary(report), "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+def plot_annealing(history: list[dict], original: Metrics, path) -> None:
+    """Validation accuracy against size along the annealing path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    kept = [h for h in history if h["accepted"]]
+    ax.plot([h["sizeMB"] for h in kept], [h["valAccuracy"] for h in kept], "o-", label="kept")
+    rejected = [h for h in history if not h["accepted"]]
+    if rejected:
+        ax.plot([h["sizeMB"] for h in rejected], [h["valAccuracy"] for h in rejected], "x", color="tab:red", label="rejected")
+    for h in history:
+        ax.annotate(h["label"], (h["sizeMB"], h["valAccuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (MB, log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"annealing path (original: {original.sizeMB:.2f} MB)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

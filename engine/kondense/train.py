@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .device import autocast
+from .device import autocast, batch_to
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,10 +46,9 @@ def train_epoch(
     # off when stderr is not a terminal (logs, pods): callers print a line per epoch with an ETA instead
     bar = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=None)
     for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = batch_to(x, device), y.to(device, non_blocking=True)
         if use_augment:
-            x = augment(x)
-        x = x.contiguous(memory_format=torch.channels_last)
+            x = batch_to(augment(x), device)
         with autocast(device, precision):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -85,7 +84,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, samples: int = 1
     seen = 0
     try:
         for x, _ in loader:
-            model(x.to(device).contiguous(memory_format=torch.channels_last))
+            model(batch_to(x, device))
             seen += len(x)
             if seen >= samples:
                 break

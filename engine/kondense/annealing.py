@@ -1,0 +1,70 @@
+"""Stage 2, annealing: from stage 1, compress further in steps until the budget is spent.
+
+Each step rescans the current model at one ratio, takes the layers with the most saving
+per point of accuracy until the step's allowance of predicted drop is used, fine-tunes,
+and keeps the result only if validation accuracy stays above the floor. A rejected step
+halves the allowance (the temperature falls); `patience` rejections in a row end the stage.
+"""
+from __future__ import annotations
+
+import time
+
+from .conductor import greedy_step, scan
+from .context import Context
+from .exploration import StageResult
+from .plan import applied
+from .profile import size_mb
+
+
+def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
+    run, budget = ctx.run, ctx.budget
+    state = run.state.get("stage2")
+    if state is None:
+        state = {"step": 0, "drop": budget.step_drop * ctx.delta, "rejects": 0, "done": False, "checkpoint": None,
+                 "valAccuracy": start.val_accuracy,
+                 "history": [_point(ctx, "stage 1", start.model, start.val_accuracy, True)]}
+        run.state["stage2"] = state
+    if state["checkpoint"]:
+        model, steps = run.load_model(state["checkpoint"], ctx.original, ctx.example)
+        ctx.log(f"stage 2: resumed after step {state['step']} ({len(steps)} steps, val acc {state['valAccuracy']:.2f}%)")
+        current = StageResult(model, steps, state["valAccuracy"])
+    else:
+        current = start
+
+    began, first = time.perf_counter(), state["step"]
+    while not state["done"] and state["step"] < budget.max_steps:
+        k = state["step"] + 1
+        ctx.log(f"stage 2, step {k}/{budget.max_steps}: rescan at ratio {budget.anneal_ratio}, allowance {state['drop']:.2f} points")
+        options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected, ctx.log)
+        base = ctx.judge.scan_accuracy(applied(current.model, [], ctx.example))
+        steps = greedy_step(options, base, state["drop"])
+        if not steps:
+            ctx.log(f"stage 2, step {k}: no layer can shrink within the allowance; done")
+            state["done"] = True
+            break
+        model = applied(current.model, steps, ctx.example)
+        ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.step_epochs, seed=ctx.seed + k, description=f"stage 2 step {k}"))
+        val = ctx.judge.val_accuracy(model)
+        accepted = val >= ctx.accept_floor
+        state["history"].append(_point(ctx, f"step {k}", model, val, accepted))
+        if accepted:
+            current = StageResult(model, current.steps + steps, val)
+            state.update(checkpoint=run.save_model(f"stage2_step{k}", model, current.steps), valAccuracy=val, rejects=0)
+        else:
+            state["rejects"] += 1
+            state["drop"] /= 2
+            state["done"] = state["rejects"] >= budget.patience
+        state["step"] = k
+        run.save()
+        per_step = (time.perf_counter() - began) / (k - first)
+        ctx.log(f"stage 2, step {k}: {len(steps)} layers shrunk, val acc {val:.2f}% (floor {ctx.accept_floor:.2f}%) -> "
+                f"{'kept' if accepted else 'rejected'}; size {size_mb(current.model):.3f} MB "
+                f"({size_mb(ctx.original) / size_mb(current.model):.1f}x smaller); "
+                f"ETA at most {per_step * (budget.max_steps - k):.0f}s")
+    state["done"] = True
+    run.save()
+    return current, state["history"]
+
+
+def _point(ctx: Context, label: str, model, val: float, accepted: bool) -> dict:
+    return {"label": label, "valAccuracy": val, "sizeMB": size_mb(model), "accepted": accepted}

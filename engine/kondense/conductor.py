@@ -1,0 +1,189 @@
+"""The conductor: measures how each layer reacts to each transformation, and composes plans.
+
+Sensitivity is the accuracy on a fixed validation subset after compressing one layer
+alone and re-estimating BatchNorm statistics (without it every layer looks worse than it
+is). Plans are chosen with the budget, as AIMET's greedy ratio selection does: one
+accuracy threshold across all layers' curves, searched so that the composed model stays
+above a floor.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import transforms
+from .plan import Step, applied
+from .device import autocast
+from .profile import accuracy, macs_g, params_m
+from .train import recalibrate_batchnorm
+
+EvalFn = Callable[[nn.Module, DataLoader], float]
+OBJECTIVES = ("params", "macs")
+
+
+@dataclass
+class Judge:
+    """Accuracy as every decision sees it: BatchNorm re-estimated on training samples, then
+    the user's evaluation function (top-1 by default) on validation data, never on test."""
+
+    recal: DataLoader
+    scan: DataLoader
+    val: DataLoader
+    eval_fn: EvalFn = accuracy
+    recal_samples: int = 512
+    scan_precision: str = "fp32"
+
+    def scan_accuracy(self, model: nn.Module) -> float:
+        """Only compared with other scan accuracies, so it may run in bf16 where that is native."""
+        recalibrate_batchnorm(model, self.recal, self.recal_samples)
+        with autocast(next(model.parameters()).device, self.scan_precision):
+            return self.eval_fn(model, self.scan)
+
+    def val_accuracy(self, model: nn.Module) -> float:
+        recalibrate_batchnorm(model, self.recal, self.recal_samples)
+        return self.eval_fn(model, self.val)
+
+
+def cost(model: nn.Module, objective: str, input_shape: tuple[int, ...]) -> float:
+    """What the plan minimises: trainable parameters (millions) or MACs (billions)."""
+    return params_m(model) if objective == "params" else macs_g(model, input_shape)
+
+
+@dataclass
+class Option:
+    """One layer compressed alone by one transform at one ratio, and what came of it."""
+
+    layer: str
+    transform: str
+    ratio: float
+    accuracy: float
+    saving: float          # objective units saved in the whole model
+    coupled: list[str]     # layers whose output channels changed with it (pruning groups)
+
+    def step(self) -> Step:
+        return Step(self.layer, self.transform, self.ratio)
+
+
+def _out_dims(model: nn.Module) -> dict[str, int]:
+    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def scan(
+    model: nn.Module,
+    judge: Judge,
+    example: torch.Tensor,
+    ratios: tuple[float, ...],
+    objective: str,
+    protected: set[str],
+    log: Callable[[str], None] = print,
+) -> list[Option]:
+    """Every candidate (layer, transform, ratio), each applied alone to a copy of `model`."""
+    input_shape = tuple(example.shape[1:])
+    base_cost = cost(model, objective, input_shape)
+    base_dims = _out_dims(model)
+    layers = transforms.optimizable_layers(model)
+    jobs = [(layer, t) for layer in layers for t in transforms.candidates(model, layer, protected)]
+    options: list[Option] = []
+    began = time.perf_counter()
+    for i, (layer, transform) in enumerate(jobs):
+        for ratio in ratios:
+            trial = applied(model, [Step(layer, transform, ratio)], example)
+            dims = _out_dims(trial)
+            coupled = [n for n, d in base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
+            options.append(Option(layer, transform, ratio, judge.scan_accuracy(trial), base_cost - cost(trial, objective, input_shape), coupled))
+        done = i + 1
+        eta = (time.perf_counter() - began) / done * (len(jobs) - done)
+        if done == len(jobs) or done % max(1, len(jobs) // 10) == 0:
+            log(f"  sensitivity scan {done}/{len(jobs)} (layer, transform) pairs, ETA {eta:.0f}s")
+    return options
+
+
+def choose(options: list[Option], threshold: float) -> list[Step]:
+    """For every layer, its most saving option whose accuracy stays at or above `threshold`.
+
+    A pruning group is pruned once: when several of its layers qualify, the most saving
+    one wins and the others fall back to their best low-rank option. Prunings come first
+    (they change neighbouring shapes), factorisations after.
+    """
+    by_layer: dict[str, list[Option]] = {}
+    for o in options:
+        if o.accuracy >= threshold and o.saving > 0:
+            by_layer.setdefault(o.layer, []).append(o)
+    best = sorted((max(opts, key=lambda o: o.saving) for opts in by_layer.values()), key=lambda o: -o.saving)
+    pruned: set[str] = set()
+    picks: list[Option] = []
+    for o in best:
+        if o.transform == "prune":
+            group = set(o.coupled) | {o.layer}
+            if not group & pruned:
+                pruned |= group
+                picks.append(o)
+                continue
+            lowrank = [x for x in by_layer[o.layer] if x.transform == "lowrank"]
+            if lowrank:
+                picks.append(max(lowrank, key=lambda x: x.saving))
+        else:
+            picks.append(o)
+    order = {o.layer: i for i, o in enumerate(options)}
+    picks.sort(key=lambda o: (o.transform != "prune", order[o.layer]))
+    return [o.step() for o in picks]
+
+
+def search(model: nn.Module, options: list[Option], judge: Judge, example: torch.Tensor, floor: float,
+           log: Callable[[str], None] = print) -> tuple[list[Step], float]:
+    """The lowest threshold (most compression) whose composed model keeps scan accuracy >= floor.
+
+    Binary search over the measured accuracies, assuming that a lower threshold never
+    compresses less; each probe composes and evaluates the whole model once.
+    """
+    thresholds = sorted({o.accuracy for o in options}, reverse=True)  # strictest first
+    best: tuple[list[Step], float] = ([], judge.scan_accuracy(applied(model, [], example)))
+    lo, hi = 0, len(thresholds) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        steps = choose(options, thresholds[mid])
+        acc = judge.scan_accuracy(applied(model, steps, example)) if steps else best[1]
+        log(f"  plan search: threshold {thresholds[mid]:.2f}% -> {len(steps)} layers compressed, scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
+        if acc >= floor:
+            best = (steps, acc)  # the lowest threshold that passed so far: the most compression
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float) -> list[Step]:
+    """An annealing step: the options with the most saving per point of accuracy lost, until
+    their summed (predicted) drops would pass `drop_budget`."""
+    ranked = sorted((o for o in options if o.saving > 0),
+                    key=lambda o: -o.saving / max(base_accuracy - o.accuracy, 0.05))
+    picks, spent, pruned, used = [], 0.0, set(), set()
+    for o in ranked:
+        drop = max(base_accuracy - o.accuracy, 0.0)
+        group = set(o.coupled) | {o.layer}
+        if o.layer in used or (o.transform == "prune" and group & pruned):
+            continue
+        if spent + drop > drop_budget:
+            continue
+        picks.append(o)
+        spent += drop
+        used.add(o.layer)
+        if o.transform == "prune":
+            pruned |= group
+    order = {o.layer: i for i, o in enumerate(options)}
+    picks.sort(key=lambda o: (o.transform != "prune", order[o.layer]))
+    return [o.step() for o in picks]
+
+
+def options_to_json(options: list[Option]) -> list[dict]:
+    return [asdict(o) for o in options]
+
+
+def options_from_json(items: list[dict]) -> list[Option]:
+    return [Option(**o) for o in items]

@@ -1,0 +1,80 @@
+"""What every stage of a compression run shares: the original, the data, the budget, the judge."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .conductor import Judge
+from .distill import FineTune, WithTeacher
+from .runstate import RunDir
+
+
+@dataclass
+class Budget:
+    """How much work a run may do. Defaults suit a real network on a real data set; tests shrink them.
+
+    ratios          sizes tried per layer in the stage 1 sensitivity scan (fraction of the layer kept)
+    stage1_drop     scan-accuracy drop allowed before stage 1 fine-tuning, in units of delta
+    stage1_epochs   fine-tuning epochs of stage 1
+    anneal_ratio    how much a layer shrinks in one annealing step
+    step_drop       predicted scan-accuracy drop allowed per annealing step, in units of delta
+    step_epochs     fine-tuning epochs after each annealing step
+    max_steps       annealing steps at most
+    patience        annealing stops after this many rejected steps in a row
+    safety          decisions keep the validation drop within delta * (1 - safety), so the test drop stays within delta
+    scan_samples    validation samples the sensitivity scan is scored on
+    recal_samples   training samples that re-estimate BatchNorm statistics after each change
+    """
+
+    ratios: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
+    stage1_drop: float = 3.0
+    stage1_epochs: float = 2.0
+    anneal_ratio: float = 0.7
+    step_drop: float = 2.0
+    step_epochs: float = 1.0
+    max_steps: int = 8
+    patience: int = 2
+    safety: float = 0.25
+    scan_samples: int = 2000
+    recal_samples: int = 512
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratios"] = list(self.ratios)
+        return d
+
+
+@dataclass
+class Context:
+    original: nn.Module
+    example: torch.Tensor
+    delta: float
+    objective: str
+    protected: set[str]
+    judge: Judge
+    finetune: FineTune
+    teacher_data: WithTeacher
+    budget: Budget
+    run: RunDir
+    original_val: float
+    seed: int = 0
+    log: Callable[[str], None] = field(default=print)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.example.shape[1:])
+
+    @property
+    def accept_floor(self) -> float:
+        """The lowest validation accuracy a kept model may have."""
+        return self.original_val - self.delta * (1 - self.budget.safety)
+
+    def count_samples(self, n: int) -> None:
+        self.run.state["trainingSamples"] = self.run.state.get("trainingSamples", 0) + n
+
+    @property
+    def samples(self) -> int:
+        return self.run.state.get("trainingSamples", 0)

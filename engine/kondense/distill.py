@@ -1,0 +1,104 @@
+"""Fine-tuning with knowledge distillation from the original model (the teacher).
+
+The teacher's logits on the training samples are computed once and cached: fine-tuning
+runs many times (every stage, every annealing step) and the teacher never changes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .device import autocast, batch_to
+
+
+class WithTeacher(Dataset):
+    """(x, y, teacher_logits) for every sample of a data set."""
+
+    def __init__(self, base: Dataset, logits: torch.Tensor) -> None:
+        self.base, self.logits = base, logits
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return x, y, self.logits[i]
+
+
+@torch.no_grad()
+def cache_teacher(teacher: nn.Module, train: Dataset, batch_size: int = 256) -> WithTeacher:
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    outs = []
+    for x, _ in tqdm(DataLoader(train, batch_size=batch_size), desc="teacher logits", unit="batch", leave=False, disable=None):
+        outs.append(teacher(batch_to(x, device)).float().cpu())
+    return WithTeacher(train, torch.cat(outs))
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.7, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton's distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True)
+    return alpha * t * t * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FineTune:
+    """How to fine-tune: epochs, batch size, learning rate, and the user's optional optimizer and loss.
+
+    `loss_fn(student_logits, teacher_logits, labels)` defaults to kd_loss; `optimizer`
+    builds an optimizer from parameters (default SGD, nesterov momentum, cosine decay).
+    """
+
+    batch_size: int = 128
+    lr: float = 0.02
+    weight_decay: float = 5e-4
+    precision: str = "fp32"
+    optimizer: OptimizerFactory | None = None
+    loss_fn: LossFn | None = None
+
+    def run(self, model: nn.Module, data: WithTeacher, epochs: float, seed: int, description: str = "fine-tune") -> int:
+        """Fine-tune `model` in place for `epochs` (fractions allowed); returns the samples processed."""
+        device = next(model.parameters()).device
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = self.optimizer(params) if self.optimizer else torch.optim.SGD(
+            params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
+        loss_fn = self.loss_fn or kd_loss
+        generator = torch.Generator().manual_seed(seed)
+        loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=generator, drop_last=len(data) > self.batch_size)
+        total_steps = max(1, math.ceil(epochs * len(loader)))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps) if self.optimizer is None else None
+        model.train()
+        seen, step = 0, 0
+        bar = tqdm(total=total_steps, desc=description, unit="batch", leave=False, disable=None)
+        while step < total_steps:
+            for x, y, teacher_logits in loader:
+                x = batch_to(x, device)
+                y, teacher_logits = y.to(device), teacher_logits.to(device)
+                with autocast(device, self.precision):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), teacher_logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                seen += len(y)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if step >= total_steps:
+                    break
+        bar.close()
+        return seen

@@ -1,0 +1,111 @@
+"""A compression plan: the ordered transformation steps, and what they did to every layer.
+
+Steps depend only on shapes, so replaying them on the freshly built original
+architecture reproduces the compressed structure; that is how a compressed model is
+rebuilt from a weights-only file.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import transforms
+
+
+@dataclass(frozen=True)
+class Step:
+    layer: str
+    transform: str
+    ratio: float
+
+    def to_list(self) -> list:
+        return [self.layer, self.transform, self.ratio]
+
+
+def replay(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
+    """Apply `steps` in order to `model` (in place) and return it."""
+    for step in steps:
+        transforms.apply(model, step.layer, step.transform, step.ratio, example)
+    return model
+
+
+def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
+    """A transformed copy; `model` is left as it was."""
+    return replay(copy.deepcopy(model), steps, example)
+
+
+def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """(params, MACs) of every Conv2d and Linear, for one sample, by qualified name."""
+    costs: dict[str, tuple[int, int]] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+            if isinstance(module, nn.Conv2d):
+                macs = module.weight[0].numel() * output[0].numel()  # C_in/groups * k_h * k_w per output element
+            else:
+                macs = module.in_features * module.out_features
+            costs[name] = (params, macs)
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return costs
+
+
+@dataclass
+class Plan:
+    """Steps plus a per-layer account: which transforms at which ratios, params and MACs before and after."""
+
+    objective: str
+    steps: list[Step] = field(default_factory=list)
+    layers: dict[str, dict] = field(default_factory=dict)
+
+    def account(self, original: nn.Module, compressed: nn.Module, example: torch.Tensor) -> None:
+        """Fill `layers`, keyed by the original model's layer names (a factorised layer 'x'
+        became 'x.0', 'x.1', ...: its cost is theirs together)."""
+        before, after = layer_costs(original, example), layer_costs(compressed, example)
+        self.layers = {}
+        for name, (params, macs) in before.items():
+            params_after, macs_after = _sum_under(after, name)
+            self.layers[name] = {
+                "transforms": [{"layer": s.layer, "transform": s.transform, "ratio": s.ratio}
+                               for s in self.steps if s.layer == name or s.layer.startswith(name + ".")],
+                "paramsBefore": params, "paramsAfter": params_after, "macsBefore": macs, "macsAfter": macs_after,
+            }
+
+    def to_dict(self) -> dict:
+        return {"objective": self.objective, "steps": steps_to_json(self.steps), "layers": self.layers}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Plan":
+        return Plan(d["objective"], steps_from_json(d["steps"]), d["layers"])
+
+
+def _sum_under(costs: dict[str, tuple[int, int]], name: str) -> tuple[int, int]:
+    """A layer's cost, or the sum of the layers that replaced it (a factorised layer 'x' became 'x.0', 'x.1', ...)."""
+    parts = [c for n, c in costs.items() if n == name or n.startswith(name + ".")]
+    return sum(p for p, _ in parts), sum(m for _, m in parts)
+
+
+def steps_to_json(steps: list[Step]) -> list[list]:
+    return [s.to_list() for s in steps]
+
+
+def steps_from_json(items: list[list]) -> list[Step]:
+    return [Step(str(a), str(b), float(c)) for a, b, c in items]
+

@@ -1,0 +1,59 @@
+"""The state of a compression run in its output directory, so a killed run resumes.
+
+state.json says how far the run got; each finished step has a weights-only checkpoint
+(steps + state dict) that is rebuilt by replaying the steps on the original model.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import KondenseError
+from .files import save_json, save_torch
+from .plan import Step, replay, steps_from_json, steps_to_json
+
+
+class RunDir:
+    def __init__(self, path: str | Path, fingerprint: dict) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.state_file = self.checkpoints / "state.json"
+        self.state: dict = {}
+        if self.state_file.exists():
+            self.state = json.loads(self.state_file.read_text())
+            if self.state.get("fingerprint") != fingerprint:
+                raise KondenseError(
+                    f"{self.path} holds a run with other settings ({_diff(self.state.get('fingerprint', {}), fingerprint)}); "
+                    "use another --out directory, or delete this one to start over"
+                )
+        else:
+            self.state = {"fingerprint": fingerprint}
+
+    @property
+    def resumed(self) -> bool:
+        return len(self.state) > 1
+
+    def save(self) -> None:
+        save_json(self.state, self.state_file)
+
+    def save_model(self, tag: str, model: nn.Module, steps: list[Step]) -> str:
+        path = self.checkpoints / f"{tag}.pt"
+        save_torch({"steps": steps_to_json(steps), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+        return path.name
+
+    def load_model(self, name: str, original: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Step]]:
+        content = torch.load(self.checkpoints / name, map_location="cpu", weights_only=True)
+        steps = steps_from_json(content["steps"])
+        device = next(original.parameters()).device
+        model = replay(copy.deepcopy(original), steps, example)
+        model.load_state_dict(content["state_dict"])
+        return model.to(device).to(memory_format=torch.channels_last), steps
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys[:3])

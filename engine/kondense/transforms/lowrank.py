@@ -1,0 +1,136 @@
+"""Low-rank factorisation of Linear and Conv2d layers, initialised from the original weights.
+
+Ranks depend only on the layer's shape and the ratio, never on weight values, so replaying
+the same steps on a fresh model gives the same structure. The new layers start as the best
+approximation the ranks allow (truncated SVD / HOSVD), so accuracy starts close to the original
+and fine-tuning only has to recover the truncated part.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _params(layer: nn.Conv2d | nn.Linear) -> int:
+    return layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
+
+
+def _is_pointwise(layer: nn.Conv2d | nn.Linear) -> bool:
+    return isinstance(layer, nn.Linear) or tuple(layer.kernel_size) == (1, 1)
+
+
+def _dims(layer: nn.Conv2d | nn.Linear) -> tuple[int, int]:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    return layer.in_channels, layer.out_channels
+
+
+def matrix_rank(layer: nn.Conv2d | nn.Linear, ratio: float) -> int:
+    """Largest k whose two factors, bias included, fit in ratio x the layer's params (at least 1).
+
+    The bias counts on both sides so that "at most ratio x params" holds for the whole layer."""
+    c_in, c_out = _dims(layer)
+    bias = layer.bias.numel() if layer.bias is not None else 0
+    k = math.floor((ratio * _params(layer) - bias) / (c_in + c_out) + 1e-9)
+    return max(1, min(k, c_in, c_out))
+
+
+def tucker_ranks(layer: nn.Conv2d, ratio: float) -> tuple[int, int]:
+    """(r1, r2) for in -> r1 (1x1) -> r2 (kxk) -> out (1x1), with r1/in ~= r2/out, as large as fits.
+
+    Stepping along the wider side and rounding the other keeps both ranks non-decreasing in
+    the ratio, so a larger ratio never loses a subspace a smaller one kept."""
+    c_in, c_out = layer.in_channels, layer.out_channels
+    kh, kw = layer.kernel_size
+    bias = layer.bias.numel() if layer.bias is not None else 0
+    cap1, cap2 = min(c_in, c_out * kh * kw), min(c_out, c_in * kh * kw)
+    budget = ratio * _params(layer)
+
+    def pair(step: int) -> tuple[int, int]:
+        if c_in >= c_out:
+            r1, r2 = step, round(step * c_out / c_in)
+        else:
+            r1, r2 = round(step * c_in / c_out), step
+        return max(1, min(r1, cap1)), max(1, min(r2, cap2))
+
+    for step in range(max(c_in, c_out), 0, -1):
+        r1, r2 = pair(step)
+        if c_in * r1 + r1 * r2 * kh * kw + r2 * c_out + bias <= budget:
+            return r1, r2
+    return 1, 1
+
+
+def blocker(layer: nn.Conv2d | nn.Linear) -> str | None:
+    """Why the layer cannot be factorised, or None if it can."""
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        return "it is a grouped/depthwise conv (groups > 1), which has no channel mixing to factorise"
+    if _is_pointwise(layer):
+        c_in, c_out = _dims(layer)
+        smallest = c_in + c_out
+    else:
+        kh, kw = layer.kernel_size
+        smallest = layer.in_channels + kh * kw + layer.out_channels
+    if smallest >= layer.weight.numel():
+        return "even rank 1 would not have fewer parameters than the layer"
+    return None
+
+
+def _svd_dtype(weight: torch.Tensor) -> torch.dtype:
+    # double where it is cheap and supported, for factors that reproduce exactly-low-rank layers exactly
+    return torch.float64 if weight.device.type == "cpu" else torch.float32
+
+
+def _copy_into(param: torch.nn.Parameter, value: torch.Tensor, like: torch.nn.Parameter) -> None:
+    with torch.no_grad():
+        param.copy_(value.to(param.dtype))
+    param.requires_grad_(like.requires_grad)
+
+
+def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
+    """The replacement for `layer`; the caller has checked blocker(layer) is None."""
+    w = layer.weight.detach()
+    kw_ = {"device": w.device, "dtype": w.dtype}
+    has_bias = layer.bias is not None
+    work = w.to(_svd_dtype(w))
+
+    if _is_pointwise(layer):
+        k = matrix_rank(layer, ratio)
+        c_in, c_out = _dims(layer)
+        u, s, vh = torch.linalg.svd(work.reshape(c_out, c_in), full_matrices=False)
+        root = s[:k].sqrt()
+        first_w, second_w = root[:, None] * vh[:k], u[:, :k] * root  # (k, in), (out, k): balanced factors
+        if isinstance(layer, nn.Linear):
+            first = nn.Linear(c_in, k, bias=False, **kw_)
+            second = nn.Linear(k, c_out, bias=has_bias, **kw_)
+        else:
+            first = nn.Conv2d(c_in, k, 1, layer.stride, layer.padding, layer.dilation, bias=False,
+                              padding_mode=layer.padding_mode, **kw_)
+            second = nn.Conv2d(k, c_out, 1, bias=has_bias, **kw_)
+            first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
+        _copy_into(first.weight, first_w, layer.weight)
+        _copy_into(second.weight, second_w, layer.weight)
+        seq = nn.Sequential(first, second)
+    else:
+        r1, r2 = tucker_ranks(layer, ratio)
+        c_out, c_in, kh, kw = w.shape
+        u_out = torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0][:, :r2]
+        u_in = torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0][:, :r1]
+        core = torch.einsum("oihw,or,is->rshw", work, u_out, u_in)
+        first = nn.Conv2d(c_in, r1, 1, bias=False, **kw_)
+        # zero/reflect/replicate padding commute with a bias-free 1x1 conv, so padding can move to the core
+        middle = nn.Conv2d(r1, r2, (kh, kw), layer.stride, layer.padding, layer.dilation, bias=False,
+                           padding_mode=layer.padding_mode, **kw_)
+        last = nn.Conv2d(r2, c_out, 1, bias=has_bias, **kw_)
+        _copy_into(first.weight, u_in.t()[:, :, None, None], layer.weight)
+        _copy_into(middle.weight, core, layer.weight)
+        _copy_into(last.weight, u_out[:, :, None, None], layer.weight)
+        seq = nn.Sequential(first, middle, last)
+
+    if has_bias:
+        _copy_into(seq[-1].bias, layer.bias.detach(), layer.bias)
+    seq.train(layer.training)
+    if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
+        seq.to(memory_format=torch.channels_last)  # a model converted for speed stays converted
+    return seq

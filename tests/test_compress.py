@@ -1,0 +1,124 @@
+"""Both stages end to end on a small CNN and a few hundred Fashion-MNIST samples."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import kondense
+from kondense.context import Budget
+from kondense.profile import accuracy
+
+from .tinynet import TinyNet, small_data, trained_tiny
+
+DELTA = 3.0
+BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=3, scan_samples=300, recal_samples=256)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return small_data()
+
+
+@pytest.fixture(scope="module")
+def tiny(bundle):
+    return trained_tiny(bundle)
+
+
+@pytest.fixture(scope="module")
+def result(tiny, bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress")
+    return kondense.compress(tiny, bundle, delta=DELTA, stage=2, out=out, device="cpu", batch_size=64, budget=Budget(**BUDGET))
+
+
+def test_compresses_within_delta_and_stage2_beyond_stage1(result) -> None:
+    r = result.report
+    assert r["original"]["accuracy"] > 70, "the tiny model should have learned something first"
+    assert r["original"]["accuracy"] - r["stage2"]["accuracy"] <= DELTA
+    assert r["original"]["paramsM"] > r["stage1"]["paramsM"] > r["stage2"]["paramsM"]
+    assert r["enhancement"]["params"] == pytest.approx(r["original"]["paramsM"] / r["stage2"]["paramsM"])
+    assert r["trainingSamples"] > 0
+    assert set(r["original"]) == {"accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs"}
+
+
+def test_outputs_are_complete(result) -> None:
+    files = {p.name for p in result.out.iterdir() if p.is_file()}
+    assert {"model.pt", "model.ts", "plan.json", "report.json", "report.md", "annealing.png"} <= files
+    plan = json.loads((result.out / "plan.json").read_text())
+    assert plan["steps"] and all(len(s) == 3 for s in plan["steps"])
+    changed = [v for v in plan["layers"].values() if v["paramsAfter"] < v["paramsBefore"]]
+    assert changed and all({"paramsBefore", "paramsAfter", "macsBefore", "macsAfter", "transforms"} <= set(v) for v in plan["layers"].values())
+    md = (result.out / "report.md").read_text()
+    assert "| Metric | Original | Stage 1 | Stage 2 | Enhance |" in md
+    assert (result.out / "annealing.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_saved_models_reproduce_reported_accuracy(result, tiny, bundle) -> None:
+    test_loader = bundle.loaders()[2]
+    reported = result.report["stage2"]["accuracy"]
+    scripted = torch.jit.load(str(result.out / "model.ts"))
+    assert accuracy(scripted, test_loader) == pytest.approx(reported, abs=0.01)
+    rebuilt = kondense.load_compressed(result.out / "model.pt", base_model=TinyNet())
+    assert accuracy(rebuilt, test_loader) == pytest.approx(reported, abs=0.01)
+    assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(result.report["stage2"]["paramsM"])
+
+
+def test_inputs_untouched(tiny, bundle, tmp_path) -> None:
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    kondense.compress(tiny, bundle, delta=DELTA, stage=1, out=tmp_path, device="cpu", batch_size=64,
+                      budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 0.5}))
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+
+
+RESUME_SCRIPT = """
+import sys, torch, kondense
+from kondense.context import Budget
+from tests.tinynet import small_data, trained_tiny
+bundle = small_data()
+kondense.compress(trained_tiny(bundle), bundle, delta={delta}, stage=2, out=sys.argv[1], device="cpu", batch_size=64,
+                  budget=Budget(**{budget}))
+"""
+
+
+def test_killed_run_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    script = RESUME_SCRIPT.format(delta=DELTA, budget=BUDGET)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state_file = out / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.exists() and "stage1" in json.loads(state_file.read_text() or "{}"):
+            break
+        time.sleep(0.05)
+    proc.kill()
+    log = proc.communicate()[0]
+    assert "stage1" in json.loads(state_file.read_text()), log
+    assert not (out / "report.json").exists(), "the run should have been killed before it finished"
+
+    lines: list[str] = []
+    bundle = small_data()
+    from .tinynet import trained_tiny as train
+    result = kondense.compress(train(bundle), bundle, delta=DELTA, stage=2, out=out, device="cpu", batch_size=64,
+                               budget=Budget(**BUDGET), log=lines.append)
+    assert any("resuming the run" in line for line in lines)
+    assert any(line.startswith("stage 1: resumed from checkpoint") for line in lines)
+    assert not any("sensitivity scan at ratios" in line for line in lines), "stage 1 must not be redone"
+    assert result.report["original"]["paramsM"] > result.report["stage2"]["paramsM"]
+
+
+def test_other_settings_in_the_same_directory_are_refused(result, tiny, bundle) -> None:
+    with pytest.raises(kondense.KondenseError, match="holds a run with other settings"):
+        kondense.compress(tiny, bundle, delta=DELTA / 2, stage=2, out=result.out, device="cpu", batch_size=64, budget=Budget(**BUDGET))
+
+
+def test_bad_arguments(tiny, bundle, tmp_path) -> None:
+    for kwargs, message in [({"delta": 0}, "delta must be in"), ({"delta": 1, "stage": 3}, "stage must be 1"),
+                            ({"delta": 1, "objective": "speed"}, "objective must be")]:
+        with pytest.raises(kondense.KondenseError, match=message):
+            kondense.compress(tiny, bundle, out=tmp_path, **kwargs)
