@@ -96,3 +96,47 @@ def test_zoo_train_learns_and_lists(kondense_home: Path) -> None:
     assert listing["archs"] == zoo.list_archs()
     assert [t["arch"] for t in listing["trained"]] == ["mobilenet_v1"]
     assert "mobilenet_v1" in run_cli("zoo", "list", check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def quick_zoo_file(tmp_path_factory) -> Path:
+    """A mobilenet_v1 trained for seconds, saved as a zoo weights file (it names its own arch)."""
+    out = tmp_path_factory.mktemp("zoo") / "mobilenet_v1.pt"
+    run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "2", "--train-samples", "1536",
+            "--val-samples", "256", "--test-samples", "256", "--out", str(out), check=True)
+    return out
+
+
+def test_compress_command_end_to_end(quick_zoo_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("compress", "--model", str(quick_zoo_file), "--data", "fashion-mnist", "--delta", "5", "--stage", "2",
+                     "--out", str(out), "--train-samples", "1024", "--val-samples", "300", "--test-samples", "300",
+                     "--ratios", "0.5", "--scan-samples", "200", "--stage1-epochs", "1", "--max-steps", "1", "--json", check=True)
+    report = json.loads(result.stdout)
+    assert set(report) >= {"original", "stage1", "stage2", "enhancement", "trainingSamples"}
+    assert report["original"]["paramsM"] > report["stage1"]["paramsM"] >= report["stage2"]["paramsM"]
+    assert "using a subset of fashion-mnist" in result.stderr and "stage 1" in result.stderr
+    assert json.loads((out / "report.json").read_text()) == report
+    rebuilt = __import__("kondense").load_compressed(out / "model.pt")  # a zoo-based file rebuilds alone
+    assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(report["stage2"]["paramsM"])
+
+
+def test_compress_user_errors(quick_zoo_file: Path, tmp_path: Path) -> None:
+    common = ["--data", "fashion-mnist", "--delta", "1", "--train-samples", "256", "--val-samples", "64", "--test-samples", "64"]
+    assert_user_error(run_cli("compress", "--model", "zoo:resnet18", *common, "--out", str(tmp_path / "a")),
+                      "no trained resnet18 for fashion-mnist", "kondense zoo train resnet18 --dataset fashion-mnist")
+    assert_user_error(run_cli("compress", "--model", "zoo:resnet19", *common, "--out", str(tmp_path / "a")), "unknown architecture")
+    bare = tmp_path / "bare.pt"
+    torch.save(zoo.build("mobilenet_v1", 10, 1).state_dict(), bare)
+    assert_user_error(run_cli("compress", "--model", str(bare), *common, "--out", str(tmp_path / "b")), "--arch")
+    scripted = tmp_path / "m.ts"
+    torch.jit.script(zoo.build("mobilenet_v1", 10, 1)).save(str(scripted))
+    assert_user_error(run_cli("compress", "--model", str(scripted), *common, "--out", str(tmp_path / "c")), "TorchScript")
+    # the output directory must not be where the input model lives under an output's name
+    victim = tmp_path / "d" / "model.pt"
+    victim.parent.mkdir()
+    victim.write_bytes(quick_zoo_file.read_bytes())
+    assert_user_error(run_cli("compress", "--model", str(victim), *common, "--out", str(victim.parent)), "would overwrite the input model")
+    assert victim.read_bytes() == quick_zoo_file.read_bytes()
+    assert_user_error(run_cli("compress", "--model", str(quick_zoo_file), *common[:2], "--delta", "0", "--out", str(tmp_path / "e")),
+                      "delta must be in")

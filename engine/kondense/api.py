@@ -136,7 +136,7 @@ def compress(
     save_json(report, out / "report.json")
     report_mod.write_markdown(report, out / "report.md")
     if history:
-        report_mod.plot_annealing(history, metrics["original"], out / "annealing.png")
+        report_mod.plot_annealing(history, metrics["original"].sizeMB, original_val, delta, ctx.accept_floor, out / "annealing.png")
     return Result(out, final.model.eval(), plan, report)
 
 

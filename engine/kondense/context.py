@@ -30,7 +30,7 @@ class Budget:
     """
 
     ratios: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
-    stage1_drop: float = 3.0
+    stage1_drop: float = 10.0
     stage1_epochs: float = 2.0
     anneal_ratio: float = 0.7
     step_drop: float = 2.0

@@ -93,8 +93,8 @@ def write_markdown(report: dict, path) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
-def plot_annealing(history: list[dict], original: Metrics, path) -> None:
-    """Validation accuracy against size along the annealing path."""
+def plot_annealing(history: list[dict], original_size: float, original_val: float, delta: float, floor: float, path) -> None:
+    """Validation accuracy against size along the annealing path, with the budget's lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,6 +103,9 @@ def plot_annealing(history: list[dict], original: Metrics, path) -> None:
     from .files import atomic_write
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([original_size], [original_val], "s", color="black", label="original")
+    ax.axhline(original_val - delta, color="tab:red", linestyle="--", linewidth=1, label=f"original - delta ({delta:g})")
+    ax.axhline(floor, color="tab:orange", linestyle=":", linewidth=1, label="decision floor (with safety margin)")
     kept = [h for h in history if h["accepted"]]
     ax.plot([h["sizeMB"] for h in kept], [h["valAccuracy"] for h in kept], "o-", label="kept")
     rejected = [h for h in history if not h["accepted"]]
@@ -113,8 +116,8 @@ def plot_annealing(history: list[dict], original: Metrics, path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("size (MB, log scale)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"annealing path (original: {original.sizeMB:.2f} MB)")
-    ax.legend()
+    ax.set_title("annealing path")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

@@ -9,6 +9,11 @@ def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Mod
     return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out)]
 
 
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """A 1x1 projection where the block changes shape, else the identity."""
+    return nn.Sequential(*_conv_bn(c_in, c_out, 1, stride)) if stride != 1 or c_in != c_out else nn.Identity()
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -18,11 +23,7 @@ class BasicBlock(nn.Module):
         self.body = nn.Sequential(
             *_conv_bn(c_in, width, 3, stride), nn.ReLU(inplace=True), *_conv_bn(width, c_out, 3)
         )
-        self.shortcut = (
-            nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
-            if stride != 1 or c_in != c_out
-            else nn.Identity()
-        )
+        self.shortcut = _shortcut(c_in, c_out, stride)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,11 +41,7 @@ class Bottleneck(BasicBlock):
             *_conv_bn(width, width, 3, stride), nn.ReLU(inplace=True),
             *_conv_bn(width, c_out, 1),
         )
-        self.shortcut = (
-            nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
-            if stride != 1 or c_in != c_out
-            else nn.Identity()
-        )
+        self.shortcut = _shortcut(c_in, c_out, stride)
         self.relu = nn.ReLU(inplace=True)
 
 

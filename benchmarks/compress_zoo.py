@@ -1,0 +1,75 @@
+"""Compress the zoo's trained Fashion-MNIST models at delta = 1 and check the targets.
+
+    python benchmarks/compress_zoo.py resnet18 vgg19 mobilenet_v2 [--train-samples N] [--device cuda]
+
+Needs the trained weights (benchmarks/train_zoo.py). Each run writes its outputs under
+out/bench/ARCH (resumable: run the same command again after a kill) and its summary to
+benchmarks/results/compress.json; docs/benchmarks.md summarises them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import kondense
+from kondense import zoo
+from kondense.context import Budget
+from kondense.profile import latency_ms
+from kondense.zoo import weights
+
+RESULTS = Path(__file__).parent / "results" / "compress.json"
+# (params x, MACs x) at least, from the engine issue
+TARGETS = {"resnet18": (10.0, 4.0), "vgg19": (20.0, None), "mobilenet_v2": (3.0, None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("archs", nargs="+")
+    parser.add_argument("--delta", type=float, default=1.0)
+    parser.add_argument("--train-samples", type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--scan-samples", type=int, default=1000)
+    parser.add_argument("--recal-samples", type=int, default=256)
+    parser.add_argument("--out", default="out/bench")
+    args = parser.parse_args()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for arch in args.archs:
+        began = time.time()
+        out = Path(args.out) / arch
+        result = kondense.compress(f"zoo:{arch}", "fashion-mnist", delta=args.delta, stage=2, out=out, device=args.device,
+                                   train_samples=args.train_samples, budget=Budget(max_steps=args.max_steps, scan_samples=args.scan_samples,
+                                                                 recal_samples=args.recal_samples))
+        r = result.report
+        # latency of original and compressed measured back to back, batch 1 and batch 32
+        base = weights.load_into(zoo.build(arch, 10, 1), weights.cache_path(arch, "fashion-mnist", 10, 1), arch, 10, 1).eval()
+        small = kondense.load_compressed(out / "model.pt")
+        latency = {f"batch{b}": {"originalMs": latency_ms(base, (1, 28, 28), batch_size=b, runs=20),
+                                 "compressedMs": latency_ms(small, (1, 28, 28), batch_size=b, runs=20)} for b in (1, 32)}
+        params_x, macs_x = TARGETS.get(arch, (None, None))
+        e = r["enhancement"]
+        results[arch] = {
+            "command": "python benchmarks/compress_zoo.py " + " ".join(sys.argv[1:]),
+            "delta": args.delta, "report": r, "latencyCpu": latency, "wallSeconds": round(time.time() - began),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "targets": {
+                "testDropWithinDelta": e["accuracyDrop"] <= args.delta,
+                "params": None if params_x is None else {"need": params_x, "got": round(e["params"], 2), "met": e["params"] >= params_x},
+                "macs": None if macs_x is None else {"need": macs_x, "got": round(e["macs"], 2), "met": e["macs"] >= macs_x},
+                "stage2OverStage1": {"need": 2.0, "got": round(r["stage1"]["paramsM"] / r["stage2"]["paramsM"], 2),
+                                     "met": r["stage1"]["paramsM"] / r["stage2"]["paramsM"] >= 2.0},
+            },
+        }
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({arch: results[arch]["targets"]}, indent=2), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
