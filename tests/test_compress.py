@@ -122,3 +122,31 @@ def test_bad_arguments(tiny, bundle, tmp_path) -> None:
                             ({"delta": 1, "objective": "speed"}, "objective must be")]:
         with pytest.raises(kondense.KondenseError, match=message):
             kondense.compress(tiny, bundle, out=tmp_path, **kwargs)
+
+
+def test_users_own_loaders_optimizer_loss_and_eval(tiny, bundle, tmp_path) -> None:
+    from torch.utils.data import DataLoader
+
+    calls = {"optimizer": 0, "loss": 0, "eval": 0}
+
+    def optimizer(params):
+        calls["optimizer"] += 1
+        return torch.optim.AdamW(params, lr=1e-3)
+
+    def loss_fn(student, teacher, labels):
+        calls["loss"] += 1
+        return torch.nn.functional.cross_entropy(student, labels)
+
+    def eval_fn(model, loader):
+        calls["eval"] += 1
+        return accuracy(model, loader)
+
+    loaders = dict(train_loader=DataLoader(bundle.train, batch_size=64, shuffle=True), val_loader=DataLoader(bundle.val, batch_size=200),
+                   test_loader=DataLoader(bundle.test, batch_size=200))
+    result = kondense.compress(tiny, None, delta=DELTA, stage=1, out=tmp_path, device="cpu", optimizer=optimizer, loss_fn=loss_fn,
+                               eval_fn=eval_fn, budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 1}), **loaders)
+    assert calls["optimizer"] >= 1 and calls["loss"] >= 1 and calls["eval"] >= 3
+    assert result.report["data"]["name"] == "user loaders"
+    assert result.report["original"]["accuracy"] - result.report["stage1"]["accuracy"] <= DELTA
+    with pytest.raises(kondense.KondenseError, match="all three"):
+        kondense.compress(tiny, None, out=tmp_path / "x", train_loader=loaders["train_loader"])

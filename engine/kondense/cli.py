@@ -86,6 +86,7 @@ def _compress(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result.report))
     else:
+        report.print_table(report.plan_table(result.plan.to_dict()))
         report.print_table(report.report_table(result.report))
         print(f"outputs in {result.out}: " + ", ".join(sorted(p.name for p in result.out.iterdir() if p.is_file())))
 

@@ -68,6 +68,20 @@ def _rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return ["Metric", *(COLUMNS[k] for k in stages), "Enhance"], rows
 
 
+def plan_table(plan: dict) -> Table:
+    """The layers a plan changed: transforms with ratios, params and MACs before and after."""
+    table = Table(title=f"plan ({len(plan['steps'])} steps, objective {plan['objective']})")
+    for name, justify in (("Layer", "left"), ("Transforms (ratio)", "left"), ("Params", "right"), ("MACs", "right")):
+        table.add_column(name, justify=justify)
+    for layer, entry in plan["layers"].items():
+        if not entry["transforms"] and entry["paramsAfter"] == entry["paramsBefore"]:
+            continue
+        done = ", ".join(f"{t['transform']} {t['ratio']:.2f}" for t in entry["transforms"]) or "(coupled)"
+        table.add_row(layer, done, f"{entry['paramsBefore']:,} -> {entry['paramsAfter']:,}",
+                      f"{entry['macsBefore']:,} -> {entry['macsAfter']:,}")
+    return table
+
+
 def _summary(report: dict) -> str:
     return (f"delta {report.get('delta')} points, stage {report.get('stage')}, objective {report.get('objective')}, "
             f"{report.get('trainingSamples', 0):,} training samples processed, {report.get('seconds', 0):.0f} s")
