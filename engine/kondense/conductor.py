@@ -20,10 +20,10 @@ from . import transforms
 from .plan import Step, applied
 from .device import autocast
 from .profile import accuracy, macs_g, params_m
+from .spec import OBJECTIVES
 from .train import recalibrate_batchnorm
 
 EvalFn = Callable[[nn.Module, DataLoader], float]
-OBJECTIVES = ("params", "macs")
 
 
 @dataclass
