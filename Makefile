@@ -7,9 +7,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO    ?= out/demo
 
-.PHONY: install data test demo clean
+.PHONY: install data horovod test demo clean
 
-install: $(STAMP) data
+install: $(STAMP) data horovod
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 data:
 	@scripts/install-data.sh
+
+# Horovod 0.28.1 patched for torch 2.14 (C++20): built once into ~/.cache/kondense/wheels
+# (about 5 minutes on 2 cores), then installed from that cache in seconds.
+horovod: $(STAMP)
+	@scripts/build-horovod.sh $(VENV)
 
 test: install
 	$(PY) -m pytest -q -ra

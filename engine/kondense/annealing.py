@@ -37,13 +37,14 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         ctx.log(f"stage 2, step {k}/{budget.max_steps}: rescan at ratio {budget.anneal_ratio}, allowance {state['drop']:.2f} points")
         options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected, ctx.log)
         base = ctx.judge.scan_accuracy(applied(current.model, [], ctx.example))
-        steps = greedy_step(options, base, state["drop"])
+        steps = ctx.comm.broadcast_object(greedy_step(options, base, state["drop"]))
         if not steps:
             ctx.log(f"stage 2, step {k}: no layer can shrink within the allowance; done")
             state["done"] = True
             break
         model = applied(current.model, steps, ctx.example)
-        ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.step_epochs, seed=ctx.seed + k, description=f"stage 2 step {k}"))
+        ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.step_epochs, seed=ctx.seed + k,
+                                           description=f"stage 2 step {k}", comm=ctx.comm))
         val = ctx.judge.val_accuracy(model)
         accepted = val >= ctx.accept_floor
         state["history"].append(_point(ctx, f"step {k}", model, val, accepted))

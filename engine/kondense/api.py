@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import data as data_mod
 from . import report as report_mod
 from .annealing import anneal
-from .conductor import OBJECTIVES, EvalFn, Judge
+from .conductor import OBJECTIVES, EvalFn, Judge, evaluate_sharded
 from .context import Budget, Context
-from .device import resolve, resolve_precision
+from .device import resolve_precision
+from .distributed import Comm, SingleComm
 from .distill import FineTune, LossFn, OptimizerFactory, cache_teacher
 from .errors import KondenseError
 from .exploration import explore
@@ -63,6 +64,7 @@ def compress(
     loss_fn: LossFn | None = None,
     eval_fn: EvalFn | None = None,
     log: Callable[[str], None] = print,
+    comm: Comm | None = None,
 ) -> Result:
     """Compress `model` as far as it goes while its accuracy stays within `delta` points.
 
@@ -73,6 +75,8 @@ def compress(
     optimizer(params) -> Optimizer, loss_fn(student_logits, teacher_logits, labels) -> loss and
     eval_fn(model, loader) -> accuracy % replace the defaults (SGD, distillation, top-1).
     Outputs go to `out`; running again with the same `out` resumes a killed run.
+    With `comm` (kondense.distributed), every rank calls this alike: data is sharded, gradients
+    and evaluations are averaged, decisions are rank 0's, and only rank 0 writes and logs.
     """
     began = time.perf_counter()
     if not 0 < delta <= 100:
@@ -82,7 +86,9 @@ def compress(
     if objective not in OBJECTIVES:
         raise KondenseError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
     budget = budget or Budget()
-    dev = resolve(device)
+    comm = comm or SingleComm()
+    dev = comm.device(device)
+    log = log if comm.is_root else _silent
     torch.manual_seed(seed)
 
     splits = _splits(data, train_loader, val_loader, test_loader, batch_size, seed, train_samples, val_samples, test_samples, log)
@@ -95,32 +101,34 @@ def compress(
     evaluate = eval_fn or accuracy
     fingerprint = {"model": source, "data": splits.name, "delta": delta, "objective": objective, "seed": seed,
                    "budget": budget.to_dict(), "train": len(splits.train), "val": len(splits.val), "batch": batch_size, "lr": lr}
-    run = RunDir(out, fingerprint)
+    run = RunDir(out, fingerprint, writer=comm.is_root)
     if run.resumed:
         log(f"resuming the run in {out}")
 
     log(f"original: measuring on {len(splits.test_loader.dataset)} test samples")
-    metrics = {"original": _metrics(original, splits, evaluate)}
+    test_loader = DataLoader(comm.shard(splits.test_loader.dataset), batch_size=256)
+    metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
     judge = Judge(recal=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-                  scan=DataLoader(Subset(splits.val, range(min(budget.scan_samples, len(splits.val)))), batch_size=256),
-                  val=splits.val_loader, eval_fn=evaluate, recal_samples=budget.recal_samples,
-                  scan_precision=resolve_precision(precision, dev))
+                  scan=DataLoader(comm.shard(Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))), batch_size=256),
+                  val=DataLoader(comm.shard(splits.val), batch_size=256), eval_fn=evaluate, recal_samples=budget.recal_samples,
+                  scan_precision=resolve_precision(precision, dev), comm=comm)
     original_val = run.state.get("originalVal")
     if original_val is None:
-        original_val = evaluate(original, splits.val_loader)
+        original_val = evaluate_sharded(original, judge.val, evaluate, comm)
         run.state["originalVal"] = original_val
     finetune = FineTune(batch_size=batch_size, lr=lr, precision=resolve_precision(precision, dev), optimizer=optimizer, loss_fn=loss_fn)
-    log(f"teacher: caching the original's outputs on {len(splits.train)} training samples")
+    train_shard = comm.shard(splits.train, even=True)
+    log(f"teacher: caching the original's outputs on {len(train_shard)} training samples" + (f" per rank, {comm.size} ranks" if comm.size > 1 else ""))
     ctx = Context(original=original, example=example, delta=delta, objective=objective, protected=_classifier(original),
-                  judge=judge, finetune=finetune, teacher_data=cache_teacher(original, splits.train), budget=budget,
-                  run=run, original_val=original_val, seed=seed, log=log)
+                  judge=judge, finetune=finetune, teacher_data=cache_teacher(original, train_shard), budget=budget,
+                  run=run, original_val=original_val, seed=seed, log=log, comm=comm)
 
     stage1 = explore(ctx)
-    metrics["stage1"] = _metrics(stage1.model, splits, evaluate)
+    metrics["stage1"] = _metrics(stage1.model, splits.input_shape, test_loader, evaluate, comm)
     final, history = stage1, []
     if stage == 2:
         final, history = anneal(ctx, stage1)
-        metrics["stage2"] = _metrics(final.model, splits, evaluate)
+        metrics["stage2"] = _metrics(final.model, splits.input_shape, test_loader, evaluate, comm)
 
     plan = Plan(objective, final.steps)
     plan.account(original, final.model, example)
@@ -130,14 +138,20 @@ def compress(
                                      annealing=history, data={"name": splits.name, "train": len(splits.train),
                                                               "val": len(splits.val), "test": len(splits.test_loader.dataset)},
                                      seconds=time.perf_counter() - began)
-    save_state(out / "model.pt", final.model, base, final.steps, splits.input_shape)
-    save_torchscript(out / "model.ts", final.model, example)
-    save_json(plan.to_dict(), out / "plan.json")
-    save_json(report, out / "report.json")
-    report_mod.write_markdown(report, out / "report.md")
-    if history:
-        report_mod.plot_annealing(history, metrics["original"].sizeMB, original_val, delta, ctx.accept_floor, out / "annealing.png")
+    if comm.is_root:
+        save_state(out / "model.pt", final.model, base, final.steps, splits.input_shape)
+        save_torchscript(out / "model.ts", final.model, example)
+        save_json(plan.to_dict(), out / "plan.json")
+        save_json(report, out / "report.json")
+        report_mod.write_markdown(report, out / "report.md")
+        if history:
+            report_mod.plot_annealing(history, metrics["original"].sizeMB, original_val, delta, ctx.accept_floor, out / "annealing.png")
+    comm.barrier()
     return Result(out, final.model.eval(), plan, report)
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 @dataclass
@@ -170,10 +184,13 @@ def _splits(data, train_loader, val_loader, test_loader, batch_size, seed, train
                    bundle.num_classes, bundle.input_shape)
 
 
-def _metrics(model: nn.Module, splits: _Splits, evaluate: EvalFn) -> Metrics:
+def _metrics(model: nn.Module, input_shape: tuple[int, ...], test_loader: DataLoader, evaluate: EvalFn, comm: Comm) -> Metrics:
+    """The six metrics: test accuracy over all ranks' shards; the rest measured by rank 0 alone
+    (so that other ranks do not compete for the cores while latency is timed) and shared."""
     m = copy.deepcopy(model).eval()
-    metrics = profile(m, splits.input_shape)
-    metrics.accuracy = evaluate(m, splits.test_loader)
+    accuracy_ = evaluate_sharded(m, test_loader, evaluate, comm)
+    metrics = comm.broadcast_object(profile(m, input_shape) if comm.is_root else None)
+    metrics.accuracy = accuracy_
     return metrics
 
 

@@ -75,6 +75,9 @@ def _compress(args: argparse.Namespace) -> None:
     from .api import compress
     from .context import Budget
 
+    if args.workers > 1 and getattr(args, "comm", None) is None:
+        _compress_on_workers(args)
+        return
     budget = Budget(**{k: v for k, v in {
         "stage1_epochs": args.stage1_epochs, "step_epochs": args.step_epochs, "max_steps": args.max_steps,
         "scan_samples": args.scan_samples, "ratios": tuple(args.ratios) if args.ratios else None,
@@ -82,13 +85,84 @@ def _compress(args: argparse.Namespace) -> None:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     result = compress(args.model, args.data, delta=args.delta, stage=args.stage, out=args.out, arch=args.arch,
                       objective=args.objective, device=args.device, budget=budget, train_samples=args.train_samples,
-                      val_samples=args.val_samples, test_samples=args.test_samples, seed=args.seed, log=log)
+                      val_samples=args.val_samples, test_samples=args.test_samples, seed=args.seed, log=log,
+                      comm=getattr(args, "comm", None))
+    if getattr(args, "comm", None) is not None and not args.comm.is_root:
+        return
     if args.json:
         print(json.dumps(result.report))
     else:
         report.print_table(report.plan_table(result.plan.to_dict()))
         report.print_table(report.report_table(result.report))
         print(f"outputs in {result.out}: " + ", ".join(sorted(p.name for p in result.out.iterdir() if p.is_file())))
+
+
+def _compress_on_workers(args: argparse.Namespace) -> None:
+    """The same command on N local processes, through the launcher that pods use."""
+    from .jobs import rank_command
+    from .launcher import launch_local
+
+    argv, skip = [], False
+    for item in args.argv:  # drop --workers/--backend: each rank runs the plain command
+        if skip:
+            skip = False
+        elif item in ("--workers", "--backend"):
+            skip = True
+        elif not item.startswith(("--workers=", "--backend=")):
+            argv.append(item)
+    code = launch_local(args.workers, 1, args.backend, rank_command(*argv), log=lambda m: print(m, flush=True))
+    if code != 0:
+        raise KondenseError(f"the {args.workers}-process run failed (exit code {code}); the lines above name the rank; "
+                            f"run the same command again to resume from the last checkpoint")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .jobs import run_job
+
+    status = run_job(args.manifest, args.pvc_root, log=lambda m: print(m, flush=True))
+    print(json.dumps(status, indent=None if args.json else 2))
+    if status["phase"] != "Succeeded":
+        raise KondenseError(f"the job failed: {status['conditions'][-1]['message']}")
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from .jobs import rank_command
+    from .launcher import WorkerEnv, run_worker
+
+    code = run_worker(WorkerEnv.from_environ(), rank_command("job", args.job, "--stage", str(args.stage), "--pvc-root", args.pvc_root),
+                      log=lambda m: print(m, flush=True))
+    if code != 0:
+        sys.exit(code)
+
+
+def _job_stage(args: argparse.Namespace) -> None:
+    from . import spec
+    from .jobs import fail_message, run_stage
+
+    from .distributed import SingleComm
+
+    comm = getattr(args, "comm", None) or SingleComm()
+    try:
+        job = spec.load(args.job)
+        run_stage(job, args.stage, args.pvc_root, comm, log=lambda m: print(m, flush=True))
+    except Exception as e:  # the operator shows rank 0's last word as the failure reason
+        if comm.is_root:
+            fail_message(str(e) if isinstance(e, KondenseError) else f"{type(e).__name__}: {e}", args.stage)
+        raise
+
+
+def _rank(args: argparse.Namespace) -> None:
+    """One rank of a multi-process command: join the group the launcher set up, then run it."""
+    import os
+
+    from . import distributed
+
+    inner = build_parser().parse_args([a for a in args.command if a != "--"])
+    inner.comm = distributed.init(os.environ.get("KONDENSE_BACKEND", "single"), device=getattr(inner, "device", "auto"))
+    try:
+        inner.func(inner)
+    finally:
+        inner.comm.shutdown()
 
 
 def _positive(text: str) -> int:
@@ -134,8 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-steps", type=_positive, help="annealing steps at most (default 8)")
     c.add_argument("--scan-samples", type=_positive, help="validation samples of the sensitivity scan (default 2000)")
     c.add_argument("--ratios", type=float, nargs="+", help="layer sizes tried in the stage 1 scan (default 0.75 0.5 0.25 0.125)")
+    c.add_argument("--workers", type=_positive, default=1, help="processes on this machine (default 1)")
+    c.add_argument("--backend", default="torch", choices=["torch", "horovod"], help="how the processes talk (default torch)")
     c.add_argument("--json", action="store_true", help="print report.json instead of the table (progress goes to stderr)")
     c.set_defaults(func=_compress)
+
+    r = sub.add_parser("run", help="run a CompressionJob manifest on this machine, stage after stage")
+    r.add_argument("manifest", help="a CompressionJob YAML file (see examples/)")
+    r.add_argument("--pvc-root", default="pvc", help="where pvc://CLAIM/... URIs live here (default ./pvc)")
+    r.add_argument("--json", action="store_true", help="print the final status as one line of JSON")
+    r.set_defaults(func=_run)
+
+    w = sub.add_parser("worker", help="a pod's entry point: this worker's ranks of one stage (reads KONDENSE_* variables)")
+    w.add_argument("--job", required=True, help="the CompressionJob manifest")
+    w.add_argument("--stage", type=int, required=True, choices=[1, 2])
+    w.add_argument("--pvc-root", default="/mnt/pvc", help="where PersistentVolumeClaims are mounted (default /mnt/pvc)")
+    w.set_defaults(func=_worker)
+
+    j = sub.add_parser("job", help=argparse.SUPPRESS)  # one rank of one stage; started by `worker` and `run`
+    j.add_argument("job")
+    j.add_argument("--stage", type=int, required=True, choices=[1, 2])
+    j.add_argument("--pvc-root", required=True)
+    j.set_defaults(func=_job_stage)
+
+    k = sub.add_parser("_rank", help=argparse.SUPPRESS)
+    k.add_argument("command", nargs=argparse.REMAINDER)
+    k.set_defaults(func=_rank)
 
     z = sub.add_parser("zoo", help="the model zoo").add_subparsers(dest="zoo_command", required=True)
     zl = z.add_parser("list", help="architectures and cached trained weights")
@@ -160,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except KondenseError as e:

@@ -9,7 +9,7 @@ above a floor.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from . import transforms
 from .plan import Step, applied
 from .device import autocast
+from .distributed import Comm, SingleComm
 from .profile import accuracy, macs_g, params_m
 from .spec import OBJECTIVES
 from .train import recalibrate_batchnorm
@@ -26,10 +27,19 @@ from .train import recalibrate_batchnorm
 EvalFn = Callable[[nn.Module, DataLoader], float]
 
 
+def evaluate_sharded(model: nn.Module, loader: DataLoader, eval_fn: EvalFn, comm: Comm) -> float:
+    """`eval_fn` on this rank's shard, averaged over ranks weighted by shard size, so every rank
+    gets the same number (the whole data set's accuracy for top-1)."""
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    total, count = comm.allreduce_sum([eval_fn(model, loader) * n if n else 0.0, n])
+    return total / max(count, 1)
+
+
 @dataclass
 class Judge:
-    """Accuracy as every decision sees it: BatchNorm re-estimated on training samples, then
-    the user's evaluation function (top-1 by default) on validation data, never on test."""
+    """Accuracy as every decision sees it: BatchNorm re-estimated on training samples (the same
+    samples on every rank, so statistics agree), then the user's evaluation function (top-1 by
+    default) on validation data, never on test. The scan and val loaders read this rank's shard."""
 
     recal: DataLoader
     scan: DataLoader
@@ -37,16 +47,17 @@ class Judge:
     eval_fn: EvalFn = accuracy
     recal_samples: int = 512
     scan_precision: str = "fp32"
+    comm: Comm = field(default_factory=SingleComm)
 
     def scan_accuracy(self, model: nn.Module) -> float:
         """Only compared with other scan accuracies, so it may run in bf16 where that is native."""
         recalibrate_batchnorm(model, self.recal, self.recal_samples)
         with autocast(next(model.parameters()).device, self.scan_precision):
-            return self.eval_fn(model, self.scan)
+            return evaluate_sharded(model, self.scan, self.eval_fn, self.comm)
 
     def val_accuracy(self, model: nn.Module) -> float:
         recalibrate_batchnorm(model, self.recal, self.recal_samples)
-        return self.eval_fn(model, self.val)
+        return evaluate_sharded(model, self.val, self.eval_fn, self.comm)
 
 
 def cost(model: nn.Module, objective: str, input_shape: tuple[int, ...]) -> float:

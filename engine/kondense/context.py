@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .conductor import Judge
+from .distributed import Comm, SingleComm
 from .distill import FineTune, WithTeacher
 from .runstate import RunDir
 
@@ -62,6 +63,7 @@ class Context:
     original_val: float
     seed: int = 0
     log: Callable[[str], None] = field(default=print)
+    comm: Comm = field(default_factory=SingleComm)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .device import autocast, batch_to
+from .distributed import Comm, SingleComm
 
 
 class WithTeacher(Dataset):
@@ -68,20 +69,24 @@ class FineTune:
     optimizer: OptimizerFactory | None = None
     loss_fn: LossFn | None = None
 
-    def run(self, model: nn.Module, data: WithTeacher, epochs: float, seed: int, description: str = "fine-tune") -> int:
-        """Fine-tune `model` in place for `epochs` (fractions allowed); returns the samples processed."""
+    def run(self, model: nn.Module, data: WithTeacher, epochs: float, seed: int, description: str = "fine-tune",
+            comm: Comm | None = None) -> int:
+        """Fine-tune `model` in place for `epochs` (fractions allowed) of `data`, this rank's shard;
+        gradients are averaged over ranks. Returns the samples processed by all ranks together."""
+        comm = comm or SingleComm()
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self.optimizer(params) if self.optimizer else torch.optim.SGD(
-            params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
+        optimizer = comm.wrap_optimizer(self.optimizer(params) if self.optimizer else torch.optim.SGD(
+            params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay), model)
         loss_fn = self.loss_fn or kd_loss
         generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=generator, drop_last=len(data) > self.batch_size)
-        total_steps = max(1, math.ceil(epochs * len(loader)))
+        # every rank must take the same number of steps, or the gradient collectives would not pair up
+        total_steps = comm.broadcast_object(max(1, math.ceil(epochs * len(loader))))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps) if self.optimizer is None else None
         model.train()
         seen, step = 0, 0
-        bar = tqdm(total=total_steps, desc=description, unit="batch", leave=False, disable=None)
+        bar = tqdm(total=total_steps, desc=description, unit="batch", leave=False, disable=None if comm.is_root else True)
         while step < total_steps:
             for x, y, teacher_logits in loader:
                 x = batch_to(x, device)
@@ -89,7 +94,7 @@ class FineTune:
                 with autocast(device, self.precision):
                     logits = model(x)
                 loss = loss_fn(logits.float(), teacher_logits, y)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 if scheduler is not None:
@@ -101,4 +106,5 @@ class FineTune:
                 if step >= total_steps:
                     break
         bar.close()
-        return seen
+        comm.broadcast_module(model)  # identical already in exact arithmetic; this removes any drift
+        return int(comm.allreduce_sum([seen])[0])

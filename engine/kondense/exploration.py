@@ -39,12 +39,13 @@ def explore(ctx: Context) -> StageResult:
     base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
-        steps, predicted = search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop, ctx.log)
+        steps, predicted = ctx.comm.broadcast_object(search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop, ctx.log))
         if not steps:
             break
         began = time.perf_counter()
         model = applied(ctx.original, steps, ctx.example)
-        ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.stage1_epochs, seed=ctx.seed, description="stage 1 fine-tune"))
+        ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.stage1_epochs, seed=ctx.seed,
+                                           description="stage 1 fine-tune", comm=ctx.comm))
         val = ctx.judge.val_accuracy(model)
         ctx.log(f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
                 f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s")

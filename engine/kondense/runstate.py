@@ -18,8 +18,11 @@ from .plan import Step, replay, steps_from_json, steps_to_json
 
 
 class RunDir:
-    def __init__(self, path: str | Path, fingerprint: dict) -> None:
+    """Every rank keeps the same state in memory; only the `writer` (rank 0) writes it."""
+
+    def __init__(self, path: str | Path, fingerprint: dict, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
         self.checkpoints = self.path / "checkpoints"
         self.state_file = self.checkpoints / "state.json"
         self.state: dict = {}
@@ -38,11 +41,14 @@ class RunDir:
         return len(self.state) > 1
 
     def save(self) -> None:
-        save_json(self.state, self.state_file)
+        if self.writer:
+            save_json(self.state, self.state_file)
 
     def save_model(self, tag: str, model: nn.Module, steps: list[Step]) -> str:
         path = self.checkpoints / f"{tag}.pt"
-        save_torch({"steps": steps_to_json(steps), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+        if self.writer:
+            save_torch({"steps": steps_to_json(steps), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+                       path)
         return path.name
 
     def load_model(self, name: str, original: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Step]]:

@@ -72,7 +72,8 @@ def train_zoo(
     model = build(arch, bundle.num_classes, in_channels).to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(bundle.train) / batch_size) if len(bundle.train) <= batch_size else len(bundle.train) // batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    # one-cycle needs a few steps per phase; very short runs (tests) just stop early in the cycle
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(epochs * steps_per_epoch, 8), pct_start=0.25)
 
     start_epoch, elapsed = 0, 0.0
     if checkpoint.exists():

@@ -1,0 +1,67 @@
+"""One interface over three ways of running the engine on several processes.
+
+    comm = distributed.init("torch")          # "single" | "torch" | "horovod"
+    device = comm.device()                    # cuda:local_rank, or cpu
+    comm.broadcast_module(model)              # everyone starts from rank 0's weights
+    plan = comm.broadcast_object(plan if comm.is_root else None)
+    optimizer = comm.wrap_optimizer(optimizer, model)   # step() averages gradients first
+    loader = DataLoader(comm.shard(train_set, even=True), ...)
+    correct, total = comm.allreduce_sum([correct, total])
+    comm.shutdown()
+
+The ranks are started by kondense.launcher (`kondense worker` on a Kubernetes pod), which sets the
+environment each backend reads: MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK for torch,
+HOROVOD_* for Horovod. Horovod is imported only when its backend is chosen.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from ..errors import KondenseError
+
+# Importing this package is light (no torch): the launcher uses BACKENDS and timeout() only.
+BACKENDS = ("single", "torch", "horovod")
+DEFAULT_TIMEOUT_S = 600
+
+__all__ = ["BACKENDS", "Comm", "SingleComm", "init", "timeout"]
+
+
+def timeout() -> timedelta:
+    """How long a collective (and the initial rendezvous) waits for its peers before it fails:
+    KONDENSE_TIMEOUT seconds, default 600. Peers that die usually fail it at once (closed connections);
+    the timeout covers peers that hang or vanish without a word."""
+    raw = os.environ.get("KONDENSE_TIMEOUT", "")
+    if not raw:
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise KondenseError(f"KONDENSE_TIMEOUT={raw!r} is not a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def __getattr__(name: str):
+    if name in ("Comm", "SingleComm"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
+
+
+def init(backend: str = "single", *, device: str = "auto") -> Comm:
+    """Join the group of processes this one was started in. `device` decides the torch transport:
+    NCCL for CUDA tensors when this rank computes on a GPU, gloo otherwise (and always for CPU tensors)."""
+    if backend == "single":
+        from .base import SingleComm
+
+        return SingleComm()
+    if backend == "torch":
+        from .torch_backend import TorchComm
+        return TorchComm(device)
+    if backend == "horovod":
+        from .horovod_backend import HorovodComm
+        return HorovodComm(device)
+    raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,88 @@
+"""torch.distributed: gloo for CPU tensors, plus NCCL for CUDA tensors when this rank uses a GPU."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from ..errors import KondenseError
+from . import timeout
+from .base import Comm, average_before_step, env_int, grad_tensors, state_tensors
+
+_CPU = torch.device("cpu")
+
+
+def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Group tensors by (device, dtype) in first-seen order, so each group travels as one flat tensor."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+class TorchComm(Comm):
+    backend = "torch"
+
+    def __init__(self, device: str = "auto") -> None:
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(name):
+                raise KondenseError(f"{name} is not set: start torch ranks with `kondense worker` "
+                                    f"(or kondense.launcher), which sets it")
+        self.rank = env_int("RANK")
+        self.size = env_int("WORLD_SIZE")
+        self.local_rank = env_int("LOCAL_RANK", default=0)
+        if not 0 <= self.rank < self.size:
+            raise KondenseError(f"RANK={self.rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={self.size})")
+        self._device = self.device(device)
+        # One process group, two transports: CPU tensors (objects, metrics) always go over gloo; when
+        # this rank computes on a GPU its tensors (gradients, parameters) go over NCCL.
+        self._pg_backend = "cpu:gloo,cuda:nccl" if self._device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=self._pg_backend, init_method="env://", rank=self.rank,
+                                    world_size=self.size, timeout=timeout())
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+        box = [obj if self.rank == root else None]
+        dist.broadcast_object_list(box, src=root, device=_CPU)
+        return box[0]
+
+    def broadcast_module(self, module: nn.Module, root: int = 0) -> None:
+        with torch.no_grad():
+            for bucket in _buckets(state_tensors(module)):
+                flat = _flatten_dense_tensors(bucket)
+                dist.broadcast(flat, src=root)
+                for t, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                    t.copy_(value)
+
+    def allreduce_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def average_gradients(self, module: nn.Module) -> None:
+        if self.size == 1:
+            return
+        with torch.no_grad():
+            for bucket in _buckets(grad_tensors(module)):
+                flat = _flatten_dense_tensors(bucket)
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat.div_(self.size)
+                for g, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                    g.copy_(value)
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:
+        return average_before_step(self, optimizer, module)
+
+    def barrier(self) -> None:
+        if self._pg_backend == "gloo":
+            dist.barrier()
+        else:  # a CPU allreduce: a barrier that stays on gloo, whatever the GPU backend
+            dist.all_reduce(torch.zeros(1))
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

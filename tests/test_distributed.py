@@ -1,0 +1,203 @@
+"""kondense.distributed and kondense.launcher with real processes over Gloo on loopback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from kondense import distributed
+from kondense.errors import KondenseError
+from kondense.launcher import WorkerEnv, launch_local, rank_environ
+
+SCRIPT = Path(__file__).parent / "dist_scripts" / "check_comm.py"
+
+
+def _horovod_missing() -> str | None:
+    try:
+        import horovod.torch  # noqa: F401
+    except ImportError as e:
+        return f"horovod is not installed ({e}); build it with scripts/build-horovod.sh"
+    return None
+
+
+HOROVOD_MISSING = _horovod_missing()
+BACKENDS = ["torch", pytest.param("horovod", marks=pytest.mark.skipif(HOROVOD_MISSING is not None,
+                                                                      reason=HOROVOD_MISSING or ""))]
+
+
+@pytest.fixture(autouse=True)
+def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KONDENSE_TIMEOUT", "60")  # a broken test fails in a minute instead of hanging
+
+
+def run(workers: int, slots: int, backend: str, out: Path, *extra: str) -> tuple[int, list[str], float]:
+    lines: list[str] = []
+    start = time.monotonic()
+    rc = launch_local(workers, slots, backend, [sys.executable, str(SCRIPT), backend, str(out), *extra], log=lines.append)
+    return rc, lines, time.monotonic() - start
+
+
+def read_ranks(out: Path, size: int) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(size)]
+
+
+def check_collectives(results: list[dict], backend: str) -> None:
+    r0, r1 = results
+    assert [r["rank"] for r in results] == [0, 1] and {r["size"] for r in results} == {2}
+    assert [r["is_root"] for r in results] == [True, False]
+    assert {r["backend"] for r in results} == {backend}
+    assert r0["allreduce"] == r1["allreduce"] == [1.0, 2.0]
+    assert r0["object"] == r1["object"] == {"plan": [1, 2, 3], "from": 0}
+    assert r0["broadcast_state"] == r1["broadcast_state"]  # parameters and buffers (BatchNorm running stats)
+    assert r0["shard"] == [0, 2, 4, 6, 8] and r1["shard"] == [1, 3, 5, 7, 9]
+    assert r0["params_avg"] == r1["params_avg"]
+    assert r0["params_wrapped"] == r1["params_wrapped"]
+    # Averaged shard gradients equal the full-batch gradient: the same trajectory as one process.
+    assert r0["max_diff_to_full_batch"] < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_workers(backend: str, tmp_path: Path) -> None:
+    rc, lines, _ = run(2, 1, backend, tmp_path)
+    assert rc == 0, "\n".join(lines)
+    results = read_ranks(tmp_path, 2)
+    check_collectives(results, backend)
+    assert [r["local_rank"] for r in results] == [0, 0]
+
+
+def test_torch_one_worker_two_slots(tmp_path: Path) -> None:
+    rc, lines, _ = run(1, 2, "torch", tmp_path)
+    assert rc == 0, "\n".join(lines)
+    results = read_ranks(tmp_path, 2)
+    check_collectives(results, "torch")
+    assert [r["local_rank"] for r in results] == [0, 1]
+    assert {r["env_local_world_size"] for r in results} == {"2"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_rank_fails_fast_while_peer_waits_in_collective(backend: str, tmp_path: Path) -> None:
+    rc, lines, elapsed = run(2, 1, backend, tmp_path, "--fail-rank", "1")
+    log = "\n".join(lines)
+    assert rc != 0, log
+    assert elapsed < 30, log
+    assert "worker 1: rank 1 (local 0) failed with exit code 3" in log, log
+    assert "worker 1 failed with exit code 3" in log, log
+
+
+def test_failed_rank_stops_its_sleeping_local_peer(tmp_path: Path) -> None:
+    rc, lines, elapsed = run(1, 2, "torch", tmp_path, "--fail-rank", "1", "--sleep")
+    log = "\n".join(lines)
+    assert rc == 3, log
+    assert elapsed < 30, log
+    assert "worker 0: rank 1 (local 1) failed with exit code 3" in log, log
+
+
+def test_single_backend_in_process() -> None:
+    comm = distributed.init("single")
+    assert (comm.backend, comm.rank, comm.size, comm.local_rank, comm.is_root) == ("single", 0, 1, 0, True)
+    assert comm.device("cpu") == torch.device("cpu")
+    assert comm.allreduce_sum([3, 4.5]) == [3.0, 4.5]
+    plan = {"layers": [1, 2]}
+    assert comm.broadcast_object(plan) == plan
+    model = nn.Linear(2, 1)
+    before = [p.clone() for p in model.parameters()]
+    comm.broadcast_module(model)
+    model(torch.ones(1, 2)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    comm.average_gradients(model)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    assert comm.wrap_optimizer(opt, model) is opt
+    opt.step()
+    assert not torch.equal(before[0], model.weight)
+    data = TensorDataset(torch.arange(10))
+    assert len(comm.shard(data)) == 10
+    comm.barrier()
+    comm.shutdown()
+
+
+def test_shard_even_drops_the_remainder() -> None:
+    comm = distributed.SingleComm()
+    comm.rank, comm.size = 1, 3
+    data = TensorDataset(torch.arange(10))
+    assert list(distributed.Comm.shard(comm, data).indices) == [1, 4, 7]
+    assert list(distributed.Comm.shard(comm, data, even=True).indices) == [1, 4, 7]
+    comm.rank = 0
+    assert list(distributed.Comm.shard(comm, data).indices) == [0, 3, 6, 9]
+    assert list(distributed.Comm.shard(comm, data, even=True).indices) == [0, 3, 6]
+
+
+def test_unknown_backend_is_a_clear_error() -> None:
+    with pytest.raises(KondenseError, match="unknown distributed backend 'mpi'"):
+        distributed.init("mpi")
+
+
+def test_torch_backend_outside_a_launcher_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(KondenseError, match="MASTER_ADDR is not set"):
+        distributed.init("torch")
+
+
+def test_worker_env_from_environ() -> None:
+    env = WorkerEnv.from_environ({"JOB_COMPLETION_INDEX": "1", "KONDENSE_WORKERS": "2", "KONDENSE_SLOTS": "4",
+                                  "KONDENSE_COORDINATOR": "job-0.job", "KONDENSE_PORT": "29501",
+                                  "KONDENSE_BACKEND": "horovod", "KONDENSE_HOSTNAME": "pod-1"})
+    assert env == WorkerEnv(1, 2, 4, "job-0.job", 29501, "horovod", "pod-1")
+    assert (env.size, env.rank(0), env.rank(3)) == (8, 4, 7)
+    one = WorkerEnv.from_environ({})
+    assert (one.index, one.workers, one.slots, one.coordinator, one.port, one.backend) == (0, 1, 1, "127.0.0.1", 29500, "torch")
+    assert one.hostname
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"KONDENSE_WORKERS": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX"),
+    ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "1"}, "KONDENSE_COORDINATOR"),
+    ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX=2 must be between 0 and 1"),
+    ({"KONDENSE_SLOTS": "two"}, "KONDENSE_SLOTS='two' is not an integer"),
+    ({"KONDENSE_SLOTS": "0"}, "KONDENSE_SLOTS=0 must be at least 1"),
+    ({"KONDENSE_PORT": "70000"}, "KONDENSE_PORT=70000"),
+    ({"KONDENSE_BACKEND": "mpi"}, "KONDENSE_BACKEND='mpi' is unknown"),
+    ({"KONDENSE_BACKEND": "single", "KONDENSE_SLOTS": "2"}, "single runs one process"),
+])
+def test_worker_env_errors(environ: dict, message: str) -> None:
+    with pytest.raises(KondenseError, match=message):
+        WorkerEnv.from_environ(environ)
+
+
+@pytest.mark.skipif(HOROVOD_MISSING is not None, reason=HOROVOD_MISSING or "")
+def test_horovod_rank_environ_follows_the_host_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kondense.launcher import _horovod_plan
+
+    monkeypatch.setenv("KONDENSE_IFACE", "lo")
+    env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "horovod", "pod-1")
+    got = rank_environ(env, 1, _horovod_plan(env))
+    assert {k: got[k] for k in got if k.startswith("HOROVOD_")} == {
+        "HOROVOD_HOSTNAME": "worker-1", "HOROVOD_RANK": "3", "HOROVOD_SIZE": "4",
+        "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2", "HOROVOD_CROSS_RANK": "1", "HOROVOD_CROSS_SIZE": "2",
+        "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "job-0.job",
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": "29501", "HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "HOROVOD_GLOO_IFACE": "lo"}
+    assert got["KONDENSE_BACKEND"] == "horovod"
+
+
+def test_torch_rank_environ() -> None:
+    env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "torch", "pod-1")
+    got = rank_environ(env, 1)
+    assert {k: got[k] for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == {
+        "MASTER_ADDR": "job-0.job", "MASTER_PORT": "29501", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2"}
+
+
+def test_launcher_module_without_configuration_says_what_is_missing(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "KONDENSE_WORKERS": "2", "PYTHONPATH": str(Path(distributed.__file__).parents[2])}
+    result = subprocess.run([sys.executable, "-m", "kondense.launcher", "--", "true"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "KONDENSE_WORKER_INDEX (or JOB_COMPLETION_INDEX) is not set" in result.stdout
