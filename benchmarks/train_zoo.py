@@ -22,11 +22,12 @@ RESULTS = Path(__file__).parent / "results" / "zoo.json"
 
 def main(specs: list[str]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for spec in specs:
         arch, _, epochs = spec.partition(":")
         began = time.time()
         r = train_zoo(arch, "fashion-mnist", epochs=int(epochs or 3))
+        # read just before writing: several of these scripts may run side by side
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
         results = [x for x in results if x["arch"] != arch]
         results.append({
             "arch": arch, "dataset": "fashion-mnist", "epochs": r.epochs, "test_accuracy": round(r.test_accuracy, 2),

@@ -114,7 +114,9 @@ def test_compress_command_end_to_end(quick_zoo_file: Path, tmp_path: Path) -> No
                      "--ratios", "0.5", "--scan-samples", "200", "--stage1-epochs", "1", "--max-steps", "1", "--json", check=True)
     report = json.loads(result.stdout)
     assert set(report) >= {"original", "stage1", "stage2", "enhancement", "trainingSamples"}
-    assert report["original"]["paramsM"] > report["stage1"]["paramsM"] >= report["stage2"]["paramsM"]
+    # the wiring is what this test is about (test_compress checks that compression happens): with
+    # 1,024 samples a plan may not survive fine-tuning, and then a stage keeps what it had
+    assert report["original"]["paramsM"] >= report["stage1"]["paramsM"] >= report["stage2"]["paramsM"]
     assert "using a subset of fashion-mnist" in result.stderr and "stage 1" in result.stderr
     assert json.loads((out / "report.json").read_text()) == report
     rebuilt = __import__("kondense").load_compressed(out / "model.pt")  # a zoo-based file rebuilds alone

@@ -1,0 +1,50 @@
+"""Fine-tuning throughput (samples/s) against the number of processes, for both backends.
+
+    python benchmarks/throughput.py [--arch resnet18] [--samples 4096] [--processes 1 2] [--device cpu|cuda]
+
+Each configuration runs the engine's distillation fine-tuning (kondense.distill.FineTune)
+for one epoch of `samples` samples through kondense.launcher, the path pods use; results
+go to benchmarks/results/throughput.json and are summarised in docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from kondense.launcher import launch_local
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "throughput.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--samples", type=int, default=4096)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--backends", nargs="+", default=["torch", "horovod"])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    rows = []
+    for backend in args.backends:
+        for n in args.processes:
+            lines: list[str] = []
+            code = launch_local(1, n, backend, [sys.executable, str(HERE / "throughput_rank.py"), args.arch, str(args.samples), args.device],
+                                log=lines.append)
+            result = next((json.loads(line) for line in lines if line.startswith("{")), None)
+            if code != 0 or result is None:
+                print("\n".join(lines[-20:]), file=sys.stderr)
+                raise SystemExit(f"{backend} x {n} failed")
+            rows.append({**result, "arch": args.arch})
+            print(f"{backend:8s} {n} process(es): {result['samplesPerSecond']:.1f} samples/s", flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": "python benchmarks/throughput.py "
+                                   + " ".join(sys.argv[1:]), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

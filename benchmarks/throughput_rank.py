@@ -1,0 +1,43 @@
+"""One rank of the throughput benchmark: distillation fine-tuning of an arch on Fashion-MNIST.
+
+Started by benchmarks/throughput.py through kondense.launcher; rank 0 prints one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+from kondense import data, distributed, zoo
+from kondense.device import resolve_precision
+from kondense.distill import FineTune, cache_teacher
+
+
+def main(arch: str, samples: int, device: str) -> None:
+    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", "single"), device=device)
+    dev = comm.device(device)
+    torch.manual_seed(0)
+    bundle = data.load("fashion-mnist", train_samples=samples)
+    teacher = zoo.build(arch, 10, 1).to(dev).to(memory_format=torch.channels_last).eval()
+    comm.broadcast_module(teacher)
+    student = zoo.build(arch, 10, 1).to(dev).to(memory_format=torch.channels_last)
+    comm.broadcast_module(student)
+    shard = cache_teacher(teacher, comm.shard(bundle.train, even=True))
+    finetune = FineTune(batch_size=128, precision=resolve_precision("auto", dev))
+    finetune.run(student, shard, epochs=0.1, seed=0, comm=comm)  # warm-up: thread pools, oneDNN primitives
+    comm.barrier()
+    began = time.perf_counter()
+    seen = finetune.run(student, shard, epochs=1, seed=1, comm=comm)
+    comm.barrier()
+    seconds = time.perf_counter() - began
+    if comm.is_root:
+        print(json.dumps({"samples": seen, "seconds": seconds, "samplesPerSecond": seen / seconds, "processes": comm.size,
+                          "backend": comm.backend, "device": str(dev), "threadsPerProcess": torch.get_num_threads()}), flush=True)
+    comm.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
