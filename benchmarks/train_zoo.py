@@ -34,6 +34,7 @@ def main(specs: list[str]) -> None:
             "val_accuracy": round(r.val_accuracy, 2), "train_wall_seconds": round(r.wall_seconds, 1),
             "total_wall_seconds": round(time.time() - began, 1), "train_samples": r.train_samples,
             "command": f"kondense zoo train {arch} --dataset fashion-mnist --epochs {r.epochs}",
+            "peak_lr": r.lr,
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         })
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")

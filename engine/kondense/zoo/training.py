@@ -17,6 +17,11 @@ from ..train import recalibrate_batchnorm, train_epoch
 from . import build, weights
 
 
+# One-cycle peak learning rates. VGG-19 has no residual paths: at 0.1 its loss rose in the
+# second of 3 epochs and it ended at 78.6% test accuracy on Fashion-MNIST; 0.05 trains it.
+PEAK_LR = {"vgg19": 0.05}
+
+
 @dataclass
 class TrainResult:
     path: Path
@@ -27,6 +32,7 @@ class TrainResult:
     val_accuracy: float
     wall_seconds: float
     train_samples: int
+    lr: float
 
 
 def _log(message: str) -> None:
@@ -39,7 +45,7 @@ def train_zoo(
     *,
     epochs: int = 3,
     batch_size: int = 128,
-    lr: float = 0.1,
+    lr: float | None = None,
     weight_decay: float = 5e-4,
     seed: int = 0,
     device: str = "auto",
@@ -55,6 +61,7 @@ def train_zoo(
     The checkpoint lives beside the final weights file; a second call with the same
     arguments continues from the last finished epoch instead of starting over.
     """
+    lr = lr or PEAK_LR.get(arch, 0.1)
     if epochs < 1:
         raise KondenseError(f"epochs must be at least 1, got {epochs}")
     dev = resolve(device)
@@ -116,4 +123,4 @@ def train_zoo(
     weights.save(path, model, arch, bundle.num_classes, in_channels, meta)
     checkpoint.unlink(missing_ok=True)
     _log(f"{arch}: test accuracy {test_acc:.2f}% ({len(bundle.test)} samples), saved {path}")
-    return TrainResult(path, arch, dataset_key, epochs, test_acc, val_acc, elapsed, len(bundle.train))
+    return TrainResult(path, arch, dataset_key, epochs, test_acc, val_acc, elapsed, len(bundle.train), lr)
