@@ -19,7 +19,7 @@ def kondense_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def run_cli(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
     """The `kondense` command as a user runs it, in a separate process."""
     result = subprocess.run([sys.executable, "-m", "kondense.cli", *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
