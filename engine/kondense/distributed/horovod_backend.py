@@ -43,12 +43,13 @@ class HorovodComm(Comm):
     def _inplace(self, start, tensors: list[torch.Tensor], name: str) -> None:
         """Run an in-place Horovod op on each tensor (all in flight at once), through host memory if needed."""
         hvd = self._hvd
-        wire = [t.cpu() for t in tensors] if self._via_host else tensors
+        # Horovod wants contiguous tensors; channels-last conv weights (and their gradients) are not
+        wire = [t.cpu().contiguous() if self._via_host else t.contiguous() for t in tensors]
         handles = [start(t, f"{name}.{i}") for i, t in enumerate(wire)]
         for h in handles:
             hvd.synchronize(h)
-        if self._via_host:
-            for t, w in zip(tensors, wire):
+        for t, w in zip(tensors, wire):
+            if w is not t:
                 t.copy_(w)
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
@@ -73,16 +74,10 @@ class HorovodComm(Comm):
                           grad_tensors(module), "kondense.grad")
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:
-        hvd = self._hvd
-        if self._via_host:  # Horovod's optimizer would hand GPU tensors to Gloo: average in a step hook
-            return average_before_step(self, optimizer, module)
-        if isinstance(optimizer, hvd.optimizer._DistributedOptimizer):
-            return optimizer
-        state = optimizer.state_dict() if optimizer.state else None
-        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=module.named_parameters())
-        if state is not None:  # Horovod builds a new optimizer from the param groups: keep what was learnt
-            wrapped.load_state_dict(state)
-        return wrapped
+        # Not hvd.DistributedOptimizer: its gradient hooks hand Horovod the raw gradients, which are
+        # channels-last (non-contiguous) for the engine's conv weights, and GPU tensors to Gloo on a
+        # wheel without NCCL. Averaging in a step pre-hook goes through _inplace, which handles both.
+        return average_before_step(self, optimizer, module)
 
     def barrier(self) -> None:
         self._hvd.barrier()
