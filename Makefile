@@ -30,7 +30,7 @@ test: install
 # The main job: compress a zoo model on Fashion-MNIST within delta = 1 point. To fit about
 # 15 minutes on 2 CPU cores it trains its own ResNet-18 on a 10,000-sample subset first
 # (the zoo's full weights take an hour here) and fine-tunes on that subset.
-demo: install
+demo: $(STAMP) data  # no Horovod: the demo runs one process
 	@echo "== 1/2 training resnet18 on a 10,000-sample subset of Fashion-MNIST (2 epochs)"
 	@test -f $(DEMO)/resnet18.pt || $(VENV)/bin/kondense zoo train resnet18 --dataset fashion-mnist --epochs 2 \
 		--train-samples 10000 --val-samples 2000 --test-samples 2000 --out $(DEMO)/resnet18.pt
