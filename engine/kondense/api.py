@@ -91,7 +91,7 @@ def compress(
     log = log if comm.is_root else _silent
     torch.manual_seed(seed)
 
-    splits = _splits(data, train_loader, val_loader, test_loader, batch_size, seed, train_samples, val_samples, test_samples, log)
+    splits = _splits(data, train_loader, val_loader, test_loader, seed, train_samples, val_samples, test_samples, log)
     original, base, source = load_model(model, arch, splits.name, splits.num_classes, splits.input_shape)
     out = Path(out)
     _refuse_overwriting_input(source, out)
@@ -105,8 +105,8 @@ def compress(
     if run.resumed:
         log(f"resuming the run in {out}")
 
-    log(f"original: measuring on {len(splits.test_loader.dataset)} test samples")
-    test_loader = DataLoader(comm.shard(splits.test_loader.dataset), batch_size=256)
+    log(f"original: measuring on {len(splits.test)} test samples")
+    test_loader = DataLoader(comm.shard(splits.test), batch_size=256)
     metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
     judge = Judge(recal=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
                   scan=DataLoader(comm.shard(Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))), batch_size=256),
@@ -136,7 +136,7 @@ def compress(
                                      validation={"original": original_val, "stage1": stage1.val_accuracy,
                                                  **({"stage2": final.val_accuracy} if stage == 2 else {})},
                                      annealing=history, data={"name": splits.name, "train": len(splits.train),
-                                                              "val": len(splits.val), "test": len(splits.test_loader.dataset)},
+                                                              "val": len(splits.val), "test": len(splits.test)},
                                      seconds=time.perf_counter() - began)
     if comm.is_root:
         save_state(out / "model.pt", final.model, base, final.steps, splits.input_shape)
@@ -159,28 +159,26 @@ class _Splits:
     name: str
     train: Dataset
     val: Dataset
-    val_loader: DataLoader
-    test_loader: DataLoader
+    test: Dataset
     num_classes: int | None
     input_shape: tuple[int, ...]
 
 
-def _splits(data, train_loader, val_loader, test_loader, batch_size, seed, train_samples, val_samples, test_samples, log) -> _Splits:
+def _splits(data, train_loader, val_loader, test_loader, seed, train_samples, val_samples, test_samples, log) -> _Splits:
     if train_loader is not None or val_loader is not None or test_loader is not None:
         if None in (train_loader, val_loader, test_loader):
             raise KondenseError("pass all three of train_loader, val_loader and test_loader, or none and a data set")
         if not hasattr(train_loader.dataset, "__getitem__"):
             raise KondenseError("train_loader must read a map-style data set (with __getitem__): the teacher's outputs are cached per sample")
         x, _ = next(iter(val_loader))
-        return _Splits("user loaders", train_loader.dataset, val_loader.dataset, val_loader, test_loader, None, tuple(x.shape[1:]))
+        return _Splits("user loaders", train_loader.dataset, val_loader.dataset, test_loader.dataset, None, tuple(x.shape[1:]))
     if data is None:
         raise KondenseError("give data: a data set name or path, a DataBundle, or your own loaders")
     bundle = data if isinstance(data, data_mod.DataBundle) else data_mod.load(
         data, seed=seed, train_samples=train_samples, val_samples=val_samples, test_samples=test_samples)
     if train_samples or val_samples or test_samples:
         log(f"using a subset of {bundle.name}: {len(bundle.train)} train, {len(bundle.val)} val, {len(bundle.test)} test samples")
-    _, val, test = bundle.loaders(batch_size=batch_size, seed=seed)
-    return _Splits(bundle.name if isinstance(data, data_mod.DataBundle) else str(data), bundle.train, bundle.val, val, test,
+    return _Splits(bundle.name if isinstance(data, data_mod.DataBundle) else str(data), bundle.train, bundle.val, bundle.test,
                    bundle.num_classes, bundle.input_shape)
 
 

@@ -39,7 +39,7 @@ def explore(ctx: Context) -> StageResult:
     base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
-        steps, predicted = ctx.comm.broadcast_object(search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop, ctx.log))
+        steps, _ = ctx.comm.broadcast_object(search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop, ctx.log))
         if not steps:
             break
         began = time.perf_counter()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 from . import spec as spec_mod
-from .errors import KondenseError
 from .files import atomic_write, save_json
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -117,13 +116,9 @@ def run_job(path: str | Path, pvc_root: str | Path, log: Log = print) -> dict:
         log(f"== {job.name}: stage {stage} on {s.workers} worker(s) x {s.slots_per_worker} process(es), backend {s.backend}")
         message_file = out / "checkpoints" / f"termination-stage{stage}.json"
         message_file.unlink(missing_ok=True)
-        os.environ["KONDENSE_TERMINATION_LOG"] = str(message_file)
-        try:
-            code = launch_local(s.workers, s.slots_per_worker, s.backend,
-                                rank_command("job", str(Path(path).resolve()), "--stage", str(stage), "--pvc-root", str(Path(pvc_root).resolve())),
-                                log=log)
-        finally:
-            os.environ.pop("KONDENSE_TERMINATION_LOG", None)
+        code = launch_local(s.workers, s.slots_per_worker, s.backend,
+                            rank_command("job", str(Path(path).resolve()), "--stage", str(stage), "--pvc-root", str(Path(pvc_root).resolve())),
+                            log=log, env={"KONDENSE_TERMINATION_LOG": str(message_file)})
         summary = json.loads(message_file.read_text()) if message_file.exists() else {}
         if code != 0 or "error" in summary:
             reason = summary.get("error") or f"stage {stage} failed (exit code {code}); see the log above"
@@ -149,4 +144,4 @@ def fail_message(error: str, stage: int) -> None:
         pass
 
 
-__all__ = ["run_job", "run_stage", "rank_command", "stage_summary", "write_termination_message", "fail_message", "KondenseError"]
+__all__ = ["run_job", "run_stage", "rank_command", "stage_summary", "write_termination_message", "fail_message"]

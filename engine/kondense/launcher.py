@@ -279,7 +279,7 @@ def _relay(stream, log: Log) -> None:
 
 
 def launch_local(workers: int, slots: int, backend: str, command: list[str], port: int | None = None, *,
-                 log: Log = print) -> int:
+                 log: Log = print, env: Mapping[str, str] | None = None) -> int:
     """Run `workers` worker launchers on this machine (one process each, the same path as pods), over
     loopback. Their output and their ranks' output go to `log`, line by line. 0 when all succeed."""
     if workers < 1 or slots < 1:
@@ -289,7 +289,7 @@ def launch_local(workers: int, slots: int, backend: str, command: list[str], por
     port = port or free_port()
     engine_dir = str(Path(__file__).resolve().parent.parent)
     pythonpath = os.pathsep.join(p for p in (engine_dir, os.environ.get("PYTHONPATH", "")) if p)
-    base = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
+    base = {**os.environ, **(env or {}), "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
             "KONDENSE_WORKERS": str(workers), "KONDENSE_SLOTS": str(slots), "KONDENSE_BACKEND": backend,
             "KONDENSE_COORDINATOR": "127.0.0.1", "KONDENSE_PORT": str(port),
             "KONDENSE_IFACE": os.environ.get("KONDENSE_IFACE") or "lo"}
