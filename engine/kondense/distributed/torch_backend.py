@@ -85,4 +85,7 @@ class TorchComm(Comm):
 
     def shutdown(self) -> None:
         if dist.is_initialized():
+            # a rank that tears down its gloo pairs while a peer still uses them can abort the peer
+            # (SIGABRT, "terminate called without an active exception"): leave together
+            self.barrier()
             dist.destroy_process_group()
