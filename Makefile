@@ -13,7 +13,7 @@ install: $(STAMP) data horovod
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,operator]'
 	touch $(STAMP)
 
 data:

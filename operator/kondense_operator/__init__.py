@@ -1,0 +1,1 @@
+"""kondense's Kubernetes operator: CompressionJob resources run as Indexed Jobs of `kondense worker` pods."""
