@@ -31,6 +31,7 @@ from .errors import KondenseError
 
 GRACE_S = 5.0          # between SIGTERM and SIGKILL for a worker's own processes
 POLL_S = 0.1
+SETTLE_S = 1.0       # after a failure, how long peers may take to fail on their own before being stopped
 Log = Callable[[str], None]
 
 
@@ -213,17 +214,26 @@ class _Signals:
 
 def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signals, grace: float,
                log: Log, prefix: str) -> int:
-    """Wait for all processes; on the first failure (or a signal) stop the rest and return non-zero."""
+    """Wait for all processes; on the first failure (or a signal) stop the rest and return non-zero.
+
+    Peers of a failed process often fail a moment later on their own (a collective loses its
+    partner), and which exit a poll sees first is a race. So after the first failure the others
+    get SETTLE_S to exit by themselves, and every process that failed is named, the first one first.
+    """
     while True:
-        failed = [(i, p.returncode) for i, p in enumerate(procs) if p.poll() is not None and p.returncode != 0]
+        failed = [i for i, p in enumerate(procs) if p.poll() is not None and p.returncode != 0]
         if failed:
-            i, code = failed[0]
-            log(f"{prefix}{names[i]} failed with {_describe(code)}")
+            deadline = time.monotonic() + SETTLE_S
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                time.sleep(POLL_S)
+            failed += [i for i, p in enumerate(procs) if i not in failed and p.poll() is not None and p.returncode != 0]
+            for i in failed:
+                log(f"{prefix}{names[i]} failed with {_describe(procs[i].returncode)}")
             others = [p for p in procs if p.poll() is None]
             if others:
                 log(f"{prefix}stopping the {len(others)} other process(es)")
             _stop(procs, grace)
-            return _status(code) or 1
+            return _status(procs[failed[0]].returncode) or 1
         if all(p.poll() is not None for p in procs):
             return 0
         if signals.event.is_set():
