@@ -1,0 +1,111 @@
+{{/* The chart's name, or nameOverride. */}}
+{{- define "kondense.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The prefix of every object's name: fullnameOverride, else the release name (with the chart's
+name appended unless the release name already holds it). */}}
+{{- define "kondense.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kondense.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Standard labels of every object. */}}
+{{- define "kondense.labels" -}}
+helm.sh/chart: {{ include "kondense.chart" . }}
+{{ include "kondense.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kondense
+{{- end -}}
+
+{{/* The labels that select the operator's pod (stable across upgrades). */}}
+{{- define "kondense.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kondense.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kondense.operatorSelectorLabels" -}}
+{{ include "kondense.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kondense.operatorServiceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "kondense.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create is false" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kondense.operatorImage" -}}
+{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
+{{- end -}}
+
+{{- define "kondense.workerImage" -}}
+{{- $repo := default .Values.operator.image.repository .Values.workers.image.repository -}}
+{{- $tag := default (default .Chart.AppVersion .Values.operator.image.tag) .Values.workers.image.tag -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{/* The namespaces whose CompressionJobs the operator runs, as a list: the release namespace
+(scope namespace), watch.namespaces (scope list), or none (scope all: every namespace). */}}
+{{- define "kondense.watchedNamespaces" -}}
+{{- if eq .Values.watch.scope "namespace" -}}
+{{- list .Release.Namespace | toJson -}}
+{{- else if eq .Values.watch.scope "list" -}}
+{{- if not .Values.watch.namespaces -}}
+{{- fail "watch.namespaces must list at least one namespace when watch.scope is list" -}}
+{{- end -}}
+{{- .Values.watch.namespaces | uniq | toJson -}}
+{{- else -}}
+{{- list | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ServiceAccount worker pods run under ("" = the namespace's default). With scope all a
+created one exists only in the release namespace, so workers elsewhere would not start: use
+the namespace default there unless the user names an account that exists everywhere. */}}
+{{- define "kondense.workerServiceAccountName" -}}
+{{- if and .Values.workers.serviceAccount.create (eq .Values.watch.scope "all") -}}
+{{- else -}}
+{{- .Values.workers.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kondense.zooCacheClaim" -}}
+{{- if .Values.workers.zooCache.existingClaim -}}
+{{- .Values.workers.zooCache.existingClaim -}}
+{{- else if .Values.workers.zooCache.create -}}
+{{- printf "%s-zoo-cache" (include "kondense.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The worker config file: the keys kondense-operator --worker-config accepts, nothing else
+(unknown keys are errors there). */}}
+{{- define "kondense.workerConfig" -}}
+{{- $w := .Values.workers -}}
+image: {{ include "kondense.workerImage" . | quote }}
+imagePullPolicy: {{ $w.image.pullPolicy }}
+serviceAccountName: {{ include "kondense.workerServiceAccountName" . | quote }}
+zooCacheClaim: {{ include "kondense.zooCacheClaim" . | quote }}
+nodeSelector: {{ $w.nodeSelector | toJson }}
+tolerations: {{ $w.tolerations | toJson }}
+gpuNodeSelector: {{ $w.gpu.nodeSelector | toJson }}
+gpuTolerations: {{ $w.gpu.tolerations | toJson }}
+resources: {{ $w.resources | toJson }}
+port: {{ $w.port }}
+backoffLimit: {{ $w.backoffLimit }}
+{{- end -}}
