@@ -1,2 +1,81 @@
-def main() -> None:  # placeholder until the operator lands
-    raise SystemExit("kondense-operator: not built yet")
+"""`kondense-operator`: the command line the Helm chart runs.
+
+    kondense-operator [--namespace NS]... | [--all-namespaces]
+                      [--metrics-port 9090] [--health-port 8080]
+                      [--worker-config PATH] [--worker-image IMAGE]
+
+Environment alternatives: KONDENSE_WATCH_NAMESPACES (comma-separated), KONDENSE_WORKER_CONFIG,
+KONDENSE_WORKER_IMAGE; flags win. kopf runs standalone (no peering objects) with CRD and
+namespace scanning off, so the operator needs only the rights listed in rbac.py.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kondense-operator",
+                                description="Runs kondense CompressionJobs as Indexed Jobs of `kondense worker` pods.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable); default: all (or $KONDENSE_WATCH_NAMESPACES)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    p.add_argument("--metrics-port", type=_port, default=9090, help="Prometheus /metrics port; 0 = off (default 9090)")
+    p.add_argument("--health-port", type=_port, default=8080,
+                   help="liveness endpoint http://0.0.0.0:PORT/healthz; 0 = off (default 8080)")
+    p.add_argument("--worker-config", default=os.environ.get("KONDENSE_WORKER_CONFIG") or None, metavar="PATH",
+                   help="YAML with the worker pods' image, imagePullPolicy, serviceAccountName, zooCacheClaim, "
+                        "nodeSelector, tolerations, gpuNodeSelector, gpuTolerations, resources, port, backoffLimit "
+                        "(default $KONDENSE_WORKER_CONFIG)")
+    p.add_argument("--worker-image", default=os.environ.get("KONDENSE_WORKER_IMAGE") or None, metavar="IMAGE",
+                   help="the worker image, over the config's (default $KONDENSE_WORKER_IMAGE, else kondense/kondense:0.1.0)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return p
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+    return value
+
+
+def parse_config(argv: list[str] | None = None):
+    """The OperatorConfig that argv (and the environment) describe; exits on a bad setting."""
+    from .config import ConfigError, OperatorConfig, load_worker_config, namespaces_from_env
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    namespaces = () if args.all_namespaces else tuple(dict.fromkeys(args.namespace)) or namespaces_from_env()
+    try:
+        worker = load_worker_config(args.worker_config, args.worker_image)
+    except ConfigError as e:
+        parser.exit(2, f"kondense-operator: {e}\n")
+    return OperatorConfig(namespaces=namespaces, metrics_port=args.metrics_port, health_port=args.health_port,
+                          worker=worker), args
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = parse_config(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import kopf
+
+    from . import handlers, metrics  # noqa: F401  (importing registers the handlers)
+
+    metrics.serve(config.metrics_port)
+    memo = kopf.Memo(config=config)
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(standalone=True, clusterwide=config.clusterwide, namespaces=list(config.namespaces),
+             liveness_endpoint=liveness, memo=memo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Pure builders of a stage's children: a headless Service, a ConfigMap with the job manifest,
+and an Indexed Job of `kondense worker` pods. No API calls here (like kubeflow/mpi-operator keeps
+its builders apart from its controller), so the reconcile loop and the tests share one truth.
+
+Names are deterministic (derived from the CompressionJob's name and the stage): that is how a
+restarted operator finds what it created before, and why creating twice is harmless.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+
+import yaml
+from kondense import spec as spec_mod
+
+from .config import WorkerConfig
+
+JOB_FILE = "/etc/kondense/job.yaml"
+CONFIG_DIR = "/etc/kondense"
+PVC_ROOT = "/mnt/pvc"
+KONDENSE_HOME = "/var/cache/kondense"
+CONTAINER = "worker"
+GPU_RESOURCE = "nvidia.com/gpu"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB = "kondense.dev/job"
+LABEL_STAGE = "kondense.dev/stage"
+
+# the children's names get "-s1"/"-s2", and pods' host names "-<index>" on top, within 63 characters
+_BASE_MAX = 45
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def _hash(name: str, n: int = 6) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:n]
+
+
+def base_name(name: str) -> str:
+    """A DNS-1035 label for the children of CompressionJob `name` (a DNS-1123 subdomain: it may
+    hold dots, start with a digit, be 253 long). Changed names carry a hash of the original so
+    that 'a.b' and 'a-b' never share children."""
+    if len(name) <= _BASE_MAX and _DNS1035.fullmatch(name):
+        return name
+    s = name.replace(".", "-")
+    if not s[0].isalpha():
+        s = "cj-" + s
+    s = s[:_BASE_MAX - 7].rstrip("-")
+    return f"{s}-{_hash(name)}"
+
+
+def child_name(name: str, stage: int) -> str:
+    """The Service, ConfigMap and Job of one stage share this name (one of each kind)."""
+    return f"{base_name(name)}-s{stage}"
+
+
+def label_value(name: str) -> str:
+    """The CompressionJob's name as a label value (at most 63 characters)."""
+    return name if len(name) <= 63 else f"{name[:56].rstrip('.-')}-{_hash(name)}"
+
+
+def selector(name: str, stage: int) -> dict[str, str]:
+    return {LABEL_JOB: label_value(name), LABEL_STAGE: str(stage)}
+
+
+def labels(name: str, stage: int) -> dict[str, str]:
+    return {LABEL_NAME: "kondense", LABEL_COMPONENT: "worker", LABEL_MANAGED_BY: "kondense-operator",
+            **selector(name, stage)}
+
+
+def owner_reference(body: dict) -> dict:
+    """Makes the CompressionJob the controller of a child: deleting it deletes the child."""
+    meta = body["metadata"]
+    return {"apiVersion": body.get("apiVersion", spec_mod.API_VERSION), "kind": body.get("kind", spec_mod.KIND),
+            "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(body: dict, stage: int) -> dict:
+    meta = body["metadata"]
+    return {"name": child_name(meta["name"], stage), "namespace": meta["namespace"], "labels": labels(meta["name"], stage),
+            "annotations": {"kondense.dev/compressionjob": meta["name"]}, "ownerReferences": [owner_reference(body)]}
+
+
+def coordinator(name: str, stage: int) -> str:
+    """Worker 0's stable DNS name: host name <job>-0 in the headless Service's subdomain."""
+    return f"{child_name(name, stage)}-0.{child_name(name, stage)}"
+
+
+def build_service(body: dict, stage: int, cfg: WorkerConfig) -> dict:
+    """Headless, publishing not-ready pods too: the ranks must find each other while starting."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(body, stage),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": selector(body["metadata"]["name"], stage),
+                     "ports": [{"name": "rendezvous", "port": cfg.port, "targetPort": cfg.port, "protocol": "TCP"}]}}
+
+
+def build_configmap(body: dict, job: spec_mod.CompressionJob, stage: int) -> dict:
+    """The manifest the pods read, defaults filled in, exactly as kondense.spec parses it back."""
+    text = yaml.safe_dump(spec_mod.to_manifest(job), sort_keys=False)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(body, stage), "data": {"job.yaml": text}}
+
+
+def _resources(job: spec_mod.CompressionJob, cfg: WorkerConfig) -> dict:
+    """The admin's defaults, the job's own requests/limits over them, and one GPU per slot for cuda."""
+    out: dict = {"requests": dict((cfg.resources or {}).get("requests") or {}),
+                 "limits": dict((cfg.resources or {}).get("limits") or {})}
+    for key in ("requests", "limits"):
+        out[key].update((job.spec.resources or {}).get(key) or {})
+    if job.spec.device == "cuda":
+        out["limits"][GPU_RESOURCE] = job.spec.slots_per_worker
+    return {k: v for k, v in out.items() if v}
+
+
+def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict:
+    """An Indexed Job: one pod per worker, completions = parallelism = workers, pods that never
+    restart in place (a rank that dies takes the stage with it), suspended if the spec says so."""
+    s = job.spec
+    name = child_name(job.name, stage)
+    env = [
+        {"name": "KONDENSE_WORKERS", "value": str(s.workers)},
+        {"name": "KONDENSE_SLOTS", "value": str(s.slots_per_worker)},
+        {"name": "KONDENSE_COORDINATOR", "value": coordinator(job.name, stage)},
+        {"name": "KONDENSE_PORT", "value": str(cfg.port)},
+        {"name": "KONDENSE_BACKEND", "value": s.backend},
+        {"name": "KONDENSE_HOME", "value": KONDENSE_HOME},
+        # the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
+        {"name": "HOME", "value": "/tmp"},  # the root file system is read-only
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    mounts = [{"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
+              {"name": "tmp", "mountPath": "/tmp"},
+              {"name": "dshm", "mountPath": "/dev/shm"},
+              {"name": "home", "mountPath": KONDENSE_HOME}]
+    volumes: list[dict] = [
+        {"name": "job", "configMap": {"name": name, "items": [{"key": "job.yaml", "path": "job.yaml"}]}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # gloo / NCCL / data loaders use shared memory
+        {"name": "home", "persistentVolumeClaim": {"claimName": cfg.zoo_cache_claim}} if cfg.zoo_cache_claim
+        else {"name": "home", "emptyDir": {}},
+    ]
+    for i, claim in enumerate(spec_mod.claims(s)):
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}"})
+
+    container = {
+        "name": CONTAINER,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["kondense", "worker", "--job", JOB_FILE, "--stage", str(stage), "--pvc-root", PVC_ROOT],
+        "env": env,
+        "ports": [{"name": "rendezvous", "containerPort": cfg.port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        # rank 0 leaves its stage summary here; if a pod dies before writing it, the log's tail
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    resources = _resources(job, cfg)
+    if resources:
+        container["resources"] = resources
+
+    node_selector = dict(cfg.node_selector)
+    tolerations = copy.deepcopy(cfg.tolerations)
+    if s.device == "cuda":
+        node_selector.update(cfg.gpu_node_selector)
+        tolerations += copy.deepcopy(cfg.gpu_tolerations)
+    pod_spec: dict = {
+        "restartPolicy": "Never",
+        "subdomain": name,  # with the headless Service: pods resolve as <job>-<index>.<service>
+        "automountServiceAccountToken": False,  # pods report through the termination message, not the API
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if cfg.service_account_name:
+        pod_spec["serviceAccountName"] = cfg.service_account_name
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+
+    meta = _metadata(body, stage)
+    return {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": s.workers,
+            "parallelism": s.workers,
+            "backoffLimit": cfg.backoff_limit,
+            "suspend": s.suspend,
+            "template": {"metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
+                         "spec": pod_spec},
+        },
+    }
+
+
+def build_children(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> list[dict]:
+    """In creation order: the Job last, so its pods find their Service and ConfigMap."""
+    return [build_service(body, stage, cfg), build_configmap(body, job, stage), build_job(body, job, stage, cfg)]

@@ -1,0 +1,122 @@
+"""The few Kubernetes API calls the operator makes, as plain JSON dicts.
+
+The `kubernetes` client's models refuse objects that a real API server would accept
+incompletely filled in (e.g. an owner reference without uid), and its generated PATCH
+methods pick JSON Patch for a dict body; so requests go through its ApiClient (which
+brings kubeconfig / in-cluster authentication) but bodies stay raw JSON.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+GROUP = "kondense.dev"
+VERSION = "v1alpha1"
+PLURAL = "compressionjobs"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+
+
+class ApiError(Exception):
+    """A non-2xx answer: `status` is the HTTP status code (404, 409, ...)."""
+
+    def __init__(self, status: int, method: str, path: str, body: str):
+        self.status = status
+        self.body = body
+        try:
+            detail = json.loads(body).get("message", body)
+        except (ValueError, AttributeError):
+            detail = body
+        super().__init__(f"{method} {path}: {status} {str(detail)[:300]}")
+
+
+def load_config() -> k8s.ApiClient:
+    """In a pod, the service account; elsewhere, $KUBECONFIG or ~/.kube/config."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
+class Kube:
+    """Raw JSON requests over an authenticated kubernetes ApiClient (thread-safe: urllib3 pools)."""
+
+    def __init__(self, api_client: k8s.ApiClient):
+        self.api = api_client
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str | None = None,
+                query: dict | None = None) -> dict:
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        _, url, headers, body, _ = self.api.param_serialize(method, path, header_params=headers, body=body,
+                                                            auth_settings=["BearerToken"])
+        response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        data = response.read()
+        text = data.decode() if isinstance(data, bytes) else (data or "")
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, method, path, text)
+        return json.loads(text) if text else {}
+
+    # ---- the CompressionJob
+
+    def cj_path(self, namespace: str, name: str = "") -> str:
+        base = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}"
+        return f"{base}/{quote(name)}" if name else base
+
+    def get_cj(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self.request("GET", self.cj_path(namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def patch_cj_status(self, namespace: str, name: str, status: dict) -> dict:
+        return self.request("PATCH", self.cj_path(namespace, name) + "/status", {"status": status}, MERGE_PATCH)
+
+    # ---- children
+
+    @staticmethod
+    def child_path(kind: str, namespace: str, name: str = "") -> str:
+        base = {"Job": f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs",
+                "Service": f"/api/v1/namespaces/{quote(namespace)}/services",
+                "ConfigMap": f"/api/v1/namespaces/{quote(namespace)}/configmaps",
+                "Pod": f"/api/v1/namespaces/{quote(namespace)}/pods"}[kind]
+        return f"{base}/{quote(name)}" if name else base
+
+    def create_or_get(self, obj: dict) -> tuple[dict, bool]:
+        """Create `obj`, or read the one already there under its name (409 is not an error:
+        the operator may have created it before a restart). Returns (object, created)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        try:
+            return self.request("POST", self.child_path(kind, meta["namespace"]), obj), True
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        return self.request("GET", self.child_path(kind, meta["namespace"], meta["name"])), False
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self.request("GET", self.child_path(kind, namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> dict:
+        return self.request("PATCH", self.child_path("Job", namespace, name), {"spec": {"suspend": suspend}}, MERGE_PATCH)
+
+    def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict]:
+        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
+        items = self.request("GET", self.child_path("Pod", namespace), query=query).get("items") or []
+        # filtered here as well: a server (or emulator) that ignores labelSelector must not mix jobs up
+        return [p for p in items if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v
+                                        for k, v in selector.items())]

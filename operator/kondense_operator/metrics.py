@@ -1,0 +1,70 @@
+"""Prometheus metrics (kopf has none of its own), on an own registry served by start_http_server.
+
+Labels stay low-cardinality: no job names, only reasons, stages, backends and phases.
+"""
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS_CREATED = Counter("kondense_jobs_created_total", "CompressionJobs accepted (status initialised)", registry=REGISTRY)
+JOBS_SUCCEEDED = Counter("kondense_jobs_succeeded_total", "CompressionJobs that reached phase Succeeded", registry=REGISTRY)
+JOBS_FAILED = Counter("kondense_jobs_failed_total", "CompressionJobs that reached phase Failed, by reason",
+                      ["reason"], registry=REGISTRY)
+STAGE_DURATION = Histogram("kondense_stage_duration_seconds", "Wall time of a succeeded stage's Job", ["stage"],
+                           buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400, float("inf")),
+                           registry=REGISTRY)
+
+# Known failure reasons; anything else is counted as "Other" to keep the label set bounded.
+FAILURE_REASONS = ("InvalidSpec", "WorkerError", "OOMKilled", "ImagePullBackOff", "CreateContainerConfigError",
+                   "CreateContainerError", "BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy", "JobFailed")
+
+
+def failed(reason: str) -> None:
+    JOBS_FAILED.labels(reason if reason in FAILURE_REASONS else "Other").inc()
+
+
+class _JobInfo:
+    """kondense_job_info{backend, stage, phase}: how many CompressionJobs this operator last saw
+    in each state. A cache of what the API server says, rebuilt on the operator's resume pass,
+    never a source of truth."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, tuple[str, str, str]] = {}
+
+    def set(self, uid: str, backend: str, stage: int, phase: str) -> None:
+        with self._lock:
+            self._jobs[uid] = (backend, str(stage), phase)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._jobs.pop(uid, None)
+
+    def collect(self):
+        family = GaugeMetricFamily("kondense_job_info", "CompressionJobs by backend, current stage and phase",
+                                   labels=["backend", "stage", "phase"])
+        counts: dict[tuple[str, str, str], int] = {}
+        with self._lock:
+            for key in self._jobs.values():
+                counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            family.add_metric(list(key), n)
+        yield family
+
+    def describe(self):
+        return []
+
+
+JOB_INFO = _JobInfo()
+REGISTRY.register(JOB_INFO)
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` (0: not at all)."""
+    if port:
+        start_http_server(port, registry=REGISTRY)

@@ -1,0 +1,362 @@
+"""Shared fixtures: a Kubernetes API emulator (kmock) on localhost over real HTTP, a kubeconfig
+pointing at it, the operator as a separate process started the way a user starts it, and
+helpers that play the Job controller and the kubelet (Job and Pod status)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import kmock
+import pytest
+from kmock._internal import enums
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_PATH = REPO / "crds" / "compressionjob.yaml"
+OPERATOR_BIN = Path(sys.executable).with_name("kondense-operator")
+GROUP, VERSION, PLURAL = "kondense.dev", "v1alpha1", "compressionjobs"
+CJ_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus what a real API server does to metadata: uid, resourceVersion,
+    creationTimestamp and generation (bumped when the spec changes). It also logs every request
+    (method, path) so the RBAC test can see exactly what the operator calls."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.log: list[tuple[str, str, str | None]] = []   # (method, path, subresource)
+        self._versions = itertools.count(1000)
+
+    async def _handle(self, request):  # type: ignore[override]
+        if request.resource is not None:
+            self.log.append((str(request.method.value if hasattr(request.method, "value") else request.method).upper(),
+                             request.url.path, request.subresource))
+            data = request.data
+            if isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                if request.action == enums.action.CREATE:
+                    meta.setdefault("uid", str(uuid.uuid4()))
+                    meta.setdefault("creationTimestamp", _now())
+                    meta["generation"] = 1
+                    if request.namespace and not meta.get("namespace"):
+                        meta["namespace"] = request.namespace
+                    meta["resourceVersion"] = str(next(self._versions))
+                elif request.action == enums.action.UPDATE and request.name:
+                    meta["resourceVersion"] = str(next(self._versions))
+                    key = (request.resource, request.namespace, request.name)
+                    if "spec" in data and not request.subresource and key in self.objects:
+                        current = self.objects[key]
+                        if not current.deleted:
+                            old_spec = current.get("spec") or {}
+                            if any(old_spec.get(k) != v for k, v in (data["spec"] or {}).items()):
+                                meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
+        return await super()._handle(request)
+
+
+class ApiServer:
+    """The emulator served on 127.0.0.1 from a background thread with its own event loop."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.emulator: Emulator | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="kmock")
+
+    def start(self) -> "ApiServer":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("kmock did not start")
+        return self
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with Emulator() as k, kmock.Server(k) as server:
+            k.resources.load_bundled()   # without the built-in kinds kopf waits forever
+            k.resources[CJ_RESOURCE] = {"kind": "CompressionJob", "namespaced": True, "singular": "compressionjob",
+                                        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                                        "shortnames": ["cpj"], "subresources": ["status"]}
+            self.emulator = k
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+current-context: kmock
+clusters:
+- name: kmock
+  cluster: {{server: "{url}"}}
+users:
+- name: kmock
+  user: {{token: test-token}}
+contexts:
+- name: kmock
+  context: {{cluster: kmock, user: kmock, namespace: default}}
+""")
+    return path
+
+
+class Api:
+    """What the tests do to the cluster: through the `kubernetes` client for CompressionJobs
+    (as a user would), raw JSON for playing the controllers."""
+
+    def __init__(self, kubeconfig: Path):
+        from kubernetes import client, config
+
+        from kondense_operator.kube import Kube
+
+        self.client = config.new_client_from_config(config_file=str(kubeconfig))
+        self.custom = client.CustomObjectsApi(self.client)
+        self.raw = Kube(self.client)
+
+    def create_cj(self, namespace: str, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def get_cj(self, namespace: str, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def patch_cj(self, namespace: str, name: str, patch: dict) -> dict:
+        return self.raw.request("PATCH", self.raw.cj_path(namespace, name), patch, "application/merge-patch+json")
+
+    def delete_cj(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def list(self, kind: str, namespace: str) -> list[dict]:
+        return self.raw.request("GET", self.raw.child_path(kind, namespace)).get("items") or []
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        return self.raw.get(kind, namespace, name)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.raw.request("DELETE", self.raw.child_path(kind, namespace, name))
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict) -> dict:
+        return self.raw.request("PATCH", self.raw.child_path(kind, namespace, name) + "/status", {"status": status},
+                                "application/merge-patch+json")
+
+    # ---- playing the Job controller and the kubelet
+
+    def make_pods(self, job: dict) -> list[dict]:
+        """The pods an Indexed Job's controller would create: one per index, from the template."""
+        meta, spec = job["metadata"], job["spec"]
+        pods = []
+        for i in range(spec["completions"]):
+            tpl = json.loads(json.dumps(spec["template"]))
+            labels = {**tpl["metadata"].get("labels", {}), "batch.kubernetes.io/job-completion-index": str(i),
+                      "job-name": meta["name"]}
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": f"{meta['name']}-{i}-abcde", "namespace": meta["namespace"], "labels": labels,
+                                "annotations": {**tpl["metadata"].get("annotations", {}),
+                                                "batch.kubernetes.io/job-completion-index": str(i)},
+                                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                     "uid": meta["uid"], "controller": True}]},
+                   "spec": {**tpl["spec"], "hostname": f"{meta['name']}-{i}"}}
+            pods.append(self.raw.create_or_get(pod)[0])
+        return pods
+
+    def set_pod(self, pod: dict, phase: str, state: dict) -> None:
+        self.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"],
+                          {"phase": phase, "containerStatuses": [{"name": "worker", "ready": False, "restartCount": 0,
+                                                                  "image": "x", "imageID": "", "state": state}]})
+
+    def start_job(self, job: dict) -> list[dict]:
+        pods = self.make_pods(job)
+        for pod in pods:
+            self.set_pod(pod, "Running", {"running": {"startedAt": _now()}})
+        self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
+                          {"active": len(pods), "startTime": _now()})
+        return pods
+
+    def succeed_job(self, job: dict, pods: list[dict], summary: dict) -> None:
+        for i, pod in enumerate(pods):
+            term = {"exitCode": 0, "reason": "Completed", "finishedAt": _now()}
+            if i == 0:
+                term["message"] = json.dumps(summary)
+            self.set_pod(pod, "Succeeded", {"terminated": term})
+        n = len(pods)
+        self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
+                          {"active": 0, "succeeded": n, "completedIndexes": f"0-{n - 1}" if n > 1 else "0",
+                           "completionTime": _now(),
+                           "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}]})
+
+    def fail_job(self, job: dict, reason: str = "BackoffLimitExceeded",
+                 message: str = "Job has reached the specified backoff limit") -> None:
+        self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
+                          {"active": 0, "failed": 1,
+                           "conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": message,
+                                           "lastTransitionTime": _now()}]})
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 30, interval: float = 0.2, message: str = "") -> Any:
+    """Poll until `what()` is truthy; its value, or an AssertionError with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = what()
+        except Exception as e:  # noqa: BLE001  (not there yet)
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message or what}: last {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """`kondense-operator` as a user starts it, in its own process group."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, args: list[str] | None = None):
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.args = args if args is not None else ["--all-namespaces"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env.pop("KONDENSE_WATCH_NAMESPACES", None)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(OPERATOR_BIN), *self.args, "--metrics-port", str(self.metrics_port),
+                                      "--health-port", str(self.health_port), "--verbose"],
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.healthy, timeout=60, message=f"the operator's /healthz (log: {self.log_path})")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self._log.close()
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample's value from Prometheus text (0 if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted((labels or {}).items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if "{" in key:
+            n, _, rest = key.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest.rstrip("}") else ""
+        else:
+            n, got = key, ""
+        if n == name and got == want:
+            return float(value)
+    return 0.0
+
+
+def cj_manifest(name: str, namespace: str, **spec: Any) -> dict:
+    base = {"model": {"uri": "pvc://models/tiny.pt", "arch": "tinynet"}, "data": {"dataset": "fashion-mnist"},
+            "delta": 2.0, "stage": 2, "workers": 2, "slotsPerWorker": 1, "backend": "torch", "device": "cpu",
+            "output": {"uri": "pvc://models/out/" + name}}
+    base.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CompressionJob",
+            "metadata": {"name": name, "namespace": namespace}, "spec": base}
+
+
+def summary(stage: int) -> dict:
+    """A stage summary as kondense.jobs.stage_summary writes it."""
+    six = {"accuracy": 90.0, "sizeMB": 1.0, "macsG": 0.1, "paramsM": 0.2, "memoryMB": 2.0, "latencyMs": 0.5}
+    metrics = {"original": six, "stage1": {**six, "accuracy": 89.5, "sizeMB": 0.5}}
+    if stage == 2:
+        metrics["stage2"] = {**six, "accuracy": 89.0, "sizeMB": 0.25}
+    return {"stage": stage, "metrics": metrics,
+            "enhancement": {"accuracyDrop": 1.0 if stage == 2 else 0.5, "size": 4.0 if stage == 2 else 2.0, "macs": 2.0,
+                            "params": 3.0, "memory": 1.5, "latency": 1.2},
+            "trainingSamples": 100, "artifacts": {"model": "pvc://models/out/model.pt"}}
+
+
+@pytest.fixture(scope="module")
+def apiserver():
+    server = ApiServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(apiserver: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig", apiserver.url)
+
+
+@pytest.fixture(scope="module")
+def api(kubeconfig: Path) -> Api:
+    return Api(kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def operator(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One operator process for a module's tests (each test uses its own namespace)."""
+    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    yield op
+    op.stop()
+
+
+_ns_counter = itertools.count()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"ns{os.getpid() % 10000}-{next(_ns_counter)}"
