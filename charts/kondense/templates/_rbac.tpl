@@ -2,23 +2,27 @@
 CLUSTER_RULES), kept equal to it by tests/test_chart.py. Exact verbs and resources, no
 wildcards, no Secrets. */}}
 
-{{/* Needed in every watched namespace. */}}
+{{/* Needed in every watched namespace: kopf lists, watches and patches the CompressionJobs
+(progress annotations) and posts Events; the reconcile loop patches their status, creates the
+stage children (headless Service, ConfigMap, Indexed Job), patches Jobs (spec.suspend) and
+follows Jobs and Pods. Children go away with their CompressionJob through owner references
+(the garbage collector), so the operator deletes nothing itself. */}}
 {{- define "kondense.namespacedRules" -}}
 - apiGroups: [kondense.dev]
   resources: [compressionjobs]
   verbs: [get, list, watch, patch]
 - apiGroups: [kondense.dev]
   resources: [compressionjobs/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, create]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
@@ -27,12 +31,7 @@ wildcards, no Secrets. */}}
   verbs: [create]
 {{- end -}}
 
-{{/* Needed cluster-wide whatever the scope (kopf watches CRDs and namespaces). */}}
+{{/* Needed cluster-wide whatever the scope: nothing (kopf runs standalone, with CRD and namespace
+scanning off). A rule added here gets a ClusterRole in every scope. */}}
 {{- define "kondense.clusterRules" -}}
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
 {{- end -}}
