@@ -93,9 +93,13 @@ class Kube:
         return f"{base}/{quote(name)}" if name else base
 
     def create_or_get(self, obj: dict) -> tuple[dict, bool]:
-        """Create `obj`, or read the one already there under its name (409 is not an error:
-        the operator may have created it before a restart). Returns (object, created)."""
+        """The object already there under `obj`'s name, or `obj` created. A 409 on create is not
+        an error (another pass, or the operator before a restart, got there first).
+        Returns (object, created)."""
         kind, meta = obj["kind"], obj["metadata"]
+        existing = self.get(kind, meta["namespace"], meta["name"])
+        if existing is not None:
+            return existing, False
         try:
             return self.request("POST", self.child_path(kind, meta["namespace"]), obj), True
         except ApiError as e:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 NAMESPACED_RULES: list[dict] = [
     {"apiGroups": ["kondense.dev"], "resources": ["compressionjobs"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["kondense.dev"], "resources": ["compressionjobs/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["kondense.dev"], "resources": ["compressionjobs/status"], "verbs": ["patch"]},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 

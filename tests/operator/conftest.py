@@ -36,22 +36,24 @@ def _now() -> str:
 
 class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator plus what a real API server does to metadata: uid, resourceVersion,
-    creationTimestamp and generation (bumped when the spec changes). It also logs every request
+    creationTimestamp, generation (bumped when the spec changes) and names from generateName. It also logs every request
     (method, path) so the RBAC test can see exactly what the operator calls."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.log: list[tuple[str, str, str | None]] = []   # (method, path, subresource)
+        self.log: list[tuple[str, str, str]] = []   # (token, method, path)
         self._versions = itertools.count(1000)
 
     async def _handle(self, request):  # type: ignore[override]
         if request.resource is not None:
-            self.log.append((str(request.method.value if hasattr(request.method, "value") else request.method).upper(),
-                             request.url.path, request.subresource))
+            token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+            self.log.append((token, str(getattr(request.method, "value", request.method)).upper(), request.url.path_qs))
             data = request.data
             if isinstance(data, dict):
                 meta = data.setdefault("metadata", {})
                 if request.action == enums.action.CREATE:
+                    if meta.get("generateName") and not meta.get("name"):  # kopf's Events use it
+                        meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
                     meta.setdefault("uid", str(uuid.uuid4()))
                     meta.setdefault("creationTimestamp", _now())
                     meta["generation"] = 1
@@ -109,7 +111,7 @@ class ApiServer:
         self._thread.join(10)
 
 
-def write_kubeconfig(path: Path, url: str) -> Path:
+def write_kubeconfig(path: Path, url: str, token: str = "test-token") -> Path:
     path.write_text(f"""apiVersion: v1
 kind: Config
 current-context: kmock
@@ -118,7 +120,7 @@ clusters:
   cluster: {{server: "{url}"}}
 users:
 - name: kmock
-  user: {{token: test-token}}
+  user: {{token: {token}}}
 contexts:
 - name: kmock
   context: {{cluster: kmock, user: kmock, namespace: default}}
@@ -152,7 +154,8 @@ class Api:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
     def list(self, kind: str, namespace: str) -> list[dict]:
-        return self.raw.request("GET", self.raw.child_path(kind, namespace)).get("items") or []
+        path = f"/api/v1/namespaces/{namespace}/events" if kind == "Event" else self.raw.child_path(kind, namespace)
+        return self.raw.request("GET", path).get("items") or []
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         return self.raw.get(kind, namespace, name)
@@ -217,6 +220,12 @@ class Api:
                                            "lastTransitionTime": _now()}]})
 
 
+def _server_of(kubeconfig: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+
+
 def wait_for(what: Callable[[], Any], timeout: float = 30, interval: float = 0.2, message: str = "") -> Any:
     """Poll until `what()` is truthy; its value, or an AssertionError with the last value."""
     deadline = time.monotonic() + timeout
@@ -243,7 +252,9 @@ class OperatorProcess:
     """`kondense-operator` as a user starts it, in its own process group."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, args: list[str] | None = None):
-        self.kubeconfig = kubeconfig
+        # its own token, so the API server's log tells its requests from the tests' own
+        self.kubeconfig = write_kubeconfig(log_path.with_name("operator-kubeconfig"),
+                                           _server_of(kubeconfig), token="operator-token")
         self.log_path = log_path
         self.metrics_port = free_port()
         self.health_port = free_port()

@@ -1,0 +1,231 @@
+"""The operator end to end: `kondense-operator --all-namespaces` in its own process against the
+kmock API emulator over real HTTP; the tests play the Job controller and the kubelet."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from kondense_operator import rbac
+from kondense_operator.children import child_name
+
+from .conftest import cj_manifest, metric_value, summary, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def phase_of(api, ns: str, name: str) -> str | None:
+    return (api.get_cj(ns, name).get("status") or {}).get("phase")
+
+
+def wait_phase(api, ns: str, name: str, phase: str, timeout: float = 20) -> dict:
+    wait_for(lambda: phase_of(api, ns, name) == phase, timeout, message=f"{ns}/{name} phase {phase}")
+    return api.get_cj(ns, name)["status"]
+
+
+def stage_job(api, ns: str, name: str, stage: int, timeout: float = 20) -> dict:
+    return wait_for(lambda: api.get("Job", ns, child_name(name, stage)), timeout, message=f"stage {stage} Job")
+
+
+def test_two_stages_to_succeeded_with_metrics(api, operator, namespace):
+    before = operator.metrics()
+    api.create_cj(namespace, cj_manifest("resnet.fmnist", namespace))   # a name with a dot: children get a DNS-1035 name
+    name = "resnet.fmnist"
+    job1 = stage_job(api, namespace, name, 1)
+    assert job1["spec"]["completionMode"] == "Indexed" and job1["spec"]["completions"] == 2
+    assert api.get("Service", namespace, child_name(name, 1))["spec"]["clusterIP"] == "None"
+    assert "job.yaml" in api.get("ConfigMap", namespace, child_name(name, 1))["data"]
+    assert api.get("Job", namespace, child_name(name, 2)) is None, "stage 2 must wait for stage 1"
+
+    pods = api.start_job(job1)
+    status = wait_phase(api, namespace, name, "Running")
+    assert status["stage"] == 1 and status["startTime"]
+    api.succeed_job(job1, pods, summary(1))
+
+    job2 = stage_job(api, namespace, name, 2)
+    assert job2["spec"]["template"]["spec"]["containers"][0]["command"][-3:] == ["2", "--pvc-root", "/mnt/pvc"]
+    wait_for(lambda: api.get_cj(namespace, name)["status"].get("stage") == 2, 10)
+    assert set(api.get_cj(namespace, name)["status"]["metrics"]) == {"original", "stage1", "enhancement"}
+    pods2 = api.start_job(job2)
+    api.succeed_job(job2, pods2, summary(2))
+
+    status = wait_phase(api, namespace, name, "Succeeded")
+    six = {"accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs"}
+    for key in ("original", "stage1", "stage2"):
+        assert set(status["metrics"][key]) == six
+    assert status["metrics"]["enhancement"]["size"] == 4.0
+    assert status["artifacts"]["model"].startswith("pvc://")
+    assert status["completionTime"] and status["observedGeneration"] == 1
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Succeeded"]["status"] == "True" and conds["Running"]["status"] == "False"
+    assert conds["Created"]["status"] == "True"
+    for c in status["conditions"]:
+        assert set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+
+    # Events on the CompressionJob for the transitions
+    reasons = wait_for(lambda: {e["reason"] for e in api.list("Event", namespace)} >= {"Created", "Succeeded"} and
+                       {e["reason"] for e in api.list("Event", namespace)}, 10)
+    assert {"Stage1Succeeded", "Stage2Succeeded", "JobCreated"} <= reasons
+
+    after = operator.metrics()
+    assert metric_value(after, "kondense_jobs_created_total") == metric_value(before, "kondense_jobs_created_total") + 1
+    assert metric_value(after, "kondense_jobs_succeeded_total") == metric_value(before, "kondense_jobs_succeeded_total") + 1
+    assert metric_value(after, "kondense_stage_duration_seconds_count", {"stage": "2"}) >= 1
+    assert metric_value(after, "kondense_job_info", {"backend": "torch", "stage": "2", "phase": "Succeeded"}) >= 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("spec, field", [({"output": {"uri": "/tmp/out"}}, "spec.output.uri"),
+                                         ({"delta": 0}, "spec.delta"),
+                                         ({"model": {"zoo": "resnet18", "uri": "pvc://m/x.pt"}}, "spec.model")])
+def test_invalid_spec_fails_without_children(api, operator, namespace, spec, field):
+    before = metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": "InvalidSpec"})
+    api.create_cj(namespace, cj_manifest("bad", namespace, **spec))
+    status = wait_phase(api, namespace, "bad", "Failed")
+    assert status["reason"] == "InvalidSpec" and status["message"].startswith(field + ":")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and failed["status"] == "True"
+    time.sleep(1)
+    for kind in ("Job", "Service", "ConfigMap"):
+        assert api.list(kind, namespace) == []
+    assert metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": "InvalidSpec"}) == before + 1
+    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in api.list("Event", namespace))
+
+
+def _oom(api, job, pods):
+    api.set_pod(pods[1], "Failed", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}})
+    api.fail_job(job)
+
+
+def _worker_error(api, job, pods):
+    msg = json.dumps({"stage": 1, "error": "model file /mnt/pvc/models/tiny.pt not found"})
+    api.set_pod(pods[0], "Failed", {"terminated": {"exitCode": 1, "reason": "Error", "message": msg}})
+    api.fail_job(job)
+
+
+def _backoff(api, job, pods):
+    api.fail_job(job)
+
+
+def _deadline(api, job, pods):
+    api.fail_job(job, "DeadlineExceeded", "Job was active longer than specified deadline")
+
+
+def _image(api, job, pods):
+    api.set_pod(pods[0], "Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}})
+
+
+@pytest.mark.parametrize("fail, reason, words", [(_oom, "OOMKilled", "memory"), (_worker_error, "WorkerError", "not found"),
+                                                 (_backoff, "BackoffLimitExceeded", "backoff limit"),
+                                                 (_deadline, "DeadlineExceeded", "deadline"),
+                                                 (_image, "ImagePullBackOff", "ImagePullBackOff")])
+def test_failed_stage_has_its_reason(api, operator, namespace, fail, reason, words):
+    before = metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": reason})
+    api.create_cj(namespace, cj_manifest("failing", namespace))
+    job = stage_job(api, namespace, "failing", 1)
+    pods = api.start_job(job)
+    fail(api, job, pods)
+    status = wait_phase(api, namespace, "failing", "Failed")
+    assert status["reason"] == reason and words in status["message"] and status["message"].startswith("stage 1:")
+    assert api.get("Job", namespace, child_name("failing", 2)) is None
+    assert metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": reason}) == before + 1
+    if reason == "ImagePullBackOff":  # a pod that can never start: its Job is stopped
+        assert api.get("Job", namespace, child_name("failing", 1))["spec"]["suspend"] is True
+
+
+def test_suspend_and_resume(api, operator, namespace):
+    api.create_cj(namespace, cj_manifest("pausable", namespace, suspend=True))
+    job = stage_job(api, namespace, "pausable", 1)
+    assert job["spec"]["suspend"] is True
+    status = wait_phase(api, namespace, "pausable", "Suspended")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "True"
+
+    api.patch_cj(namespace, "pausable", {"spec": {"suspend": False}})
+    wait_for(lambda: api.get("Job", namespace, job["metadata"]["name"])["spec"]["suspend"] is False, 20)
+    pods = api.start_job(job)
+    status = wait_phase(api, namespace, "pausable", "Running")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "False"
+
+    api.patch_cj(namespace, "pausable", {"spec": {"suspend": True}})
+    wait_for(lambda: api.get("Job", namespace, job["metadata"]["name"])["spec"]["suspend"] is True, 20)
+    status = wait_phase(api, namespace, "pausable", "Suspended")
+    assert status["observedGeneration"] >= 2
+
+    api.patch_cj(namespace, "pausable", {"spec": {"suspend": False}})
+    wait_phase(api, namespace, "pausable", "Running")
+    api.succeed_job(job, pods, summary(1))
+    job2 = stage_job(api, namespace, "pausable", 2)
+    assert job2["spec"]["suspend"] is False
+    api.succeed_job(job2, api.start_job(job2), summary(2))
+    wait_phase(api, namespace, "pausable", "Succeeded")
+    reasons = [e["reason"] for e in api.list("Event", namespace)]
+    assert "Suspended" in reasons and "Running" in reasons
+
+
+def test_deletion_leaves_children_to_the_garbage_collector(api, operator, namespace):
+    api.create_cj(namespace, cj_manifest("doomed", namespace))
+    stage_job(api, namespace, "doomed", 1)
+    uid = api.get_cj(namespace, "doomed")["metadata"]["uid"]
+    api.delete_cj(namespace, "doomed")
+    names = []
+    for kind in ("Service", "ConfigMap", "Job"):
+        (child,) = api.list(kind, namespace)
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["uid"] == uid and ref["controller"] is True and ref["kind"] == "CompressionJob"
+        assert ref["blockOwnerDeletion"] is True
+        names.append((kind, child["metadata"]["name"]))
+    # kmock has no garbage collector: play it, then see that nothing comes back
+    for kind, name in names:
+        api.delete(kind, namespace, name)
+    time.sleep(2)
+    for kind in ("Service", "ConfigMap", "Job"):
+        assert api.list(kind, namespace) == []
+
+
+def test_zz_rbac_rules_cover_exactly_what_the_operator_called(apiserver, operator):
+    """Every request the operator made in this module (kopf's own included) is allowed by
+    rbac.py's rules, and every rule was used: complete and minimal."""
+    time.sleep(1)
+    calls = {(m, p) for token, m, p in apiserver.emulator.log if token == "operator-token"}
+    assert calls, "the operator made no requests?"
+    used: set[tuple[str, str, str]] = set()
+    for method, path in calls:
+        group, resource, verb = _rbac_request(method, path)
+        if resource is None:
+            continue  # discovery (/api, /apis/...): open to every authenticated user
+        rule = next((r for r in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
+                     if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]), None)
+        assert rule is not None, f"{method} {path} ({group}/{resource} {verb}) is not in rbac.py"
+        used.add((group, resource, verb))
+    granted = {(g, r, v) for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
+               for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == used, f"granted but never used: {granted - used}"
+    for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"]
+
+
+def _rbac_request(method: str, path: str) -> tuple[str, str | None, str]:
+    """(apiGroup, resource[/subresource], verb) of a request, as the API server's authorizer sees it."""
+    from urllib.parse import urlparse
+
+    parts = [p for p in urlparse(path).path.split("/") if p]
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"]:
+        group, rest = parts[1], parts[3:]
+    else:
+        return "", None, ""
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    if not rest:
+        return group, None, ""
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    named = len(rest) > 1
+    verb = {"GET": "get" if named else "list", "POST": "create", "PATCH": "patch", "PUT": "update",
+            "DELETE": "delete"}[method]
+    if method == "GET" and "watch=" in path:
+        verb = "watch"
+    return group, resource, verb
