@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 DEMO    ?= out/demo
 IMAGE   ?= ghcr.io/your-org/kondense:0.1.0
 
-.PHONY: install data horovod helm test demo clean image sync-crd deploy-manifests
+.PHONY: install data horovod helm test demo clean image sync-crd sync-rbac deploy-manifests
 
 install: $(STAMP) data horovod helm
 
@@ -56,6 +56,10 @@ image:
 sync-crd:
 	cp crds/compressionjob.yaml charts/kondense/crds/compressionjob.yaml
 
+# The chart's RBAC rules (charts/kondense/files/rbac.yaml) come from operator/kondense_operator/rbac.py.
+sync-rbac: $(STAMP)
+	$(PY) scripts/sync-rbac.py
+
 # deploy/ (kubectl apply -k deploy/) is the chart rendered with its default values.
-deploy-manifests: helm sync-crd
+deploy-manifests: helm sync-crd sync-rbac
 	scripts/render-deploy.sh deploy

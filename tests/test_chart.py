@@ -146,6 +146,14 @@ def test_rbac_least_privilege(case):
                 assert set(rule["verbs"]) <= {"get", "list", "watch"}, f"{where}: pods are read-only"
 
 
+def test_chart_rbac_file_is_the_operators():
+    from kondense_operator import rbac
+
+    chart = yaml.safe_load((CHART / "files" / "rbac.yaml").read_text())
+    assert chart == {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES}, \
+        "charts/kondense/files/rbac.yaml differs from operator/kondense_operator/rbac.py: run `make deploy-manifests`"
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_rbac_matches_operator(case):
     """The chart grants exactly what operator/kondense_operator/rbac.py says the operator needs."""
