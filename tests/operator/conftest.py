@@ -200,11 +200,12 @@ class Api:
                           {"active": len(pods), "startTime": _now()})
         return pods
 
-    def succeed_job(self, job: dict, pods: list[dict], summary: dict) -> None:
+    def succeed_job(self, job: dict, pods: list[dict], summary: dict | str) -> None:
+        """Every pod Succeeded, rank 0 with `summary` as its termination message; the Job Complete."""
         for i, pod in enumerate(pods):
             term = {"exitCode": 0, "reason": "Completed", "finishedAt": _now()}
             if i == 0:
-                term["message"] = json.dumps(summary)
+                term["message"] = summary if isinstance(summary, str) else json.dumps(summary)
             self.set_pod(pod, "Succeeded", {"terminated": term})
         n = len(pods)
         self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
