@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .device import autocast, batch_to
 from .distributed import Comm, SingleComm
+from .progress import Progress
 
 
 class WithTeacher(Dataset):
@@ -38,8 +38,11 @@ def cache_teacher(teacher: nn.Module, train: Dataset, batch_size: int = 256) -> 
     teacher.eval()
     device = next(teacher.parameters()).device
     outs = []
-    for x, _ in tqdm(DataLoader(train, batch_size=batch_size), desc="teacher logits", unit="batch", leave=False, disable=None):
-        outs.append(teacher(batch_to(x, device)).float().cpu())
+    loader = DataLoader(train, batch_size=batch_size)
+    with Progress(len(loader), "teacher logits") as progress:
+        for x, _ in loader:
+            outs.append(teacher(batch_to(x, device)).float().cpu())
+            progress.update()
     return WithTeacher(train, torch.cat(outs))
 
 
@@ -86,7 +89,7 @@ class FineTune:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps) if self.optimizer is None else None
         model.train()
         seen, step = 0, 0
-        bar = tqdm(total=total_steps, desc=description, unit="batch", leave=False, disable=None if comm.is_root else True)
+        progress = Progress(total_steps, description, enabled=comm.is_root)
         while step < total_steps:
             for x, y, teacher_logits in loader:
                 x = batch_to(x, device)
@@ -101,10 +104,9 @@ class FineTune:
                     scheduler.step()
                 seen += len(y)
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                progress.update(loss=loss.item())
                 if step >= total_steps:
                     break
-        bar.close()
+        progress.close()
         comm.broadcast_module(model)  # identical already in exact arithmetic; this removes any drift
         return int(comm.allreduce_sum([seen])[0])

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .device import autocast, batch_to
+from .progress import Progress
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,9 +43,8 @@ def train_epoch(
     model.train()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    # off when stderr is not a terminal (logs, pods): callers print a line per epoch with an ETA instead
-    bar = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=None)
-    for x, y in bar:
+    progress = Progress(len(loader), description)
+    for x, y in loader:
         x, y = batch_to(x, device), y.to(device, non_blocking=True)
         if use_augment:
             x = batch_to(augment(x), device)
@@ -58,8 +57,8 @@ def train_epoch(
             scheduler.step()
         total += loss.item() * len(y)
         count += len(y)
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    bar.close()
+        progress.update(loss=total / count)
+    progress.close()
     return total / max(count, 1)
 
 
