@@ -19,7 +19,7 @@ from kondense_operator.children import child_name
 
 from .conftest import OperatorProcess, cj_manifest, free_port, wait_for
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(900)
 NS = "ml"
 NAME = "mobilenet-local"
 KONDENSE_BIN = Path(sys.executable).with_name("kondense")
@@ -65,7 +65,7 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
     outputs = []
     try:
         for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
+            outputs.append(p.communicate(timeout=600)[0])
     finally:
         for p in procs:
             try:
@@ -87,14 +87,14 @@ def test_generated_pods_run_both_stages(apiserver, api, operator, tmp_path, kond
                     "--out", str(pvc / "models" / "m.pt")], check=True, capture_output=True, timeout=300)
     manifest = cj_manifest(NAME, NS, model={"uri": "pvc://models/m.pt", "arch": "mobilenet_v1"},
                            data={"dataset": "fashion-mnist"}, delta=10, output={"uri": "pvc://models/out"},
-                           budget={"trainSamples": 256, "valSamples": 96, "testSamples": 96, "scanSamples": 32,
+                           budget={"trainSamples": 64, "valSamples": 32, "testSamples": 32, "scanSamples": 16,
                                    "ratios": [0.5], "stage1Epochs": 0.5, "maxSteps": 1})
     api.create_cj(NS, manifest)
 
     for stage in (1, 2):
         job = wait_for(lambda: api.get("Job", NS, child_name(NAME, stage)), 30, message=f"stage {stage} Job")
         configmap = api.get("ConfigMap", NS, child_name(NAME, stage))
-        assert yaml.safe_load(configmap["data"]["job.yaml"])["spec"]["budget"]["trainSamples"] == 256
+        assert yaml.safe_load(configmap["data"]["job.yaml"])["spec"]["budget"]["trainSamples"] == 64
         pods = api.start_job(job)
         work = tmp_path / f"stage{stage}"
         work.mkdir()

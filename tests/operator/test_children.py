@@ -1,0 +1,148 @@
+"""The pure builders and status rules, and the operator's command line: no API server."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kondense import spec as spec_mod
+from kondense_operator import children, status as st
+from kondense_operator.cli import parse_config
+from kondense_operator.config import ConfigError, WorkerConfig, worker_config_from_dict
+
+from .conftest import cj_manifest
+
+DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def body(name: str = "job", **spec) -> dict:
+    b = cj_manifest(name, "ns", **spec)
+    b["metadata"]["uid"] = "uid-1"
+    return b
+
+
+def test_operator_never_imports_torch():
+    code = "import kondense_operator.handlers, kondense_operator.cli, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["job", "resnet.fmnist", "1abc", "a" * 253, "a.b", "a-b", "x" * 60 + ".y"])
+def test_child_names_are_dns1035_labels(name):
+    for stage in (1, 2):
+        n = children.child_name(name, stage)
+        assert DNS1035.fullmatch(n) and len(n) <= 50, n
+        assert len(f"{n}-999") <= 63  # pod host names
+    assert len(children.label_value(name)) <= 63
+    assert children.child_name("a.b", 1) != children.child_name("a-b", 1)
+
+
+def test_job_pod_spec():
+    b = body(device="cuda", slotsPerWorker=4, resources={"limits": {"memory": "8Gi"}})
+    job = spec_mod.parse(b)
+    cfg = WorkerConfig(image="img:1", gpu_node_selector={"gpu": "yes"}, gpu_tolerations=[{"key": "gpu"}],
+                       node_selector={"pool": "ml"}, resources={"requests": {"cpu": "2"}})
+    svc, cm, k8s_job = children.build_children(b, job, 2, cfg)
+    for child in (svc, cm, k8s_job):
+        assert child["metadata"]["ownerReferences"] == [{"apiVersion": "kondense.dev/v1alpha1", "kind": "CompressionJob",
+                                                         "name": "job", "uid": "uid-1", "controller": True,
+                                                         "blockOwnerDeletion": True}]
+        labels = child["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "kondense" and labels["app.kubernetes.io/component"] == "worker"
+        assert labels["kondense.dev/job"] == "job" and labels["kondense.dev/stage"] == "2"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == children.selector("job", 2)
+    assert spec_mod.parse(yaml.safe_load(cm["data"]["job.yaml"])) == job
+    s = k8s_job["spec"]
+    assert (s["completionMode"], s["completions"], s["parallelism"], s["backoffLimit"]) == ("Indexed", 2, 2, 0)
+    pod = s["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"] and pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["nodeSelector"] == {"pool": "ml", "gpu": "yes"} and pod["tolerations"] == [{"key": "gpu"}]
+    (c,) = pod["containers"]
+    assert c["command"] == ["kondense", "worker", "--job", "/etc/kondense/job.yaml", "--stage", "2", "--pvc-root", "/mnt/pvc"]
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert c["resources"] == {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": 4}}
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["KONDENSE_COORDINATOR"] == f"{k8s_job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert (env["KONDENSE_WORKERS"], env["KONDENSE_SLOTS"], env["KONDENSE_BACKEND"], env["KONDENSE_PORT"]) == \
+        ("2", "4", "torch", "29500")
+    assert env["KONDENSE_HOME"] == "/var/cache/kondense"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/mnt/pvc/models"]]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+    assert "emptyDir" in volumes[mounts["/tmp"]] and "emptyDir" in volumes[mounts["/var/cache/kondense"]]
+
+
+def test_zoo_cache_claim_service_account_and_cpu():
+    b = body(device="cpu")
+    cfg = WorkerConfig(zoo_cache_claim="zoo", service_account_name="kondense-worker")
+    pod = children.build_job(b, spec_mod.parse(b), 1, cfg)["spec"]["template"]["spec"]
+    assert {"name": "home", "persistentVolumeClaim": {"claimName": "zoo"}} in pod["volumes"]
+    assert pod["serviceAccountName"] == "kondense-worker" and pod["automountServiceAccountToken"] is False
+    assert "resources" not in pod["containers"][0] and "nodeSelector" not in pod
+
+
+def test_failure_priority():
+    job = {"spec": {"completions": 2}, "status": {"conditions": [{"type": "Failed", "status": "True",
+                                                                  "reason": "BackoffLimitExceeded", "message": "limit"}]}}
+    def pod(i, state):
+        return {"metadata": {"name": f"p{i}", "labels": {children.INDEX_LABEL: str(i)}},
+                "status": {"containerStatuses": [{"name": "worker", "state": state}]}}
+    assert st.observe_stage(job, []).reason == "BackoffLimitExceeded"
+    oom = pod(1, {"terminated": {"reason": "OOMKilled", "exitCode": 137}})
+    assert st.observe_stage(job, [oom]).reason == "OOMKilled"
+    err = pod(0, {"terminated": {"exitCode": 1, "message": '{"stage": 1, "error": "boom"}'}})
+    assert st.observe_stage(job, [oom, err]).reason == "WorkerError"
+    logs = pod(0, {"terminated": {"exitCode": 1, "message": "Traceback\nValueError: x"}})
+    out = st.observe_stage(job, [logs])
+    assert out.reason == "BackoffLimitExceeded" and "ValueError: x" in out.message
+    running = {"spec": {"completions": 2}, "status": {"active": 2}}
+    assert st.observe_stage(running, []).state == "running"
+    assert st.observe_stage({"spec": {"completions": 2}}, []).state == "pending"
+    pull = pod(0, {"waiting": {"reason": "ErrImagePull"}})
+    assert st.observe_stage(running, [pull]).reason == "ImagePullBackOff"
+
+
+def test_conditions_move_only_on_flips():
+    conds = st.set_condition([], "Running", True, "A", "a", 1)
+    t = conds[0]["lastTransitionTime"]
+    conds[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    conds = st.set_condition(conds, "Running", True, "B", "b", 2)
+    assert conds[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z" and conds[0]["reason"] == "B"
+    conds = st.set_condition(conds, "Running", False, "C", "c", 2)
+    assert conds[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z" and t
+
+
+def test_cli_contract(tmp_path, monkeypatch):
+    monkeypatch.delenv("KONDENSE_WATCH_NAMESPACES", raising=False)
+    cfg, _ = parse_config([])
+    assert cfg.clusterwide and cfg.metrics_port == 9090 and cfg.health_port == 8080
+    assert cfg.worker.image == "kondense/kondense:0.1.0"
+    cfg, _ = parse_config(["--namespace", "a", "--namespace", "b", "--metrics-port", "0"])
+    assert cfg.namespaces == ("a", "b") and cfg.metrics_port == 0
+    monkeypatch.setenv("KONDENSE_WATCH_NAMESPACES", "x, y")
+    assert parse_config([])[0].namespaces == ("x", "y")
+    assert parse_config(["--all-namespaces"])[0].clusterwide
+    with pytest.raises(SystemExit):
+        parse_config(["--all-namespaces", "--namespace", "a"])
+    path = tmp_path / "worker.yaml"
+    path.write_text("image: reg/kondense:1\nimagePullPolicy: Always\nzooCacheClaim: zoo\nport: 23456\n"
+                    "nodeSelector: {a: b}\ntolerations: []\ngpuNodeSelector: {}\ngpuTolerations: []\nresources: {}\n"
+                    "serviceAccountName: ''\n")
+    cfg, _ = parse_config(["--worker-config", str(path)])
+    assert (cfg.worker.image, cfg.worker.image_pull_policy, cfg.worker.port) == ("reg/kondense:1", "Always", 23456)
+    assert parse_config(["--worker-config", str(path), "--worker-image", "other:2"])[0].worker.image == "other:2"
+    monkeypatch.setenv("KONDENSE_WORKER_IMAGE", "env:3")
+    assert parse_config([])[0].worker.image == "env:3"
+    path.write_text("imagee: x\n")
+    with pytest.raises(SystemExit):
+        parse_config(["--worker-config", str(path)])
+    with pytest.raises(ConfigError, match="imagePullPolicy"):
+        worker_config_from_dict({"imagePullPolicy": "Sometimes"})
