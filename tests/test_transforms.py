@@ -98,6 +98,7 @@ PRUNE_CASES = [
     ("mobilenet_v1", "features.6", ["features.9"]),  # feeds a depthwise conv
     ("densenet121", "features.3.body.5", []),  # concatenated into every later layer of the block
     ("googlenet", "features.0.branch3.3", []),  # one slice of an inception concatenation
+    ("lenet5", "features.4", []),  # feeds Flatten: the first Linear loses 25 inputs per channel
 ]
 
 
@@ -205,6 +206,11 @@ REPLAYS = {
         ("features.5.body.0", "lowrank", 0.5),
         ("features.5.body.0.1", "prune", 0.5),  # the expansion, and the depthwise conv after it
         ("features.0", "lowrank", 0.7),
+    ],
+    "lenet5": [
+        ("features.4", "prune", 0.5),
+        ("classifier.0", "lowrank", 0.25),
+        ("classifier.2", "prune", 0.5),
     ],
     "densenet121": [
         ("features.0", "prune", 0.5),

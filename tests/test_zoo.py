@@ -19,6 +19,11 @@ def test_every_arch_runs_on_any_channels_and_classes(arch: str, in_channels: int
     assert out.shape == (2, 7)
 
 
+def test_lenet5_has_the_classic_size() -> None:
+    # LeCun et al.'s 61,706 parameters, plus 44 of the two BatchNorms
+    assert sum(p.numel() for p in zoo.build("lenet5", 10, 1).parameters()) == 61_750
+
+
 def test_unknown_arch_lists_the_known_ones() -> None:
     with pytest.raises(KondenseError) as e:
         zoo.build("resnet19")

@@ -21,7 +21,7 @@ from .conftest import OperatorProcess, cj_manifest, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 NS = "ml"
-NAME = "mobilenet-local"
+NAME = "lenet5-local"
 KONDENSE_BIN = Path(sys.executable).with_name("kondense")
 
 
@@ -81,20 +81,20 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
 def test_generated_pods_run_both_stages(apiserver, api, operator, tmp_path, kondense_home):
     pvc = tmp_path / "pvc"
     (pvc / "models").mkdir(parents=True)
-    # a quickly trained zoo network as the user's state dict on the claim
-    subprocess.run([str(KONDENSE_BIN), "zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "1",
-                    "--train-samples", "256", "--val-samples", "64", "--test-samples", "64",
+    # a quickly trained zoo network (LeNet-5: seconds to train and scan) as the user's state dict on the claim
+    subprocess.run([str(KONDENSE_BIN), "zoo", "train", "lenet5", "--dataset", "fashion-mnist", "--epochs", "2",
+                    "--train-samples", "2000", "--val-samples", "200", "--test-samples", "200",
                     "--out", str(pvc / "models" / "m.pt")], check=True, capture_output=True, timeout=300)
-    manifest = cj_manifest(NAME, NS, model={"uri": "pvc://models/m.pt", "arch": "mobilenet_v1"},
+    manifest = cj_manifest(NAME, NS, model={"uri": "pvc://models/m.pt", "arch": "lenet5"},
                            data={"dataset": "fashion-mnist"}, delta=10, output={"uri": "pvc://models/out"},
-                           budget={"trainSamples": 64, "valSamples": 32, "testSamples": 32, "scanSamples": 16,
-                                   "ratios": [0.5], "stage1Epochs": 0.5, "maxSteps": 1})
+                           budget={"trainSamples": 1000, "valSamples": 300, "testSamples": 300, "scanSamples": 200,
+                                   "ratios": [0.5], "stage1Epochs": 1, "maxSteps": 1})
     api.create_cj(NS, manifest)
 
     for stage in (1, 2):
         job = wait_for(lambda: api.get("Job", NS, child_name(NAME, stage)), 30, message=f"stage {stage} Job")
         configmap = api.get("ConfigMap", NS, child_name(NAME, stage))
-        assert yaml.safe_load(configmap["data"]["job.yaml"])["spec"]["budget"]["trainSamples"] == 64
+        assert yaml.safe_load(configmap["data"]["job.yaml"])["spec"]["budget"]["trainSamples"] == 1000
         pods = api.start_job(job)
         work = tmp_path / f"stage{stage}"
         work.mkdir()

@@ -8,6 +8,7 @@ from torch import nn
 from ..errors import KondenseError
 from .densenet import densenet121
 from .googlenet import googlenet
+from .lenet import lenet5
 from .mobilenet import mobilenet_v1, mobilenet_v2
 from .resnet import resnet18, resnet50
 from .vgg import vgg19
@@ -20,6 +21,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "googlenet": googlenet,
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
+    "lenet5": lenet5,
 }
 
 
