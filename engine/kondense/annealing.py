@@ -1,15 +1,17 @@
 """Stage 2, annealing: from stage 1, compress further in steps until the budget is spent.
 
-Each step rescans the current model at one ratio, takes the layers with the most saving
-per point of accuracy until the step's allowance of predicted drop is used, fine-tunes,
-and keeps the result only if validation accuracy stays above the floor. A rejected step
-halves the allowance (the temperature falls); `patience` rejections in a row end the stage.
+Each step rescans the current model at one ratio, ranks the layers by saving per point of
+accuracy, and takes as many as keep the composed model's scan accuracy within the step's
+allowance of the current one; it fine-tunes, and keeps the result only if validation accuracy
+stays above the floor. A rejected step halves the allowance (the temperature falls) and
+retries from the same scan (the model did not change); `patience` rejections in a row end
+the stage.
 """
 from __future__ import annotations
 
 import time
 
-from .conductor import greedy_step, scan
+from .conductor import fit, greedy_step, scan
 from .context import Context
 from .exploration import StageResult
 from .plan import applied
@@ -32,12 +34,18 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         current = start
 
     began, first = time.perf_counter(), state["step"]
+    scanned = None  # (options, base accuracy) of `current`, reused after a rejected step
     while not state["done"] and state["step"] < budget.max_steps:
         k = state["step"] + 1
-        ctx.log(f"stage 2, step {k}/{budget.max_steps}: rescan at ratio {budget.anneal_ratio}, allowance {state['drop']:.2f} points")
-        options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected, ctx.log)
-        base = ctx.judge.scan_accuracy(applied(current.model, [], ctx.example))
-        steps = ctx.comm.broadcast_object(greedy_step(options, base, state["drop"]))
+        ctx.log(f"stage 2, step {k}/{budget.max_steps}: {'rescan at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same scan'}, "
+                f"allowance {state['drop']:.2f} points")
+        if scanned is None:
+            options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected, ctx.log)
+            scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
+        options, base = scanned
+        picks = greedy_step(options, base, state["drop"])
+        steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base - state["drop"], ctx.log)
+        steps = ctx.comm.broadcast_object(steps)
         if not steps:
             ctx.log(f"stage 2, step {k}: no layer can shrink within the allowance; done")
             state["done"] = True
@@ -49,7 +57,7 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         accepted = val >= ctx.accept_floor
         state["history"].append(_point(ctx, f"step {k}", model, val, accepted))
         if accepted:
-            current = StageResult(model, current.steps + steps, val)
+            current, scanned = StageResult(model, current.steps + steps, val), None
             state.update(checkpoint=run.save_model(f"stage2_step{k}", model, current.steps), valAccuracy=val, rejects=0)
         else:
             state["rejects"] += 1

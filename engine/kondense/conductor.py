@@ -141,9 +141,14 @@ def choose(options: list[Option], threshold: float) -> list[Step]:
                 picks.append(max(lowrank, key=lambda x: x.saving))
         else:
             picks.append(o)
+    return in_order(picks, options)
+
+
+def in_order(picks: list[Option], options: list[Option]) -> list[Step]:
+    """Steps in the order they can be applied: prunings first (they change neighbouring shapes),
+    then factorisations, each in model order."""
     order = {o.layer: i for i, o in enumerate(options)}
-    picks.sort(key=lambda o: (o.transform != "prune", order[o.layer]))
-    return [o.step() for o in picks]
+    return [o.step() for o in sorted(picks, key=lambda o: (o.transform != "prune", order[o.layer]))]
 
 
 def search(model: nn.Module, options: list[Option], judge: Judge, example: torch.Tensor, floor: float,
@@ -169,9 +174,9 @@ def search(model: nn.Module, options: list[Option], judge: Judge, example: torch
     return best
 
 
-def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float) -> list[Step]:
-    """An annealing step: the options with the most saving per point of accuracy lost, until
-    their summed (predicted) drops would pass `drop_budget`."""
+def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float) -> list[Option]:
+    """An annealing step's candidates, most saving per point of accuracy lost first, until
+    their summed (predicted, each layer alone) drops would pass `drop_budget`."""
     ranked = sorted((o for o in options if o.saving > 0),
                     key=lambda o: -o.saving / max(base_accuracy - o.accuracy, 0.05))
     picks, spent, pruned, used = [], 0.0, set(), set()
@@ -187,9 +192,30 @@ def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float)
         used.add(o.layer)
         if o.transform == "prune":
             pruned |= group
-    order = {o.layer: i for i, o in enumerate(options)}
-    picks.sort(key=lambda o: (o.transform != "prune", order[o.layer]))
-    return [o.step() for o in picks]
+    return picks
+
+
+def fit(model: nn.Module, picks: list[Option], options: list[Option], judge: Judge, example: torch.Tensor,
+        floor: float, log: Callable[[str], None] = print) -> tuple[list[Step], float]:
+    """The longest prefix of the ranked `picks` whose composed model keeps scan accuracy >= floor.
+
+    Drops measured one layer at a time do not add up: at a mild ratio most layers alone cost
+    nothing, yet fifty of them together can ruin the model beyond what fine-tuning repairs. So
+    the composed model is measured, as stage 1's search does, with a binary search over how
+    many picks to take (each probe composes and evaluates the model once).
+    """
+    best: tuple[list[Step], float] = ([], judge.scan_accuracy(applied(model, [], example)))
+    lo, hi = 1, len(picks)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        steps = in_order(picks[:mid], options)
+        acc = judge.scan_accuracy(applied(model, steps, example))
+        log(f"  step fit: {mid}/{len(picks)} layers -> scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
+        if acc >= floor:
+            best, lo = (steps, acc), mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def options_to_json(options: list[Option]) -> list[dict]:

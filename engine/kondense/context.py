@@ -21,7 +21,7 @@ class Budget:
     stage1_drop     scan-accuracy drop allowed before stage 1 fine-tuning, in units of delta
     stage1_epochs   fine-tuning epochs of stage 1
     anneal_ratio    how much a layer shrinks in one annealing step
-    step_drop       predicted scan-accuracy drop allowed per annealing step, in units of delta
+    step_drop       scan-accuracy drop allowed per annealing step (composed model, before fine-tuning), in units of delta
     step_epochs     fine-tuning epochs after each annealing step
     max_steps       annealing steps at most
     patience        annealing stops after this many rejected steps in a row

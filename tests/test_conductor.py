@@ -1,0 +1,60 @@
+"""Annealing's step selection: ranked candidates, then as many as the composed model allows."""
+from __future__ import annotations
+
+import torch
+
+from kondense.conductor import Option, fit, greedy_step, in_order
+from tests.tinynet import TinyNet
+
+
+def option(layer: str, accuracy: float, saving: float, transform: str = "lowrank", coupled=()) -> Option:
+    return Option(layer, transform, 0.5, accuracy, saving, list(coupled))
+
+
+def test_greedy_step_ranks_by_saving_per_point_within_the_predicted_allowance() -> None:
+    options = [option("a", 89.0, 1.0), option("b", 90.0, 0.5), option("c", 85.0, 4.0), option("d", 90.0, 0.0)]
+    picks = greedy_step(options, base_accuracy=90.0, drop_budget=2.0)
+    # b costs nothing (ranked by 0.5 / 0.05), a costs 1 point, c's 5 points would pass the allowance, d saves nothing
+    assert [o.layer for o in picks] == ["b", "a"]
+
+
+def test_greedy_step_prunes_a_coupled_group_once() -> None:
+    options = [option("x", 90.0, 2.0, "prune", ["y"]), option("y", 90.0, 1.0, "prune", ["x"]), option("y", 90.0, 0.5)]
+    assert [(o.layer, o.transform) for o in greedy_step(options, 90.0, 1.0)] == [("x", "prune"), ("y", "lowrank")]
+
+
+class CountingJudge:
+    """Scan accuracy falls by 10 points for every watched layer that was transformed: a composed
+    effect that no one-layer-at-a-time prediction shows."""
+
+    def __init__(self, model: torch.nn.Module, watched: list[str]) -> None:
+        self.before = {n: self._form(model, n) for n in watched}
+        self.calls = 0
+
+    @staticmethod
+    def _form(model: torch.nn.Module, name: str):
+        m = model.get_submodule(name)
+        return (type(m), tuple(m.weight.shape) if hasattr(m, "weight") else None)
+
+    def scan_accuracy(self, model: torch.nn.Module) -> float:
+        self.calls += 1
+        return 90.0 - 10.0 * sum(self._form(model, n) != form for n, form in self.before.items())
+
+
+def test_fit_takes_the_longest_prefix_whose_composed_model_stays_above_the_floor() -> None:
+    model = TinyNet().eval()
+    example = torch.zeros(2, 1, 28, 28)
+    picks = [option("features.3", 90, 3.0, "prune"), option("fc1", 90, 2.0), option("features.0", 90, 1.0, "prune")]
+    options = [picks[2], picks[0], picks[1]]  # as the scan lists them: model order
+    names = [o.layer for o in picks]
+    judge = CountingJudge(model, names)
+    steps, acc = fit(model, picks, options, judge, example, floor=75.0, log=lambda _: None)
+    assert [s.layer for s in steps] == ["features.3"], steps  # two transformed layers cost 20 points: below 75
+    assert acc == 80.0
+    assert judge.calls <= 3  # the unchanged model, then a binary search over 3 prefixes
+    assert model.features[3].weight.shape[0] == 64  # the model given is never modified
+
+    steps, _ = fit(model, picks, options, CountingJudge(model, names), example, floor=0.0, log=lambda _: None)
+    assert steps == in_order(picks, options)  # everything fits: prunings first, in model order
+    assert [s.layer for s in steps] == ["features.0", "features.3", "fc1"]
+    assert fit(model, picks, options, CountingJudge(model, names), example, floor=85.0, log=lambda _: None)[0] == []
