@@ -44,7 +44,7 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
             scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
         options, base = scanned
         picks = greedy_step(options, base, state["drop"])
-        steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base - state["drop"], ctx.log)
+        steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base, base - state["drop"], ctx.log)
         steps = ctx.comm.broadcast_object(steps)
         if not steps:
             ctx.log(f"stage 2, step {k}: no layer can shrink within the allowance; done")

@@ -196,15 +196,16 @@ def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float)
 
 
 def fit(model: nn.Module, picks: list[Option], options: list[Option], judge: Judge, example: torch.Tensor,
-        floor: float, log: Callable[[str], None] = print) -> tuple[list[Step], float]:
+        base_accuracy: float, floor: float, log: Callable[[str], None] = print) -> tuple[list[Step], float]:
     """The longest prefix of the ranked `picks` whose composed model keeps scan accuracy >= floor.
 
     Drops measured one layer at a time do not add up: at a mild ratio most layers alone cost
     nothing, yet fifty of them together can ruin the model beyond what fine-tuning repairs. So
     the composed model is measured, as stage 1's search does, with a binary search over how
-    many picks to take (each probe composes and evaluates the model once).
+    many picks to take (each probe composes and evaluates the model once). `base_accuracy` is
+    the unchanged model's scan accuracy, which the caller has already measured.
     """
-    best: tuple[list[Step], float] = ([], judge.scan_accuracy(applied(model, [], example)))
+    best: tuple[list[Step], float] = ([], base_accuracy)
     lo, hi = 1, len(picks)
     while lo <= hi:
         mid = (lo + hi) // 2

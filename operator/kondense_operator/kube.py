@@ -18,7 +18,6 @@ GROUP = "kondense.dev"
 VERSION = "v1alpha1"
 PLURAL = "compressionjobs"
 MERGE_PATCH = "application/merge-patch+json"
-STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
 
 class ApiError(Exception):
@@ -72,12 +71,7 @@ class Kube:
         return f"{base}/{quote(name)}" if name else base
 
     def get_cj(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self.request("GET", self.cj_path(namespace, name))
-        except ApiError as e:
-            if e.status == 404:
-                return None
-            raise
+        return self._get(self.cj_path(namespace, name))
 
     def patch_cj_status(self, namespace: str, name: str, status: dict) -> dict:
         return self.request("PATCH", self.cj_path(namespace, name) + "/status", {"status": status}, MERGE_PATCH)
@@ -108,8 +102,12 @@ class Kube:
         return self.request("GET", self.child_path(kind, meta["namespace"], meta["name"])), False
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        return self._get(self.child_path(kind, namespace, name))
+
+    def _get(self, path: str) -> dict | None:
+        """The object at `path`, or None where there is none (404)."""
         try:
-            return self.request("GET", self.child_path(kind, namespace, name))
+            return self.request("GET", path)
         except ApiError as e:
             if e.status == 404:
                 return None

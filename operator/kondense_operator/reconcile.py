@@ -19,7 +19,7 @@ from kondense import spec as spec_mod
 from . import children, metrics
 from . import status as st
 from .config import WorkerConfig
-from .kube import ApiError, Kube
+from .kube import Kube
 
 log = logging.getLogger("kondense_operator")
 

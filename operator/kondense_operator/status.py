@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from .children import CONTAINER, INDEX_ANNOTATION, INDEX_LABEL
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
-PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
 TERMINAL = (SUCCEEDED, FAILED)
-CONDITION_TYPES = ("Created", "Running", "Succeeded", "Failed", "Suspended")
 
 # waiting reasons that will not go away by waiting: the pod cannot start as specified
 IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
