@@ -40,7 +40,6 @@ def main() -> None:
     parser.add_argument("--out", default="out/bench")
     args = parser.parse_args()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for arch in args.archs:
         began = time.time()
         out = Path(args.out) / arch
@@ -55,7 +54,7 @@ def main() -> None:
                                  "compressedMs": latency_ms(small, (1, 28, 28), batch_size=b, runs=20)} for b in (1, 32)}
         params_x, macs_x = TARGETS.get(arch, (None, None))
         e = r["enhancement"]
-        results[arch] = {
+        entry = {
             "command": "python benchmarks/compress_zoo.py " + " ".join(sys.argv[1:]),
             "delta": args.delta, "report": r, "latencyCpu": latency, "wallSeconds": round(time.time() - began),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -67,8 +66,18 @@ def main() -> None:
                                      "met": r["stage1"]["paramsM"] / r["stage2"]["paramsM"] >= 2.0},
             },
         }
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps({arch: results[arch]["targets"]}, indent=2), file=sys.stderr)
+        record(arch, entry)
+        print(json.dumps({arch: entry["targets"]}, indent=2), file=sys.stderr)
+
+
+def record(arch: str, entry: dict) -> None:
+    """Merge one architecture's result into RESULTS, read just before writing so that runs of different
+    architectures in parallel processes keep each other's entries; replaced atomically."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[arch] = entry
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(RESULTS)
 
 
 if __name__ == "__main__":
