@@ -53,6 +53,18 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * t * t * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """The learning-rate factor at each step: linear from 1/w up to 1 over the first w = warmup x total
+    steps, then cosine decay to 0. (OneCycleLR divides by zero for the few steps a short fine-tune has.)"""
+    w = math.ceil(warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total_steps - w)))
+    return factor
+
+
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,12 +74,16 @@ class FineTune:
     """How to fine-tune: epochs, batch size, learning rate, and the user's optional optimizer and loss.
 
     `loss_fn(student_logits, teacher_logits, labels)` defaults to kd_loss; `optimizer`
-    builds an optimizer from parameters (default SGD, nesterov momentum, cosine decay).
+    builds an optimizer from parameters (default SGD, nesterov momentum, `warmup` of the steps
+    rising linearly to `lr`, then cosine decay).
     """
 
     batch_size: int = 128
     lr: float = 0.02
     weight_decay: float = 5e-4
+    # A freshly compressed network without residual paths (VGG-19) diverged at the full rate from
+    # the first step (loss 0.5 -> 4.1, validation 85% -> 79% after fine-tuning); a short warm-up holds it.
+    warmup: float = 0.1
     precision: str = "fp32"
     optimizer: OptimizerFactory | None = None
     loss_fn: LossFn | None = None
@@ -86,7 +102,7 @@ class FineTune:
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=generator, drop_last=len(data) > self.batch_size)
         # every rank must take the same number of steps, or the gradient collectives would not pair up
         total_steps = comm.broadcast_object(max(1, math.ceil(epochs * len(loader))))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps) if self.optimizer is None else None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, self.warmup)) if self.optimizer is None else None
         model.train()
         seen, step = 0, 0
         progress = Progress(total_steps, description, enabled=comm.is_root)
