@@ -26,7 +26,9 @@ class TinyNet(nn.Module):
 
 
 def small_data() -> data.DataBundle:
-    return data.load("fashion-mnist", train_samples=2000, val_samples=600, test_samples=600)
+    # The test split only reports, and evaluating the tiny net is cheap: 2000 test images keep the
+    # reported drop's noise (about 1.5 points on 600) below the engine's safety margin on validation.
+    return data.load("fashion-mnist", train_samples=2000, val_samples=600, test_samples=2000)
 
 
 def trained_tiny(bundle: data.DataBundle, epochs: int = 6) -> TinyNet:
