@@ -23,6 +23,7 @@ import torch
 import kondense
 from kondense import zoo
 from kondense.context import Budget
+from kondense.files import save_json
 from kondense.profile import latency_ms
 from kondense.zoo import weights
 
@@ -43,7 +44,6 @@ def main() -> None:
     parser.add_argument("--out", default="out/bench")
     parser.add_argument("--latency-only", action="store_true")
     args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     if args.latency_only:
         for arch in args.archs:
             entry = json.loads(RESULTS.read_text())[arch]
@@ -90,9 +90,7 @@ def record(arch: str, entry: dict) -> None:
     architectures in parallel processes keep each other's entries; replaced atomically."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[arch] = entry
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    save_json(results, RESULTS)
 
 
 if __name__ == "__main__":
