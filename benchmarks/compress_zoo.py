@@ -22,9 +22,9 @@ import torch
 
 import kondense
 from kondense import zoo
-from kondense.context import Budget
+from kondense.pipeline.context import Budget
 from kondense.files import save_json
-from kondense.profile import latency_ms
+from kondense.measure.profile import latency_ms
 from kondense.zoo import weights
 
 RESULTS = Path(__file__).parent / "results" / "compress.json"

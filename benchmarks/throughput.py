@@ -2,8 +2,8 @@
 
     python benchmarks/throughput.py [--arch resnet18] [--samples 4096] [--processes 1 2] [--device cpu|cuda]
 
-Each configuration runs the engine's distillation fine-tuning (kondense.distill.FineTune)
-for one epoch of `samples` samples through kondense.launcher, the path pods use; results
+Each configuration runs the engine's distillation fine-tuning (kondense.pipeline.distill.FineTune)
+for one epoch of `samples` samples through kondense.launch.worker, the path pods use; results
 go to benchmarks/results/throughput.json and are summarised in docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import platform
 import sys
 from pathlib import Path
 
-from kondense.launcher import launch_local
+from kondense.launch.worker import launch_local
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "throughput.json"

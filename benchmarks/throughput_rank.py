@@ -1,6 +1,6 @@
 """One rank of the throughput benchmark: distillation fine-tuning of an arch on Fashion-MNIST.
 
-Started by benchmarks/throughput.py through kondense.launcher; rank 0 prints one JSON line.
+Started by benchmarks/throughput.py through kondense.launch.worker; rank 0 prints one JSON line.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from kondense import data, distributed, zoo
 from kondense.device import resolve_precision
-from kondense.distill import FineTune, cache_teacher
+from kondense.pipeline.distill import FineTune, cache_teacher
 
 
 def main(arch: str, samples: int, device: str) -> None:

@@ -1,4 +1,4 @@
-"""One rank of a distributed compression of the tiny CNN (started by kondense.launcher).
+"""One rank of a distributed compression of the tiny CNN (started by kondense.launch.worker).
 
     python tests/dist_compress_rank.py OUT [STAGE]
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kondense  # noqa: E402
 from kondense import distributed  # noqa: E402
-from kondense.context import Budget  # noqa: E402
+from kondense.pipeline.context import Budget  # noqa: E402
 from tests.tinynet import small_data, trained_tiny  # noqa: E402
 
 BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=2, scan_samples=300, recal_samples=256)

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from kondense import spec as spec_mod
+from kondense.job import spec as spec_mod
 
 from .chart_util import (CHART, CHART_CRD, CRD, DEPLOY, EXAMPLES, NAMESPACE, RELEASE, ROOT, by_kind, default_values,
                          load_all, name_of, one, render, rule_triples, run, template, tool, validate_any,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kondense import zoo
-from kondense.profile import METRIC_KEYS
+from kondense.measure.profile import METRIC_KEYS
 from kondense.zoo import weights
 
 from .conftest import run_cli

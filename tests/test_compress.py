@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import kondense
-from kondense.context import Budget
-from kondense.profile import accuracy
+from kondense.pipeline.context import Budget
+from kondense.measure.profile import accuracy
 
 from .tinynet import TinyNet, small_data, trained_tiny
 
@@ -77,7 +77,7 @@ def test_inputs_untouched(tiny, bundle, tmp_path) -> None:
 
 RESUME_SCRIPT = """
 import sys, torch, kondense
-from kondense.context import Budget
+from kondense.pipeline.context import Budget
 from tests.tinynet import small_data, trained_tiny
 bundle = small_data()
 kondense.compress(trained_tiny(bundle), bundle, delta={delta}, stage=2, out=sys.argv[1], device="cpu", batch_size=64,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kondense.conductor import Option, fit, greedy_step, in_order
+from kondense.pipeline.conductor import Option, fit, greedy_step, in_order
 from tests.tinynet import TinyNet
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
-from kondense.distill import FineTune, WithTeacher, warmup_cosine
+from kondense.pipeline.distill import FineTune, WithTeacher, warmup_cosine
 
 
 def test_warmup_rises_linearly_to_the_full_rate_then_decays_to_zero() -> None:

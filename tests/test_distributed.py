@@ -1,4 +1,4 @@
-"""kondense.distributed and kondense.launcher with real processes over Gloo on loopback."""
+"""kondense.distributed and kondense.launch.worker with real processes over Gloo on loopback."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from kondense import distributed
 from kondense.errors import KondenseError
-from kondense.launcher import WorkerEnv, launch_local, rank_environ
+from kondense.launch.worker import WorkerEnv, launch_local, rank_environ
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "check_comm.py"
 
@@ -174,7 +174,7 @@ def test_worker_env_errors(environ: dict, message: str) -> None:
 
 @pytest.mark.skipif(HOROVOD_MISSING is not None, reason=HOROVOD_MISSING or "")
 def test_horovod_rank_environ_follows_the_host_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kondense.launcher import _horovod_plan
+    from kondense.launch.worker import _horovod_plan
 
     monkeypatch.setenv("KONDENSE_IFACE", "lo")
     env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "horovod", "pod-1")
@@ -197,7 +197,7 @@ def test_torch_rank_environ() -> None:
 
 def test_launcher_module_without_configuration_says_what_is_missing(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "KONDENSE_WORKERS": "2", "PYTHONPATH": str(Path(distributed.__file__).parents[2])}
-    result = subprocess.run([sys.executable, "-m", "kondense.launcher", "--", "true"], env=env,
+    result = subprocess.run([sys.executable, "-m", "kondense.launch.worker", "--", "true"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "KONDENSE_WORKER_INDEX (or JOB_COMPLETION_INDEX) is not set" in result.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kondense.launcher import launch_local
+from kondense.launch.worker import launch_local
 
 from .conftest import run_cli
 

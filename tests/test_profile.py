@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kondense import profile, zoo
+from kondense.measure import profile, zoo
 
 # the seed paper's table: 100 classes, 3x32x32 inputs
 REFERENCE = {

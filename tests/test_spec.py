@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kondense import spec as S
+from kondense.job import spec as S
 from kondense.errors import KondenseError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -533,13 +533,13 @@ def test_kwargs_fit_the_engine():
     import inspect
 
     from kondense.api import compress
-    from kondense.context import Budget
+    from kondense.pipeline.context import Budget
 
     s = S.parse(full()).spec
     Budget(**S.budget_kwargs(s))  # every key is a Budget field
     params = inspect.signature(compress).parameters
     assert set(S.compress_kwargs(s)) <= set(params)
-    assert set(S.OBJECTIVES) == set(__import__("kondense.conductor", fromlist=["OBJECTIVES"]).OBJECTIVES)
+    assert set(S.OBJECTIVES) == set(__import__("kondense.pipeline.conductor", fromlist=["OBJECTIVES"]).OBJECTIVES)
 
 
 def test_model_and_data_arguments(tmp_path):
@@ -558,7 +558,7 @@ def test_model_and_data_arguments(tmp_path):
 
 
 def test_import_does_not_load_torch():
-    code = ("import sys, kondense.spec as s; s.load(sys.argv[1]); "
+    code = ("import sys, kondense.job.spec as s; s.load(sys.argv[1]); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -7,7 +7,7 @@ sets and splits), transforms (per-layer transformations), conductor (sensitivity
 plans), exploration and annealing (the two stages), export (saved models), report.
 Importing the package itself is light (no torch), so the spec can be shared.
 """
-from .errors import KondenseError
+from kondense.errors import KondenseError
 
 __version__ = "0.1.0"
 __all__ = ["KondenseError", "compress", "load_compressed", "__version__"]
@@ -15,11 +15,11 @@ __all__ = ["KondenseError", "compress", "load_compressed", "__version__"]
 
 def __getattr__(name: str):
     if name == "compress":
-        from .api import compress
+        from kondense.api import compress
 
         return compress
     if name == "load_compressed":
-        from .export import load_state
+        from kondense.artifacts import load_state
 
         return load_state
     raise AttributeError(name)

@@ -11,22 +11,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import data as data_mod
-from . import report as report_mod
-from .annealing import anneal
-from .conductor import OBJECTIVES, EvalFn, Judge, evaluate_sharded
-from .context import Budget, Context
-from .device import resolve_precision
-from .distributed import Comm, SingleComm
-from .distill import FineTune, LossFn, OptimizerFactory, cache_teacher
-from .errors import KondenseError
-from .exploration import explore
-from .export import save_state, save_torchscript
-from .files import save_json
-from .plan import Plan
-from .profile import Metrics, accuracy, profile
-from .runstate import RunDir
-from .sources import load_model
+from kondense import data as data_mod
+from kondense.measure import report as report_mod
+from kondense.pipeline.annealing import anneal
+from kondense.pipeline.conductor import OBJECTIVES, EvalFn, Judge, evaluate_sharded
+from kondense.pipeline.context import Budget, Context
+from kondense.device import resolve_precision
+from kondense.distributed import Comm, SingleComm
+from kondense.pipeline.distill import FineTune, LossFn, OptimizerFactory, cache_teacher
+from kondense.errors import KondenseError
+from kondense.pipeline.exploration import explore
+from kondense.artifacts import save_state, save_torchscript
+from kondense.files import save_json
+from kondense.pipeline.plan import Plan
+from kondense.measure.profile import Metrics, accuracy, profile
+from kondense.pipeline.runstate import RunDir
+from kondense.sources import load_model
 
 OUTPUTS = ("model.pt", "model.ts", "plan.json", "report.json", "report.md", "annealing.png")
 

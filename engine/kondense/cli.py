@@ -5,13 +5,14 @@ import argparse
 import json
 import sys
 
-from .errors import KondenseError
+from kondense.errors import KondenseError
 
 
 def _profile(args: argparse.Namespace) -> None:
-    from . import data, profile, report, zoo
-    from .device import resolve
-    from .zoo import weights
+    from kondense import data, zoo
+    from kondense.measure import profile, report
+    from kondense.device import resolve
+    from kondense.zoo import weights
 
     bundle = None
     input_shape = data.parse_input_shape(args.input_shape) if args.input_shape else None
@@ -40,8 +41,9 @@ def _profile(args: argparse.Namespace) -> None:
 def _zoo_list(args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    from . import report, zoo
-    from .zoo import weights
+    from kondense.measure import report
+    from kondense import zoo
+    from kondense.zoo import weights
 
     cached = sorted((weights.home() / "zoo").glob("*.pt")) if (weights.home() / "zoo").exists() else []
     metas = [weights.read_meta(p) or {} for p in cached]
@@ -58,8 +60,8 @@ def _zoo_list(args: argparse.Namespace) -> None:
 
 
 def _zoo_train(args: argparse.Namespace) -> None:
-    from .zoo import build
-    from .zoo.training import train_zoo
+    from kondense.zoo import build
+    from kondense.zoo.training import train_zoo
 
     build(args.arch)  # an unknown arch fails here, before any data is read
     result = train_zoo(args.arch, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -71,9 +73,9 @@ def _zoo_train(args: argparse.Namespace) -> None:
 
 
 def _compress(args: argparse.Namespace) -> None:
-    from . import report
-    from .api import compress
-    from .context import Budget
+    from kondense.measure import report
+    from kondense.api import compress
+    from kondense.pipeline.context import Budget
 
     if args.workers > 1 and getattr(args, "comm", None) is None:
         _compress_on_workers(args)
@@ -99,8 +101,8 @@ def _compress(args: argparse.Namespace) -> None:
 
 def _compress_on_workers(args: argparse.Namespace) -> None:
     """The same command on N local processes, through the launcher that pods use."""
-    from .jobs import rank_command
-    from .launcher import launch_local
+    from kondense.launch.stages import rank_command
+    from kondense.launch.worker import launch_local
 
     argv, skip = [], False
     for item in args.argv:  # drop --workers/--backend: each rank runs the plain command
@@ -117,7 +119,7 @@ def _compress_on_workers(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .jobs import run_job
+    from kondense.launch.stages import run_job
 
     status = run_job(args.manifest, args.pvc_root, log=lambda m: print(m, flush=True))
     print(json.dumps(status, indent=None if args.json else 2))
@@ -126,8 +128,8 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from .jobs import rank_command
-    from .launcher import WorkerEnv, run_worker
+    from kondense.launch.stages import rank_command
+    from kondense.launch.worker import WorkerEnv, run_worker
 
     code = run_worker(WorkerEnv.from_environ(), rank_command("job", args.job, "--stage", str(args.stage), "--pvc-root", args.pvc_root),
                       log=lambda m: print(m, flush=True))
@@ -136,10 +138,10 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _job_stage(args: argparse.Namespace) -> None:
-    from . import spec
-    from .jobs import fail_message, run_stage
+    from kondense.job import spec
+    from kondense.launch.stages import fail_message, run_stage
 
-    from .distributed import SingleComm
+    from kondense.distributed import SingleComm
 
     comm = getattr(args, "comm", None) or SingleComm()
     try:
@@ -155,7 +157,7 @@ def _rank(args: argparse.Namespace) -> None:
     """One rank of a multi-process command: join the group the launcher set up, then run it."""
     import os
 
-    from . import distributed
+    from kondense import distributed
 
     inner = build_parser().parse_args([a for a in args.command if a != "--"])
     inner.comm = distributed.init(os.environ.get("KONDENSE_BACKEND", "single"), device=getattr(inner, "device", "auto"))

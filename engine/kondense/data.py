@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .errors import KondenseError
+from kondense.errors import KondenseError
 
 FASHION_MNIST_DIRS = ["/usr/share/datasets/fashion-mnist"]
 FASHION_MNIST_FILES = {

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from .errors import KondenseError
+from kondense.errors import KondenseError
 
 
 def resolve(name: str = "auto") -> torch.device:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from torch import nn
 
-from . import data as data_mod
-from . import zoo
-from .errors import KondenseError
-from .zoo import weights
+from kondense import data as data_mod
+from kondense import zoo
+from kondense.errors import KondenseError
+from kondense.zoo import weights
 
 
 def load_model(model: nn.Module | str, arch: str | None, data_name: str, num_classes: int | None,

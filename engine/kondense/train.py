@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from .device import autocast, batch_to
-from .progress import Progress
+from kondense.device import autocast, batch_to
+from kondense.progress import Progress
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -12,7 +12,7 @@ import hashlib
 import re
 
 import yaml
-from kondense import spec as spec_mod
+from kondense.job import spec as spec_mod
 
 from .config import WorkerConfig
 
@@ -99,7 +99,7 @@ def build_service(body: dict, stage: int, cfg: WorkerConfig) -> dict:
 
 
 def build_configmap(body: dict, job: spec_mod.CompressionJob, stage: int) -> dict:
-    """The manifest the pods read, defaults filled in, exactly as kondense.spec parses it back."""
+    """The manifest the pods read, defaults filled in, exactly as kondense.job.spec parses it back."""
     text = yaml.safe_dump(spec_mod.to_manifest(job), sort_keys=False)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(body, stage), "data": {"job.yaml": text}}
 

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from kondense import spec as spec_mod
+from kondense.job import spec as spec_mod
 
 from . import children, metrics
 from . import status as st
@@ -38,7 +38,7 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 
 
 def parse_for_kubernetes(body: dict) -> spec_mod.CompressionJob:
-    """kondense.spec's validation plus what only Kubernetes needs."""
+    """kondense.job.spec's validation plus what only Kubernetes needs."""
     job = spec_mod.parse(body)
     if not job.spec.output_uri.startswith("pvc://"):
         raise spec_mod.SpecError("spec.output.uri", f"must be pvc://CLAIM/path on Kubernetes, got '{job.spec.output_uri}': "

@@ -2,7 +2,7 @@
 
 Everything here is pure (dicts in, dicts out), so the reconcile loop stays a list of steps and
 the rules are tested without an API server. The status has the shape `kondense run` writes
-(kondense.jobs.run_job): phase, stage, startTime, completionTime, conditions, metrics
+(kondense.launch.stages.run_job): phase, stage, startTime, completionTime, conditions, metrics
 {original, stage1, stage2, enhancement}, artifacts; plus observedGeneration, reason, message.
 """
 from __future__ import annotations
@@ -190,7 +190,7 @@ def observe_stage(job: dict, pods: list[dict]) -> StageOutcome:
 
 
 def apply_summary(status: dict, summary: dict) -> dict:
-    """Stage results into the status, as kondense.jobs.run_job does on one machine."""
+    """Stage results into the status, as kondense.launch.stages.run_job does on one machine."""
     out = dict(status)
     metrics = dict(out.get("metrics") or {})
     metrics.update(summary.get("metrics") or {})

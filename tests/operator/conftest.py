@@ -330,7 +330,7 @@ def cj_manifest(name: str, namespace: str, **spec: Any) -> dict:
 
 
 def summary(stage: int) -> dict:
-    """A stage summary as kondense.jobs.stage_summary writes it."""
+    """A stage summary as kondense.launch.stages.stage_summary writes it."""
     six = {"accuracy": 90.0, "sizeMB": 1.0, "macsG": 0.1, "paramsM": 0.2, "memoryMB": 2.0, "latencyMs": 0.5}
     metrics = {"original": six, "stage1": {**six, "accuracy": 89.5, "sizeMB": 0.5}}
     if stage == 2:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from kondense import spec as spec_mod
+from kondense.job import spec as spec_mod
 from kondense_operator import children, status as st
 from kondense_operator.cli import parse_config
 from kondense_operator.config import ConfigError, WorkerConfig, worker_config_from_dict

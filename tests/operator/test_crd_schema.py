@@ -1,4 +1,4 @@
-"""The CRD's schema against kondense.spec: what the API server would accept or refuse.
+"""The CRD's schema against kondense.job.spec: what the API server would accept or refuse.
 
 jsonschema checks the openAPIV3Schema (OpenAPI 3.0 ≈ JSON Schema draft 4: boolean
 exclusiveMinimum; x-kubernetes-* keys are ignored by jsonschema). Two API-server behaviours are
@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from kondense import spec as spec_mod
+from kondense.job import spec as spec_mod
 
 from .conftest import CRD_PATH, REPO, cj_manifest
 
@@ -125,7 +125,7 @@ def test_schema_is_structural():
                 if not node.get("x-kubernetes-int-or-string"):
                     walk(sub, f"{where}/{junctor}", in_junctor=True)
     walk(SCHEMA, "")
-    # every field kondense.spec knows is in the schema, and nothing else
+    # every field kondense.job.spec knows is in the schema, and nothing else
     assert set(SCHEMA["properties"]["spec"]["properties"]) == set(spec_mod.SPEC_KEYS)
     assert set(SCHEMA["properties"]["spec"]["properties"]["budget"]["properties"]) == set(spec_mod.BUDGET_KEYS)
     status = SCHEMA["properties"]["status"]["properties"]
@@ -199,7 +199,7 @@ INVALID = {
 def test_the_schema_rejects_what_kondense_rejects(change):
     manifest = cj_manifest("bad", "ns")
     manifest["spec"].update(change)
-    assert not spec_accepts(manifest), "kondense.spec should refuse this too"
+    assert not spec_accepts(manifest), "kondense.job.spec should refuse this too"
     assert api_server_accepts(manifest) != []
 
 

@@ -9,7 +9,7 @@
     correct, total = comm.allreduce_sum([correct, total])
     comm.shutdown()
 
-The ranks are started by kondense.launcher (`kondense worker` on a Kubernetes pod), which sets the
+The ranks are started by kondense.launch.worker (`kondense worker` on a Kubernetes pod), which sets the
 environment each backend reads: MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK for torch,
 HOROVOD_* for Horovod. Horovod is imported only when its backend is chosen.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from ..errors import KondenseError
+from kondense.errors import KondenseError
 
 # Importing this package is light (no torch): the launcher uses BACKENDS and timeout() only.
 BACKENDS = ("single", "torch", "horovod")
@@ -45,7 +45,7 @@ def timeout() -> timedelta:
 
 def __getattr__(name: str):
     if name in ("Comm", "SingleComm"):
-        from . import base
+        from kondense.distributed import base
 
         return getattr(base, name)
     raise AttributeError(name)
@@ -55,13 +55,13 @@ def init(backend: str = "single", *, device: str = "auto") -> Comm:
     """Join the group of processes this one was started in. `device` decides the torch transport:
     NCCL for CUDA tensors when this rank computes on a GPU, gloo otherwise (and always for CPU tensors)."""
     if backend == "single":
-        from .base import SingleComm
+        from kondense.distributed.base import SingleComm
 
         return SingleComm()
     if backend == "torch":
-        from .torch_backend import TorchComm
+        from kondense.distributed.torch_backend import TorchComm
         return TorchComm(device)
     if backend == "horovod":
-        from .horovod_backend import HorovodComm
+        from kondense.distributed.horovod_backend import HorovodComm
         return HorovodComm(device)
     raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join(BACKENDS)}")

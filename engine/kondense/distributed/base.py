@@ -9,15 +9,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .. import device as devices
-from ..errors import KondenseError
+from kondense import device as devices
+from kondense.errors import KondenseError
 
 def env_int(name: str, environ=os.environ, default: int | None = None) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
         if default is None:
             raise KondenseError(f"{name} is not set: start distributed ranks with `kondense worker` "
-                                f"(or kondense.launcher), which sets it")
+                                f"(or kondense.launch.worker), which sets it")
         return default
     try:
         return int(raw)

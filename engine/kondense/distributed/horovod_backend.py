@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import KondenseError
-from . import timeout
-from .base import Comm, average_before_step, grad_tensors, state_tensors
+from kondense.errors import KondenseError
+from kondense.distributed import timeout
+from kondense.distributed.base import Comm, average_before_step, grad_tensors, state_tensors
 
 
 def import_horovod():
@@ -29,7 +29,7 @@ class HorovodComm(Comm):
             size = os.environ.get("HOROVOD_SIZE", "1")
             if size != "1":
                 raise KondenseError("HOROVOD_RANK or HOROVOD_GLOO_RENDEZVOUS_ADDR is not set: start Horovod "
-                                    "ranks with `kondense worker` (or kondense.launcher), which sets them")
+                                    "ranks with `kondense worker` (or kondense.launch.worker), which sets them")
         # Horovod reads its Gloo timeout (rendezvous and collectives) from the environment at init().
         os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(max(1, int(timeout().total_seconds()))))
         self._hvd = hvd = import_horovod()

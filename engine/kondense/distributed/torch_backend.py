@@ -9,9 +9,9 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from ..errors import KondenseError
-from . import timeout
-from .base import Comm, average_before_step, env_int, grad_tensors, state_tensors
+from kondense.errors import KondenseError
+from kondense.distributed import timeout
+from kondense.distributed.base import Comm, average_before_step, env_int, grad_tensors, state_tensors
 
 _CPU = torch.device("cpu")
 
@@ -31,7 +31,7 @@ class TorchComm(Comm):
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(name):
                 raise KondenseError(f"{name} is not set: start torch ranks with `kondense worker` "
-                                    f"(or kondense.launcher), which sets it")
+                                    f"(or kondense.launch.worker), which sets it")
         self.rank = env_int("RANK")
         self.size = env_int("WORLD_SIZE")
         self.local_rank = env_int("LOCAL_RANK", default=0)

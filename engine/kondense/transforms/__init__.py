@@ -17,9 +17,9 @@ from numbers import Real
 import torch
 from torch import nn
 
-from ..errors import KondenseError
-from . import lowrank, pruning
-from ._common import LAYER_TYPES, get_layer, get_module, guess_input, inspecting, prepare_input, set_module
+from kondense.errors import KondenseError
+from kondense.transforms import lowrank, pruning
+from kondense.transforms._common import LAYER_TYPES, get_layer, get_module, guess_input, inspecting, prepare_input, set_module
 
 TRANSFORMS: tuple[str, ...] = ("prune", "lowrank")
 

@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import KondenseError
+from kondense.errors import KondenseError
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 

@@ -15,8 +15,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..errors import KondenseError
-from ._common import LAYER_TYPES, inspecting
+from kondense.errors import KondenseError
+from kondense.transforms._common import LAYER_TYPES, inspecting
 
 
 class _Probed(nn.Module):

@@ -5,13 +5,13 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import KondenseError
-from .densenet import densenet121
-from .googlenet import googlenet
-from .lenet import lenet5
-from .mobilenet import mobilenet_v1, mobilenet_v2
-from .resnet import resnet18, resnet50
-from .vgg import vgg19
+from kondense.errors import KondenseError
+from kondense.zoo.densenet import densenet121
+from kondense.zoo.googlenet import googlenet
+from kondense.zoo.lenet import lenet5
+from kondense.zoo.mobilenet import mobilenet_v1, mobilenet_v2
+from kondense.zoo.resnet import resnet18, resnet50
+from kondense.zoo.vgg import vgg19
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .. import data as data_mod
-from ..device import resolve, resolve_precision
-from ..errors import KondenseError
-from ..files import save_torch
-from ..profile import accuracy
-from ..train import recalibrate_batchnorm, train_epoch
-from . import build, weights
+from kondense import data as data_mod
+from kondense.device import resolve, resolve_precision
+from kondense.errors import KondenseError
+from kondense.files import save_torch
+from kondense.measure.profile import accuracy
+from kondense.train import recalibrate_batchnorm, train_epoch
+from kondense.zoo import build, weights
 
 
 # One-cycle peak learning rates. VGG-19 has no residual paths: at 0.1 its loss rose in the

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import KondenseError
-from ..files import save_json, save_torch
+from kondense.errors import KondenseError
+from kondense.files import save_json, save_torch
 
 
 def home() -> Path:

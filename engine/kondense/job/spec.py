@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from .errors import KondenseError
+from kondense.errors import KondenseError
 
 API_VERSION = "kondense.dev/v1alpha1"
 KIND = "CompressionJob"
@@ -116,7 +116,7 @@ class DataSource:
 
 @dataclass(frozen=True)
 class BudgetSpec:
-    """How much work a run may do. None means "the engine's default" (kondense.context.Budget),
+    """How much work a run may do. None means "the engine's default" (kondense.pipeline.context.Budget),
     which is deliberately not repeated here so that the two cannot drift apart. The three
     *_samples fields take subsets of the data splits (compress()'s train/val/test_samples)."""
 
@@ -456,7 +456,7 @@ def compress_kwargs(spec: JobSpec) -> dict:
 
 
 def budget_kwargs(spec: JobSpec) -> dict:
-    """Keyword arguments for kondense.context.Budget: only the fields the manifest gave, so the
+    """Keyword arguments for kondense.pipeline.context.Budget: only the fields the manifest gave, so the
     engine's defaults apply to the rest."""
     b = spec.budget
     out = {attr: getattr(b, attr) for attr in ("stage1_epochs", "step_epochs", "max_steps", "scan_samples", "ratios")}

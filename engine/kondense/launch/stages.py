@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from . import spec as spec_mod
-from .files import atomic_write, save_json
+from kondense.job import spec as spec_mod
+from kondense.files import atomic_write, save_json
 
 TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LIMIT = 4096  # bytes the kubelet keeps of a termination message
@@ -29,8 +29,8 @@ def rank_command(*args: str) -> list[str]:
 
 def run_stage(job: spec_mod.CompressionJob, stage: int, pvc_root: str | Path, comm, log: Log = print) -> dict:
     """This rank's part of one stage; rank 0 writes and returns the stage summary."""
-    from .api import compress
-    from .context import Budget
+    from kondense.api import compress
+    from kondense.pipeline.context import Budget
 
     s = job.spec
     kwargs = {k: v for k, v in spec_mod.compress_kwargs(s).items() if k not in ("stage",)}
@@ -100,7 +100,7 @@ def condition(kind: str, reason: str, message: str, generation: int = 1) -> dict
 
 def run_job(path: str | Path, pvc_root: str | Path, log: Log = print) -> dict:
     """Run every stage of the manifest at `path` on this machine; returns (and saves) the status."""
-    from .launcher import launch_local
+    from kondense.launch.worker import launch_local
 
     job = spec_mod.load(path)
     s = job.spec

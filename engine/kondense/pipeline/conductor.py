@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import transforms
-from .plan import Step, applied
-from .device import autocast
-from .distributed import Comm, SingleComm
-from .profile import accuracy, macs_g, params_m
-from .spec import OBJECTIVES
-from .train import recalibrate_batchnorm
+from kondense import transforms
+from kondense.pipeline.plan import Step, applied
+from kondense.device import autocast
+from kondense.distributed import Comm, SingleComm
+from kondense.measure.profile import accuracy, macs_g, params_m
+from kondense.job.spec import OBJECTIVES
+from kondense.train import recalibrate_batchnorm
 
 EvalFn = Callable[[nn.Module, DataLoader], float]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import KondenseError
-from .files import save_json, save_torch
-from .plan import Step, replay, steps_from_json, steps_to_json
+from kondense.errors import KondenseError
+from kondense.files import save_json, save_torch
+from kondense.pipeline.plan import Step, replay, steps_from_json, steps_to_json
 
 
 class RunDir:

@@ -7,10 +7,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .conductor import Judge
-from .distributed import Comm, SingleComm
-from .distill import FineTune, WithTeacher
-from .runstate import RunDir
+from kondense.pipeline.conductor import Judge
+from kondense.distributed import Comm, SingleComm
+from kondense.pipeline.distill import FineTune, WithTeacher
+from kondense.pipeline.runstate import RunDir
 
 
 @dataclass

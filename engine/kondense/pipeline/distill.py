@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .device import autocast, batch_to
-from .distributed import Comm, SingleComm
-from .progress import Progress
+from kondense.device import autocast, batch_to
+from kondense.distributed import Comm, SingleComm
+from kondense.progress import Progress
 
 
 class WithTeacher(Dataset):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .profile import Metrics
+from kondense.measure.profile import Metrics
 
 LABELS = {
     "accuracy": "Accuracy (%)",
@@ -98,7 +98,7 @@ def report_table(report: dict) -> Table:
 
 
 def write_markdown(report: dict, path) -> None:
-    from .files import atomic_write
+    from kondense.files import atomic_write
 
     header, rows = _rows(report)
     lines = ["# kondense report", "", _summary(report), "",
@@ -114,7 +114,7 @@ def plot_annealing(history: list[dict], original_size: float, original_val: floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import atomic_write
+    from kondense.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([original_size], [original_val], "s", color="black", label="original")

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import batch_to
+from kondense.device import batch_to
 
 MB = 2**20
 METRIC_KEYS = ("accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs")

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import zoo
-from .errors import KondenseError
-from .files import atomic_write, save_torch
-from .plan import Step, replay, steps_from_json, steps_to_json
+from kondense import zoo
+from kondense.errors import KondenseError
+from kondense.files import atomic_write, save_torch
+from kondense.pipeline.plan import Step, replay, steps_from_json, steps_to_json
 
 FORMAT = "kondense.compressed/v1"
 

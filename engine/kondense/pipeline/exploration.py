@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .conductor import options_from_json, options_to_json, scan, search
-from .context import Context
-from .plan import Step, applied
-from .profile import size_mb
+from kondense.pipeline.conductor import options_from_json, options_to_json, scan, search
+from kondense.pipeline.context import Context
+from kondense.pipeline.plan import Step, applied
+from kondense.measure.profile import size_mb
 
 
 @dataclass

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 
-from .conductor import fit, greedy_step, scan
-from .context import Context
-from .exploration import StageResult
-from .plan import applied
-from .profile import size_mb
+from kondense.pipeline.conductor import fit, greedy_step, scan
+from kondense.pipeline.context import Context
+from kondense.pipeline.exploration import StageResult
+from kondense.pipeline.plan import applied
+from kondense.measure.profile import size_mb
 
 
 def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:

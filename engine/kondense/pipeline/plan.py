@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import transforms
+from kondense import transforms
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A worker runs `slots` local processes of the same command, each with the environ
 reads. On a pod:
 
     KONDENSE_WORKER_INDEX=1 KONDENSE_WORKERS=2 KONDENSE_SLOTS=4 KONDENSE_COORDINATOR=job-0.job \\
-    KONDENSE_PORT=29500 KONDENSE_BACKEND=horovod python -m kondense.launcher -- python train.py
+    KONDENSE_PORT=29500 KONDENSE_BACKEND=horovod python -m kondense.launch.worker -- python train.py
 
 (KONDENSE_WORKER_INDEX falls back to JOB_COMPLETION_INDEX, which an Indexed Job sets.) torch ranks
 meet at the TCP store that rank 0 opens on coordinator:port; Horovod ranks meet at Horovod's Gloo
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .distributed import BACKENDS, timeout
-from .errors import KondenseError
+from kondense.distributed import BACKENDS, timeout
+from kondense.errors import KondenseError
 
 GRACE_S = 5.0          # between SIGTERM and SIGKILL for a worker's own processes
 POLL_S = 0.1
@@ -297,7 +297,7 @@ def launch_local(workers: int, slots: int, backend: str, command: list[str], por
     if backend not in BACKENDS:
         raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join(BACKENDS)}")
     port = port or free_port()
-    engine_dir = str(Path(__file__).resolve().parent.parent)
+    engine_dir = str(Path(__file__).resolve().parents[2])
     pythonpath = os.pathsep.join(p for p in (engine_dir, os.environ.get("PYTHONPATH", "")) if p)
     base = {**os.environ, **(env or {}), "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
             "KONDENSE_WORKERS": str(workers), "KONDENSE_SLOTS": str(slots), "KONDENSE_BACKEND": backend,
@@ -315,7 +315,7 @@ def launch_local(workers: int, slots: int, backend: str, command: list[str], por
         try:
             for i in range(workers):
                 env = {**base, "KONDENSE_WORKER_INDEX": str(i), "KONDENSE_HOSTNAME": f"worker-{i}"}
-                p = subprocess.Popen([sys.executable, "-m", "kondense.launcher", "--", *command], env=env,
+                p = subprocess.Popen([sys.executable, "-m", "kondense.launch.worker", "--", *command], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
                 procs.append(p)
                 relays.append(threading.Thread(target=_relay, args=(p.stdout, locked_log), daemon=True))
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m kondense.launcher -- COMMAND [ARGS...]  (configured by KONDENSE_* variables)",
+        print("usage: python -m kondense.launch.worker -- COMMAND [ARGS...]  (configured by KONDENSE_* variables)",
               file=sys.stderr)
         return 2
     try:

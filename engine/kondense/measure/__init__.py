@@ -1,0 +1,1 @@
+"""The six metrics of a model (profile) and the tables, JSON and plots that report them."""
