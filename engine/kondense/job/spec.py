@@ -157,6 +157,28 @@ class CompressionJob:
     spec: JobSpec
 
 
+# The scalar defaults of `spec`, camelCase, as the CRD declares them (the CLI's flags default to
+# these too). Interface shared by the CLI, kondense.compress and the operator.
+DEFAULTS: dict[str, Any] = {"stage": DEFAULT_STAGE, "workers": DEFAULT_WORKERS, "slotsPerWorker": DEFAULT_SLOTS_PER_WORKER,
+                            "backend": DEFAULT_BACKEND, "device": DEFAULT_DEVICE, "objective": DEFAULT_OBJECTIVE,
+                            "seed": DEFAULT_SEED, "suspend": False}
+
+
+def check_settings(**values: Any) -> None:
+    """Refuse run settings the CompressionJob would refuse, naming the field ("spec.delta").
+
+    Keys are the manifest's camelCase spec keys (delta, stage, objective, backend, device, seed,
+    workers, slotsPerWorker); a value of None is skipped. kondense.compress and the CLI call this,
+    so a setting is judged the same way whether it comes from a manifest, a flag or the API.
+    """
+    spec = {k: v for k, v in values.items() if v is not None}
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise SpecError(f"spec.{sorted(unknown)[0]}", "not a CompressionJob setting")
+    probe = {"model": {"zoo": "x"}, "data": {"dataset": "x"}, "delta": spec.pop("delta", 1.0), "output": {"uri": "x"}, **spec}
+    _spec(probe, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # reading a manifest
 
