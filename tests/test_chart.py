@@ -3,13 +3,16 @@ the real helm (v4) and kubectl binaries that `make helm` installs: `helm lint --
 `helm template` for every watch scope, and schema checks of every rendered object."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 
 import jsonschema
 import pytest
 import yaml
 
 from kondense.job import spec as spec_mod
+from kondense_operator.config import WorkerConfig, load_worker_config, worker_config_schema
 
 from .chart_util import (CHART, CHART_CRD, CRD, DEPLOY, EXAMPLES, NAMESPACE, RELEASE, ROOT, by_kind, default_values,
                          load_all, name_of, one, render, rule_triples, run, template, tool, validate_any,
@@ -29,11 +32,28 @@ CASES = {
                          "operator.image.tag=v9", "logLevel=debug"],
     "list+cache+monitoring": ["watch.scope=list", "watch.namespaces={ml}", "workers.zooCache.create=true",
                               "metrics.serviceMonitor.enabled=true", "workers.serviceAccount.name=ml-worker"],
+    "workers": ["watch.scope=namespace", "workers.image.repository=reg.example.com/ml/kondense",
+                "workers.image.tag=1.2.3", "workers.image.pullPolicy=Always", "workers.serviceAccount.name=ml-worker",
+                "workers.zooCache.existingClaim=zoo-weights", "str:workers.nodeSelector.pool=cpu",
+                "workers.tolerations[0].key=dedicated", "workers.tolerations[0].operator=Equal",
+                "workers.tolerations[0].value=ml", "workers.tolerations[0].effect=NoSchedule",
+                "workers.resources.requests.cpu=500m", "workers.resources.limits.memory=8Gi", "workers.port=23456",
+                "workers.backoffLimit=2"],
 }
+# what the "workers" case's worker config must load as
+WORKERS_CASE = WorkerConfig(
+    image="reg.example.com/ml/kondense:1.2.3", image_pull_policy="Always", service_account_name="ml-worker",
+    zoo_cache_claim="zoo-weights", node_selector={"pool": "cpu"},
+    tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    resources={"requests": {"cpu": "500m"}, "limits": {"memory": "8Gi"}}, port=23456, backoff_limit=2)
+# the chart's `workers` value behind each worker config key but image (repository and tag, chart-only)
+WORKER_VALUES = {"imagePullPolicy": "image.pullPolicy", "serviceAccountName": "serviceAccount.name",
+                 "zooCacheClaim": "zooCache.existingClaim", "nodeSelector": "nodeSelector",
+                 "tolerations": "tolerations", "gpuNodeSelector": "gpu.nodeSelector",
+                 "gpuTolerations": "gpu.tolerations", "resources": "resources", "port": "port",
+                 "backoffLimit": "backoffLimit"}
 LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
           "app.kubernetes.io/managed-by", "helm.sh/chart")
-WORKER_CONFIG_KEYS = {"image", "imagePullPolicy", "serviceAccountName", "zooCacheClaim", "nodeSelector", "tolerations",
-                      "gpuNodeSelector", "gpuTolerations", "resources", "port", "backoffLimit"}
 
 
 def sets(case: str) -> list[str]:
@@ -63,10 +83,14 @@ def watched(case: str) -> list[str] | None:
     return ns.strip("{}").split(",")
 
 
-def worker_config(case: str) -> dict:
+def worker_config_text(case: str) -> str:
     cm = [o for o in objects(case) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-worker-config")]
     assert len(cm) == 1
-    return yaml.safe_load(cm[0]["data"]["worker.yaml"])
+    return cm[0]["data"]["worker.yaml"]
+
+
+def worker_config(case: str) -> dict:
+    return yaml.safe_load(worker_config_text(case))
 
 
 def deployment(case: str) -> dict:
@@ -275,16 +299,26 @@ def test_operator_accepts_its_command_line(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_worker_config(case):
-    """The worker config holds exactly the keys the operator accepts, and the operator reads it."""
+def test_worker_config(case, tmp_path):
+    """The rendered worker config sets every key of the operator's worker-config schema, meets that
+    schema, and loads through the operator's own loader as the values say."""
     cfg = worker_config(case)
-    assert set(cfg) == WORKER_CONFIG_KEYS
-    from kondense_operator.config import worker_config_from_dict
-
-    parsed = worker_config_from_dict(cfg)
+    schema = worker_config_schema()
+    assert set(cfg) == set(schema["properties"])
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft7Validator(schema).iter_errors(cfg)]
+    assert not errors, errors
+    path = tmp_path / "worker.yaml"
+    path.write_text(worker_config_text(case))
+    parsed = load_worker_config(path)
     values = dict(s.split("=", 1) for s in CASES[case])
-    assert parsed.image == f"ghcr.io/your-org/kondense:{values.get('operator.image.tag', '0.1.0')}"
-    assert parsed.port == 29500
+    if case == "default":  # the chart's defaults are the operator's, but for the image
+        assert parsed == dataclasses.replace(WorkerConfig(), image="ghcr.io/your-org/kondense:0.1.0")
+    elif case == "workers":
+        assert parsed == WORKERS_CASE
+    else:
+        assert parsed.image == f"ghcr.io/your-org/kondense:{values.get('operator.image.tag', '0.1.0')}"
+        assert parsed.port == WorkerConfig().port
     claims = {o["metadata"]["namespace"]: o["metadata"]["name"] for o in by_kind(objects(case), "PersistentVolumeClaim")}
     if values.get("workers.zooCache.create") == "true":
         assert claims == {n: parsed.zoo_cache_claim for n in watched(case)}
@@ -295,7 +329,7 @@ def test_worker_config(case):
     if case == "monitoring+cache":
         assert parsed.gpu_node_selector == {"nvidia.com/gpu.present": "true"}
         assert parsed.gpu_tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        assert parsed.resources == {"requests": {"cpu": 2}} or parsed.resources == {"requests": {"cpu": "2"}}
+        assert parsed.resources == {"requests": {"cpu": 2}}
 
 
 def test_service_monitor():
@@ -328,6 +362,11 @@ def test_service_monitor():
     (["workers.zooCache.create=true"], "/workers/zooCache/create"),  # scope all: no claim in every namespace
     (["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"], "/metrics/service/enabled"),
     (["workers.gpu.tolerations[0].operator=Maybe"], "/workers/gpu/tolerations/0/operator"),
+    (["workers.image.pullPolicy=always"], "/workers/image/pullPolicy"),
+    (["workers.backoffLimit=-1"], "/workers/backoffLimit"),
+    (["workers.resources.limits.memory=lots"], "/workers/resources/limits/memory"),
+    (["workers.zooCache.size=10"], "/workers/zooCache/size"),  # a quantity, but a PVC size is a string
+    (["workers.zooCache.existingClaim=Zoo_Cache"], "/workers/zooCache/existingClaim"),
     (["operator.resources.requests.cpu=lots"], "/operator/resources/requests/cpu"),
     (["workers.nodeSelecter.a=b"], "nodeSelecter"),
     (["watch.scopes=all"], "scopes"),
@@ -368,6 +407,29 @@ def test_values_schema_directly():
     assert any(e.startswith("workers/serviceAccount/create") for e in errors(workers__serviceAccount__create="yes"))
     assert errors(workers__zooCache__create=True)  # scope all
     assert errors(watch__scope="namespace", workers__zooCache__create=True) == []
+
+
+def test_values_schema_is_synced(tmp_path):
+    out = tmp_path / "values.schema.json"
+    run([sys.executable, str(ROOT / "scripts" / "sync-values-schema.py"), str(out)])
+    assert out.read_text() == (CHART / "values.schema.json").read_text(), \
+        "charts/kondense/values.schema.json differs from the worker config schema: run `make sync-values-schema`"
+
+
+def test_worker_values_share_the_worker_config_definitions():
+    """Each `workers` value the chart copies into the worker config is declared by the same
+    definition as its worker config key, so the chart refuses at install what the operator would."""
+    worker = worker_config_schema()
+    assert set(WORKER_VALUES) | {"image"} == set(worker["properties"]), "a worker config key the chart does not set"
+    values = values_schema()
+    for key, dotted in WORKER_VALUES.items():
+        node = values["properties"]["workers"]
+        for part in dotted.split("."):
+            node = node["properties"][part]
+        assert [node] == worker["properties"][key]["allOf"], f"workers.{dotted} is not declared like {key}"
+        name = node["$ref"].rsplit("/", 1)[1]
+        assert values["definitions"][name] == {"$comment": values["definitions"][name]["$comment"],
+                                               **worker["definitions"][name]}
 
 
 # ---------------------------------------------------------------------------------------------

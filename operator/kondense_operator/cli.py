@@ -15,6 +15,9 @@ import logging
 import os
 import sys
 
+from .config import (DEFAULT_HEALTH_PORT, DEFAULT_METRICS_PORT, KEYS, ConfigError, OperatorConfig, WorkerConfig,
+                     load_worker_config, namespaces_from_env)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kondense-operator",
@@ -23,15 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
                        help="watch this namespace (repeatable); default: all (or $KONDENSE_WATCH_NAMESPACES)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    p.add_argument("--metrics-port", type=_port, default=9090, help="Prometheus /metrics port; 0 = off (default 9090)")
-    p.add_argument("--health-port", type=_port, default=8080,
-                   help="liveness endpoint http://0.0.0.0:PORT/healthz; 0 = off (default 8080)")
+    p.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
+                   help=f"Prometheus /metrics port; 0 = off (default {DEFAULT_METRICS_PORT})")
+    p.add_argument("--health-port", type=_port, default=DEFAULT_HEALTH_PORT,
+                   help=f"liveness endpoint http://0.0.0.0:PORT/healthz; 0 = off (default {DEFAULT_HEALTH_PORT})")
     p.add_argument("--worker-config", default=os.environ.get("KONDENSE_WORKER_CONFIG") or None, metavar="PATH",
-                   help="YAML with the worker pods' image, imagePullPolicy, serviceAccountName, zooCacheClaim, "
-                        "nodeSelector, tolerations, gpuNodeSelector, gpuTolerations, resources, port, backoffLimit "
-                        "(default $KONDENSE_WORKER_CONFIG)")
+                   help=f"YAML with the worker pods' {', '.join(KEYS)} (default $KONDENSE_WORKER_CONFIG)")
     p.add_argument("--worker-image", default=os.environ.get("KONDENSE_WORKER_IMAGE") or None, metavar="IMAGE",
-                   help="the worker image, over the config's (default $KONDENSE_WORKER_IMAGE, else kondense/kondense:0.1.0)")
+                   help="the worker image, over the config's "
+                        f"(default $KONDENSE_WORKER_IMAGE, else {WorkerConfig().image})")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -46,10 +49,8 @@ def _port(text: str) -> int:
     return value
 
 
-def parse_config(argv: list[str] | None = None):
+def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argparse.Namespace]:
     """The OperatorConfig that argv (and the environment) describe; exits on a bad setting."""
-    from .config import ConfigError, OperatorConfig, load_worker_config, namespaces_from_env
-
     parser = build_parser()
     args = parser.parse_args(argv)
     namespaces = () if args.all_namespaces else tuple(dict.fromkeys(args.namespace)) or namespaces_from_env()

@@ -3,86 +3,83 @@
 The worker config (--worker-config / KONDENSE_WORKER_CONFIG) is the cluster admin's say over
 the pods the operator creates: image, pull policy, service account, node placement, default
 resources, the port the ranks meet on, and a PVC that caches zoo weights across jobs.
+worker-config.schema.json, next to this file, declares it once: its keys, their types and their
+defaults. The Helm chart's values.schema.json copies its definitions (scripts/sync-values-schema.py).
 Unknown keys are errors, so a typo in the Helm values fails the operator at start, loudly.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
+import json
 import os
+import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-DEFAULT_IMAGE = "kondense/kondense:0.1.0"
-DEFAULT_PORT = 29500
+SCHEMA_FILE = "worker-config.schema.json"
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_HEALTH_PORT = 8080
-PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 class ConfigError(ValueError):
     """A bad operator setting; the message names the setting."""
 
 
+_SCHEMA: dict = json.loads(resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+_VALIDATOR = jsonschema.Draft7Validator(_SCHEMA)
+KEYS: tuple[str, ...] = tuple(_SCHEMA["properties"])
+
+
+def worker_config_schema() -> dict:
+    """The JSON Schema of the worker config file (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_SCHEMA)
+
+
+def attribute(key: str) -> str:
+    """The WorkerConfig attribute of a file key: imagePullPolicy -> image_pull_policy."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+def _default(key: str) -> Any:
+    """A dataclass field whose default is the schema's; each instance gets its own copy, since
+    mappings and lists are mutable."""
+    value = _SCHEMA["properties"][key]["default"]
+    return field(default_factory=lambda: copy.deepcopy(value))
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
-    """How worker pods look, beyond what a CompressionJob says."""
+    """How worker pods look, beyond what a CompressionJob says: the worker config file's keys,
+    snake_cased, with the schema's defaults."""
 
-    image: str = DEFAULT_IMAGE
-    image_pull_policy: str = "IfNotPresent"
-    service_account_name: str = ""          # empty: the namespace's default; its token is never mounted
-    zoo_cache_claim: str = ""               # a PVC for KONDENSE_HOME; empty: an emptyDir per pod
-    node_selector: dict = field(default_factory=dict)
-    tolerations: list = field(default_factory=list)
-    gpu_node_selector: dict = field(default_factory=dict)   # added for device: cuda
-    gpu_tolerations: list = field(default_factory=list)     # added for device: cuda
-    resources: dict = field(default_factory=dict)           # defaults under a job's spec.resources
-    port: int = DEFAULT_PORT
-    backoff_limit: int = 0   # a distributed stage cannot retry one pod alone: 0 fails the stage at once
-
-
-# YAML key -> (attribute, type check, what it must be)
-_KEYS: dict[str, tuple[str, type | tuple, str]] = {
-    "image": ("image", str, "a string"),
-    "imagePullPolicy": ("image_pull_policy", str, "one of " + ", ".join(PULL_POLICIES)),
-    "serviceAccountName": ("service_account_name", str, "a string"),
-    "zooCacheClaim": ("zoo_cache_claim", str, "a string"),
-    "nodeSelector": ("node_selector", dict, "a mapping"),
-    "tolerations": ("tolerations", list, "a list"),
-    "gpuNodeSelector": ("gpu_node_selector", dict, "a mapping"),
-    "gpuTolerations": ("gpu_tolerations", list, "a list"),
-    "resources": ("resources", dict, "a mapping"),
-    "port": ("port", int, "an integer port"),
-    "backoffLimit": ("backoff_limit", int, "an integer >= 0"),
-}
+    image: str = _default("image")
+    image_pull_policy: str = _default("imagePullPolicy")
+    service_account_name: str = _default("serviceAccountName")
+    zoo_cache_claim: str = _default("zooCacheClaim")
+    node_selector: dict = _default("nodeSelector")
+    tolerations: list = _default("tolerations")
+    gpu_node_selector: dict = _default("gpuNodeSelector")
+    gpu_tolerations: list = _default("gpuTolerations")
+    resources: dict = _default("resources")
+    port: int = _default("port")
+    backoff_limit: int = _default("backoffLimit")
 
 
-def worker_config_from_dict(data: dict | None, where: str = "worker config") -> WorkerConfig:
+def worker_config_from_dict(data: Any, where: str = "worker config") -> WorkerConfig:
+    """The WorkerConfig a loaded worker config file describes; ConfigError names each bad key."""
     if data is None:
-        return WorkerConfig()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping of {', '.join(_KEYS)}")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in _KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(_KEYS)}")
-        if value is None:  # an empty Helm value means "the default"
-            continue
-        attr, kind, what = _KEYS[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
-        values[attr] = value
-    cfg = WorkerConfig(**values)
-    if cfg.image_pull_policy not in PULL_POLICIES:
-        raise ConfigError(f"{where}: imagePullPolicy must be one of {', '.join(PULL_POLICIES)}, got {cfg.image_pull_policy!r}")
-    if not 1 <= cfg.port <= 65535:
-        raise ConfigError(f"{where}: port must be in 1..65535, got {cfg.port}")
-    if cfg.backoff_limit < 0:
-        raise ConfigError(f"{where}: backoffLimit must be >= 0, got {cfg.backoff_limit}")
-    if not cfg.image:
-        raise ConfigError(f"{where}: image must not be empty")
-    return cfg
+        data = {}
+    if isinstance(data, dict):  # an empty Helm value means "the default"
+        data = {k: v for k, v in data.items() if v is not None}
+    _check(data, where)
+    return WorkerConfig(**{attribute(k): v for k, v in data.items()})
 
 
 def load_worker_config(path: str | Path | None, image: str | None = None) -> WorkerConfig:
@@ -97,8 +94,49 @@ def load_worker_config(path: str | Path | None, image: str | None = None) -> Wor
             raise ConfigError(f"--worker-config {path}: not valid YAML: {e}") from None
     cfg = worker_config_from_dict(data, f"--worker-config {path}" if path else "worker config")
     if image:
-        cfg = WorkerConfig(**{**cfg.__dict__, "image": image})
+        _check({"image": image}, "--worker-image")
+        cfg = dataclasses.replace(cfg, image=image)
     return cfg
+
+
+def _check(data: Any, where: str) -> None:
+    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        raise ConfigError(f"{where}: " + "; ".join(_explain(e) for e in errors))
+
+
+_TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "object": "a mapping",
+               "array": "a list", "boolean": "true or false"}
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    """One schema error as the admin should read it: the key's path, what it must be, and a guess
+    where the value looks like a typo of an allowed one."""
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    schema, value = error.schema, error.instance
+    if error.validator == "additionalProperties":
+        known = list(schema.get("properties", {}))
+        where = f"{path}: " if path else ""
+        return "; ".join(f"{where}unknown key {k!r}{_did_you_mean(k, known)}; known: {', '.join(known)}"
+                         for k in value if k not in known)
+    if not path and error.validator == "type":
+        return f"must be a mapping of {', '.join(KEYS)}, got {value!r}"
+    if "description" in schema:
+        what = schema["description"]
+    elif error.validator == "enum":
+        what = "one of " + ", ".join(repr(v) for v in error.validator_value)
+    elif error.validator == "type":
+        what = _TYPE_NAMES.get(error.validator_value, str(error.validator_value))
+    else:
+        return f"{path}: {error.message}"
+    hint = _did_you_mean(value, schema["enum"]) if "enum" in schema and isinstance(value, str) else ""
+    return f"{path} must be {what}, got {value!r}{hint}"
+
+
+def _did_you_mean(word: Any, choices: list) -> str:
+    by_lower = {str(c).lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ the namespace default there unless the user names an account that exists everywh
 {{- end -}}
 {{- end -}}
 
-{{/* The worker config file: the keys kondense-operator --worker-config accepts, nothing else
-(unknown keys are errors there). */}}
+{{/* The worker config file: every key of operator/kondense_operator/worker-config.schema.json,
+nothing else (unknown keys are errors there); tests/test_chart.py loads it through the operator. */}}
 {{- define "kondense.workerConfig" -}}
 {{- $w := .Values.workers -}}
 image: {{ include "kondense.workerImage" . | quote }}
