@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 DEMO    ?= out/demo
 IMAGE   ?= ghcr.io/your-org/kondense:0.1.0
 
-.PHONY: install data horovod helm test demo clean image sync-crd sync-rbac deploy-manifests
+.PHONY: install data horovod helm test test-fast test-e2e lint format demo clean image sync-crd sync-rbac sync-values-schema deploy-manifests
 
 install: $(STAMP) data horovod helm
 
@@ -30,8 +30,24 @@ horovod: $(STAMP)
 helm: $(STAMP)
 	@PYTHON=$(PY) scripts/install-helm.sh
 
-test: install
+# make test = lint + the fast unit layer + the end-to-end layer (what CI runs). The layers are
+# split by the `e2e` marker (tests/conftest.py lists the end-to-end modules).
+test: install lint
 	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not e2e"
+
+test-e2e: install
+	$(PY) -m pytest -q -ra -m e2e
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The main job: compress a zoo model on Fashion-MNIST within delta = 1 point. To fit about
 # 15 minutes on 2 CPU cores it trains its own ResNet-18 on a 10,000-sample subset first
@@ -52,13 +68,20 @@ image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here (docker missing or its daemon unreachable); build the image where Docker runs: docker build -t $(IMAGE) ."; exit 1; }
 	docker build -t $(IMAGE) .
 
-# The chart ships a copy of crds/compressionjob.yaml (Helm installs CRDs from the chart's crds/).
+# The CRD is package data of kondense (engine/kondense/job/compressionjob.crd.yaml, what
+# kondense.job.schema validates with); crds/ and the chart's crds/ (Helm installs CRDs from
+# there) hold copies, and deploy-manifests renders deploy/ from the chart's.
 sync-crd:
-	cp crds/compressionjob.yaml charts/kondense/crds/compressionjob.yaml
+	cp engine/kondense/job/compressionjob.crd.yaml crds/compressionjob.yaml
+	cp engine/kondense/job/compressionjob.crd.yaml charts/kondense/crds/compressionjob.yaml
 
 # The chart's RBAC rules (charts/kondense/files/rbac.yaml) come from operator/kondense_operator/rbac.py.
 sync-rbac: $(STAMP)
 	$(PY) scripts/sync-rbac.py
+
+# The chart's values.schema.json shares its worker definitions with the operator's worker-config schema.
+sync-values-schema: $(STAMP)
+	$(PY) scripts/sync-values-schema.py
 
 # deploy/ (kubectl apply -k deploy/) is the chart rendered with its default values.
 deploy-manifests: helm sync-crd sync-rbac

@@ -1,4 +1,6 @@
-"""The CompressionJob manifest: parsing, defaults, round trips, every rejection, URIs, the engine's arguments."""
+"""The CompressionJob manifest: parsing, defaults (the CRD's), round trips, error messages, URIs,
+the engine's arguments. Which manifests are accepted at all is tested against the CRD itself, in
+tests/operator/test_crd_schema.py; here, what parse makes of them and how it says no."""
 from __future__ import annotations
 
 import copy
@@ -10,36 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kondense.job import spec as S
 from kondense.errors import KondenseError
+from kondense.job import spec as S
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "local-stage2.yaml"
 DESIGN = REPO.parent / "shared" / "DESIGN.md"
-
-# DESIGN.md's manifest ("The user's view"), status included: the operator writes status, parse ignores it
-DESIGN_MANIFEST = """
-apiVersion: kondense.dev/v1alpha1
-kind: CompressionJob
-metadata: {name: resnet18-fmnist}
-spec:
-  model: {zoo: resnet18}
-  data: {dataset: fashion-mnist}
-  delta: 1.0
-  stage: 2
-  workers: 2
-  slotsPerWorker: 4
-  backend: horovod
-  output: {uri: pvc://models/out/}
-status:
-  phase: Succeeded
-  stage: 2
-  conditions: [...]
-  metrics:
-    original: {accuracy: 93.1, sizeMB: 42.8}
-    stage1:   {...}
-"""
+CRD_SPEC = yaml.safe_load((REPO / "crds" / "compressionjob.yaml").read_text())["spec"]["versions"][0]["schema"][
+    "openAPIV3Schema"]["properties"]["spec"]["properties"]
 
 
 def minimal() -> dict:
@@ -52,7 +32,7 @@ def full() -> dict:
     m = minimal()
     m["metadata"]["namespace"] = "team-a"
     m["spec"].update({"model": {"uri": "pvc://models/m.pt", "arch": "vgg19"}, "data": {"uri": "pvc://data/train.npz"},
-                      "stage": 1, "workers": 3, "slotsPerWorker": 2, "backend": "torch", "device": "cuda",
+                      "stage": 1, "workers": 3, "slotsPerWorker": 2, "backend": "horovod", "device": "cuda",
                       "objective": "macs", "suspend": True, "seed": 7,
                       "budget": {"stage1Epochs": 0.5, "stepEpochs": 2, "maxSteps": 3, "scanSamples": 500,
                                  "ratios": [0.5, 0.25], "trainSamples": 1000, "valSamples": 200, "testSamples": None},
@@ -60,103 +40,88 @@ def full() -> dict:
     return m
 
 
-def rejects(manifest: dict, field: str, *words: str) -> S.SpecError:
+def with_spec(**changes) -> dict:
+    m = minimal()
+    m["spec"].update(changes)
+    return m
+
+
+def rejects(manifest, field: str, *words: str) -> S.SpecError:
     with pytest.raises(S.SpecError) as info:
         S.parse(manifest)
     err = info.value
     assert err.field == field, f"expected field {field!r}, got {err.field!r}: {err}"
-    assert field in str(err)
+    assert str(err).startswith(f"{field}: " if field else "")
     for word in words:
         assert word in str(err), f"{word!r} not in {str(err)!r}"
     return err
 
 
-_DELETE = object()  # with_spec(key=_DELETE) removes the key
-
-
-def with_spec(**changes) -> dict:
-    m = minimal()
-    for key, value in changes.items():
-        if value is _DELETE:
-            del m["spec"][key]
-        else:
-            m["spec"][key] = value
-    return m
-
-
 # --------------------------------------------------------------------------------------------- accepted
-
-
-def test_example_parses():
-    job = S.load(EXAMPLE)
-    s = job.spec
-    assert (job.name, job.namespace) == ("mobilenet-v1-fmnist-local", "default")
-    assert s.model == S.ModelSource(zoo="mobilenet_v1")
-    assert s.data == S.DataSource(dataset="fashion-mnist")
-    assert (s.delta, s.stage, s.workers, s.slots_per_worker, s.backend, s.device) == (2.0, 2, 2, 1, "torch", "cpu")
-    assert s.budget == S.BudgetSpec(stage1_epochs=1.0, max_steps=1, scan_samples=200, ratios=(0.5,),
-                                    train_samples=1024, val_samples=300, test_samples=300)
-    # relative to the manifest's directory, not to the cwd
-    assert Path(s.output_uri) == REPO / "out" / "local-stage2"
-    assert "kondense zoo train mobilenet_v1 --dataset fashion-mnist" in EXAMPLE.read_text()
 
 
 def test_example_parses_from_any_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert Path(S.load(EXAMPLE).spec.output_uri) == REPO / "out" / "local-stage2"
-
-
-def test_design_manifest_parses():
-    job = S.parse(yaml.safe_load(DESIGN_MANIFEST))
-    assert job.name == "resnet18-fmnist"
-    assert (job.spec.workers, job.spec.slots_per_worker, job.spec.backend) == (2, 4, "horovod")
-    assert job.spec.output_uri == "pvc://models/out/"
+    job = S.load(EXAMPLE)
+    s = job.spec
+    assert (job.name, job.namespace) == ("mobilenet-v1-fmnist-local", "default")
+    assert (s.model, s.data) == (S.ModelSource(zoo="mobilenet_v1"), S.DataSource(dataset="fashion-mnist"))
+    assert (s.delta, s.stage, s.workers, s.slots_per_worker, s.backend, s.device) == (2.0, 2, 2, 1, "torch", "cpu")
+    assert s.budget == S.BudgetSpec(stage1_epochs=1.0, max_steps=1, scan_samples=200, ratios=(0.5,),
+                                    train_samples=1024, val_samples=300, test_samples=300)
+    assert Path(s.output_uri) == REPO / "out" / "local-stage2"  # relative to the manifest, not to the cwd
 
 
 @pytest.mark.skipif(not DESIGN.exists(), reason="DESIGN.md lives outside the repository")
-def test_design_md_itself_parses():
-    text = DESIGN.read_text()
-    block = re.search(r"## The user's view\s+```yaml\n(.*?)```", text, re.S)
-    assert block, "no yaml block under 'The user's view'"
-    assert S.parse(yaml.safe_load(block.group(1))).name == "resnet18-fmnist"
+def test_design_md_manifest_parses():
+    block = re.search(r"## The user's view\s+```yaml\n(.*?)```", DESIGN.read_text(), re.DOTALL)
+    assert block and S.parse(yaml.safe_load(block.group(1))).name == "resnet18-fmnist"
 
 
-def test_defaults():
-    job = S.parse(minimal())
-    s = job.spec
-    assert job.namespace == "default"
-    assert (s.stage, s.workers, s.slots_per_worker, s.backend, s.device, s.objective, s.suspend, s.seed) == \
-        (2, 1, 1, "horovod", "auto", "params", False, 0)
-    assert s.budget == S.BudgetSpec()
-    assert s.resources == {}
-    assert s.model.arch is None and s.data.format is None
+def test_defaults_are_the_crds():
+    s = S.parse(minimal()).spec
+    assert S.DEFAULTS == {k: v["default"] for k, v in CRD_SPEC.items() if "default" in v}
+    assert S.DEFAULTS["backend"] == "torch", "one default backend everywhere: torch is always installed"
+    assert {k: getattr(s, a) for k, a in [("stage", "stage"), ("workers", "workers"), ("slotsPerWorker", "slots_per_worker"),
+            ("backend", "backend"), ("device", "device"), ("objective", "objective"), ("suspend", "suspend"),
+            ("seed", "seed")]} == S.DEFAULTS
+    for name, key in [("BACKENDS", "backend"), ("DEVICES", "device"), ("OBJECTIVES", "objective")]:
+        assert getattr(S, name) == tuple(CRD_SPEC[key]["enum"])
+    assert S.DATA_FORMATS == tuple(CRD_SPEC["data"]["properties"]["format"]["enum"])
+    assert (s.budget, s.resources, s.model.arch, s.data.format) == (S.BudgetSpec(), {}, None, None)
+    assert {f for f in S.BudgetSpec.__dataclass_fields__} == set(S.BUDGET_KEYS.values())
 
 
-def test_nulls_mean_defaults():
+def test_cli_flags_default_to_the_crd():
+    from kondense.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    compress = commands.choices["compress"]
+    for key in ("stage", "objective", "device", "seed", "backend"):
+        assert compress.get_default(key) == S.DEFAULTS[key], key
+
+
+def test_nulls_mean_defaults_and_metadata_and_status_are_kubernetes():
     m = minimal()
     m["spec"].update({k: None for k in ("stage", "workers", "slotsPerWorker", "backend", "device", "objective",
                                         "suspend", "seed", "budget", "resources")})
+    m["metadata"].update({"uid": "1234", "resourceVersion": "5", "labels": {"a": "b"}, "generation": 2})
+    m["status"] = {"phase": "Running", "conditions": ["..."]}  # the operator's; the API server ignores it on create
     assert S.parse(m) == S.parse(minimal())
 
 
-def test_full_manifest():
+def test_full_manifest_and_inferred_format():
     job = S.parse(full())
     s = job.spec
     assert job.namespace == "team-a"
-    assert s.model == S.ModelSource(uri="pvc://models/m.pt", arch="vgg19")
-    assert s.data == S.DataSource(uri="pvc://data/train.npz", format="npz")  # format inferred
+    assert (s.model, s.data) == (S.ModelSource(uri="pvc://models/m.pt", arch="vgg19"),
+                                 S.DataSource(uri="pvc://data/train.npz", format="npz"))
     assert (s.stage, s.workers, s.slots_per_worker, s.backend, s.device, s.objective, s.suspend, s.seed) == \
-        (1, 3, 2, "torch", "cuda", "macs", True, 7)
-    assert s.budget.ratios == (0.5, 0.25) and s.budget.test_samples is None
+        (1, 3, 2, "horovod", "cuda", "macs", True, 7)
+    assert s.budget.ratios == (0.5, 0.25) and s.budget.test_samples is None and s.budget.step_epochs == 2.0
     assert s.resources == {"limits": {"nvidia.com/gpu": 2}}
-
-
-def test_data_format_inferred_and_given():
-    m = minimal()
-    m["spec"]["data"] = {"uri": "pvc://data/imgs/"}
-    assert S.parse(m).spec.data.format == "imagefolder"
-    m["spec"]["data"] = {"uri": "/data/x.npz", "format": "npz"}
-    assert S.parse(m).spec.data.format == "npz"
+    for uri, fmt in [("pvc://data/imgs/", "imagefolder"), ("/d/x.npz", "npz"), ("x.npz/", "imagefolder")]:
+        assert S.parse(with_spec(data={"uri": uri})).spec.data.format == fmt
 
 
 def test_parse_does_not_modify_or_share_its_input():
@@ -168,47 +133,40 @@ def test_parse_does_not_modify_or_share_its_input():
     assert "cpu" not in job.spec.resources["limits"]
 
 
-def test_kubernetes_metadata_and_status_are_accepted():
-    m = minimal()
-    m["metadata"].update({"uid": "1234", "resourceVersion": "5", "labels": {"a": "b"}, "generation": 2})
-    m["status"] = {"phase": "Running"}
-    assert S.parse(m).name == "job"
-
-
-@pytest.mark.parametrize("make", [minimal, full])
-def test_to_manifest_round_trips(make):
-    job = S.parse(make())
+@pytest.mark.parametrize("job", [S.parse(minimal()), S.parse(full()), S.load(EXAMPLE)], ids=["minimal", "full", "example"])
+def test_to_manifest_round_trips(job):
     manifest = S.to_manifest(job)
     assert S.parse(manifest) == job
-    assert S.to_manifest(S.parse(manifest)) == manifest
-    # through YAML too, as `kubectl apply` would send it
-    assert S.parse(yaml.safe_load(yaml.safe_dump(manifest))) == job
+    assert S.parse(yaml.safe_load(yaml.safe_dump(manifest))) == job  # through YAML, as `kubectl apply` sends it
+    assert {k: manifest["spec"][k] for k in S.DEFAULTS} == {k: getattr(job.spec, a) for k, a in zip(
+        S.DEFAULTS, ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "suspend", "seed"))}
+    assert None not in manifest["spec"]["budget"].values() and manifest["metadata"]["namespace"] == job.namespace
 
 
-def test_to_manifest_fills_defaults():
-    spec = S.to_manifest(S.parse(minimal()))["spec"]
-    assert {k: spec[k] for k in ("stage", "workers", "slotsPerWorker", "backend", "device", "objective", "suspend", "seed")} == \
-        {"stage": 2, "workers": 1, "slotsPerWorker": 1, "backend": "horovod", "device": "auto", "objective": "params",
-         "suspend": False, "seed": 0}
-    assert S.to_manifest(S.parse(minimal()))["metadata"] == {"name": "job", "namespace": "default"}
-    full_spec = S.to_manifest(S.parse(full()))["spec"]
-    assert full_spec["budget"]["ratios"] == [0.5, 0.25] and "testSamples" not in full_spec["budget"]
-    assert full_spec["data"] == {"uri": "pvc://data/train.npz", "format": "npz"}
-
-
-def test_example_round_trips():
-    job = S.load(EXAMPLE)
-    assert S.parse(S.to_manifest(job)) == job
-
-
-# --------------------------------------------------------------------------------------------- rejected
+# --------------------------------------------------------------------------------------------- refused
 
 
 def test_spec_error_is_a_kondense_error_and_pickles():
     err = rejects(with_spec(delta=0), "spec.delta")
-    assert isinstance(err, KondenseError)
     again = pickle.loads(pickle.dumps(err))
-    assert (again.field, str(again)) == (err.field, str(err))
+    assert isinstance(err, KondenseError) and (again.field, str(again)) == (err.field, str(err))
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"apiVersion": "kondense.dev/v1"}, "apiVersion"), ({"apiVersion": None}, "apiVersion"), ({"kind": "Job"}, "kind"),
+    ({"metadata": None}, "metadata.name"), ({"metadata": {}}, "metadata.name"), ({"metadata": []}, "metadata"),
+    ({"metadata": {"name": "Resnet18"}}, "metadata.name"), ({"metadata": {"name": "resnet_18"}}, "metadata.name"),
+    ({"metadata": {"name": "-r"}}, "metadata.name"), ({"metadata": {"name": "r."}}, "metadata.name"),
+    ({"metadata": {"name": ""}}, "metadata.name"), ({"metadata": {"name": 18}}, "metadata.name"),
+    ({"metadata": {"name": "a" * 254}}, "metadata.name"),
+    ({"metadata": {"name": "ok", "namespace": "a.b"}}, "metadata.namespace"),
+    ({"metadata": {"name": "ok", "namespace": "Team_A"}}, "metadata.namespace"), ({"sepc": {}}, "sepc"),
+    ({"spec": None}, "spec"), ({"spec": []}, "spec"),
+])
+def test_what_the_document_is(change, field):
+    m = minimal()
+    m.update(change)
+    rejects(m, field, {"apiVersion": S.API_VERSION, "kind": S.KIND}.get(field, ""))
 
 
 @pytest.mark.parametrize("manifest", [None, [], "job", 3])
@@ -216,244 +174,116 @@ def test_not_a_mapping(manifest):
     rejects(manifest, "", "mapping")
 
 
-@pytest.mark.parametrize("key,value,field", [
-    ("apiVersion", "kondense.dev/v1", "apiVersion"),
-    ("apiVersion", None, "apiVersion"),
-    ("kind", "Job", "kind"),
-    ("kind", None, "kind"),
-])
-def test_wrong_api_version_or_kind(key, value, field):
-    m = minimal()
-    if value is None:
-        del m[key]
-    else:
-        m[key] = value
-    rejects(m, field, S.API_VERSION if key == "apiVersion" else S.KIND)
-
-
-def test_unknown_top_level_key():
-    m = minimal()
-    m["sepc"] = {}
-    rejects(m, "sepc", "unknown field", "spec")
-
-
-@pytest.mark.parametrize("metadata,field", [
-    (None, "metadata.name"),
-    ({}, "metadata.name"),
-    ({"namespace": "default"}, "metadata.name"),
-    ({"name": "Resnet18"}, "metadata.name"),
-    ({"name": "resnet_18"}, "metadata.name"),
-    ({"name": "-resnet"}, "metadata.name"),
-    ({"name": "resnet."}, "metadata.name"),
-    ({"name": ""}, "metadata.name"),
-    ({"name": 18}, "metadata.name"),
-    ({"name": "a" * 254}, "metadata.name"),
-    ({"name": "ok", "namespace": "Team_A"}, "metadata.namespace"),
-    ({"name": "ok", "namespace": "a.b"}, "metadata.namespace"),
-    ([], "metadata"),
-])
-def test_bad_metadata(metadata, field):
-    m = minimal()
-    if metadata is None:
-        del m["metadata"]
-    else:
-        m["metadata"] = metadata
-    rejects(m, field)
-
-
 def test_good_names():
     for name in ("a", "0", "resnet18-fmnist", "a.b-c.d", ".".join(["x" * 63] * 3) + "." + "y" * 61):
-        m = minimal()
-        m["metadata"]["name"] = name
-        assert S.parse(m).name == name
+        assert S.parse({**minimal(), "metadata": {"name": name}}).name == name
 
 
-def test_missing_spec():
-    m = minimal()
-    del m["spec"]
-    rejects(m, "spec", "missing")
-    m["spec"] = []
-    rejects(m, "spec", "mapping")
+# Each kind of refusal once: the field named, and words that say what is wrong and what is allowed
+# (from the CRD: its bounds, enums, descriptions and rule messages).
+REFUSALS = [
+    ({"delta": None}, "spec.delta", "missing", "accuracy drop"),
+    ({"delta": 0}, "spec.delta", "must be a number in (0, 100], got 0"),
+    ({"delta": "1.0"}, "spec.delta", "must be a number, got the string '1.0'"),
+    ({"delta": True}, "spec.delta", "must be a number, got bool True"),
+    ({"delta": float("nan")}, "spec.delta", "finite"),
+    ({"stage": 3}, "spec.stage", "one of 1, 2", "annealing"),
+    ({"workers": 0}, "spec.workers", "an integer >= 1, got 0", "Pods"),
+    ({"slotsPerWorker": 2.0}, "spec.slotsPerWorker", "must be an integer, got float 2.0"),
+    ({"backend": "Horovod"}, "spec.backend", "one of torch, horovod"),
+    ({"device": 0}, "spec.device", "must be a string, got int 0"),
+    ({"suspend": "no"}, "spec.suspend", "true or false"),
+    ({"seed": -1}, "spec.seed", ">= 0"),
+    ({"delat": 1}, "spec.delat", "unknown field (did you mean 'delta'?); known: model, data, delta"),
+    ({"delat": 1, "delta": None}, "spec.delat", "did you mean 'delta'"),  # an unknown key before a missing one
+    ({"delta": 0, "stage": 5}, "spec.delta"),  # the first problem in the CRD's field order wins
+    ({"model": None}, "spec.model", "missing", "zoo"),
+    ({"model": "resnet18"}, "spec.model", "must be a mapping, got the string 'resnet18'"),
+    ({"model": {}}, "spec.model", "give exactly one of zoo and uri, got neither"),
+    ({"model": {"zoo": "r", "uri": "/m.pt"}}, "spec.model", "got both"),
+    ({"model": {"zoo": "r", "weights": "x"}}, "spec.model.weights", "unknown field", "zoo, uri, arch"),
+    ({"model": {"zoo": "r", "arch": "r"}}, "spec.model.arch", "only goes with uri"),
+    ({"model": {"zoo": ""}}, "spec.model.zoo", "1 to 253 characters, got 0"),
+    ({"model": {"zoo": " "}}, "spec.model.zoo", "blank"),
+    ({"model": {"uri": "s3://b/m.pt"}}, "spec.model.uri", "pvc://CLAIM/path", "no other scheme"),
+    ({"data": {"dataset": "f", "format": "npz"}}, "spec.data.format", "only goes with uri"),
+    ({"data": {"uri": "/d", "format": "csv"}}, "spec.data.format", "one of imagefolder, npz"),
+    ({"data": {"uri": "/d/imgs", "format": "npz"}}, "spec.data.format", "contradicts uri", ".npz"),
+    ({"data": {"dataset": ["f"]}}, "spec.data.dataset", "must be a string, got a list"),
+    ({"output": {}}, "spec.output.uri", "missing", "pvc://CLAIM/path"),
+    ({"output": {"uri": "pvc://m/a/%2e%2E"}}, "spec.output.uri", "'..'", "leave the claim"),
+    ({"output": {"uri": "pvc://m", "path": "x"}}, "spec.output.path", "unknown field"),
+    ({"budget": {"maxStep": 3}}, "spec.budget.maxStep", "did you mean 'maxSteps'"),
+    ({"budget": {"stepEpochs": float("inf")}}, "spec.budget.stepEpochs", "finite"),
+    ({"budget": {"ratios": []}}, "spec.budget.ratios", "1 to 64 entries, got 0"),
+    ({"budget": {"ratios": [0.5, 1.0]}}, "spec.budget.ratios[1]", "in (0, 1), got 1.0", "fraction"),
+    ({"budget": [1]}, "spec.budget", "mapping"),
+    ({"resources": {"limits": {"cpu": 0.5}}}, "spec.resources.limits.cpu", "an integer or a string, got float 0.5"),
+    ({"resources": {"limits": {"memory": "8 GB"}}}, "spec.resources.limits.memory", "'8 GB' is not allowed", "quantity"),
+    ({"resources": {"limits": {f"r{i}": 1 for i in range(33)}}}, "spec.resources.limits", "at most 32 entries"),
+]
 
 
-@pytest.mark.parametrize("value", [_DELETE, None, "1.0", True, False, 0, -1, 0.0, 100.5, float("nan"), float("inf"), [1]])
-def test_bad_delta(value):
-    rejects(with_spec(delta=value), "spec.delta", "(0, 100]")
+@pytest.mark.parametrize("change,field,words", [(r[0], r[1], r[2:]) for r in REFUSALS],
+                         ids=[f"{r[1]}-{i}" for i, r in enumerate(REFUSALS)])
+def test_refusals_name_the_field_and_say_why(change, field, words):
+    rejects(with_spec(**change), field, *words)
 
 
-@pytest.mark.parametrize("value", [1, 0.01, 100, 2.5])
-def test_good_delta(value):
-    assert S.parse(with_spec(delta=value)).spec.delta == float(value)
-
-
-@pytest.mark.parametrize("value", [0, 3, "2", 2.0, True])
-def test_bad_stage(value):
-    rejects(with_spec(stage=value), "spec.stage", "1", "2")
-
-
-@pytest.mark.parametrize("key", ["workers", "slotsPerWorker"])
-@pytest.mark.parametrize("value", [0, -1, 1.5, 2.0, "2", True])
-def test_bad_counts(key, value):
-    rejects(with_spec(**{key: value}), f"spec.{key}", "integer >= 1")
-
-
-@pytest.mark.parametrize("key,value,allowed", [
-    ("backend", "mpi", "horovod, torch"),
-    ("backend", "Horovod", "horovod, torch"),
-    ("device", "gpu", "cpu, cuda, auto"),
-    ("device", 0, "cpu, cuda, auto"),
-    ("objective", "latency", "params, macs"),
-    ("objective", ["params"], "params, macs"),
-])
-def test_bad_choices(key, value, allowed):
-    rejects(with_spec(**{key: value}), f"spec.{key}", allowed)
-
-
-@pytest.mark.parametrize("value", ["no", 0, 1, "false"])
-def test_bad_suspend(value):
-    rejects(with_spec(suspend=value), "spec.suspend", "true or false")
-
-
-@pytest.mark.parametrize("value", [-1, 1.5, "0", True])
-def test_bad_seed(value):
-    rejects(with_spec(seed=value), "spec.seed", "integer")
-
-
-@pytest.mark.parametrize("model,field,words", [
-    (_DELETE, "spec.model", ("missing",)),
-    ({}, "spec.model", ("exactly one of zoo and uri", "neither")),
-    ({"arch": "resnet18"}, "spec.model", ("neither",)),
-    ({"zoo": "resnet18", "uri": "/m.pt"}, "spec.model", ("both",)),
-    ({"zoo": "resnet18", "weights": "x"}, "spec.model.weights", ("unknown field", "zoo, uri, arch")),
-    ({"zoo": "resnet18", "arch": "resnet18"}, "spec.model.arch", ("uri",)),
-    ({"zoo": ""}, "spec.model.zoo", ("non-empty string",)),
-    ({"zoo": 18}, "spec.model.zoo", ("non-empty string",)),
-    ({"uri": "/m.pt", "arch": 3}, "spec.model.arch", ("non-empty string",)),
-    ({"uri": "s3://bucket/m.pt"}, "spec.model.uri", ("unsupported", "pvc://")),
-    ({"uri": "pvc://Models/m.pt"}, "spec.model.uri", ("malformed pvc://", "DNS-1123")),
-    ("resnet18", "spec.model", ("mapping",)),
-])
-def test_bad_model(model, field, words):
-    rejects(with_spec(model=model), field, *words)
-
-
-@pytest.mark.parametrize("data,field,words", [
-    (_DELETE, "spec.data", ("missing",)),
-    ({}, "spec.data", ("exactly one of dataset and uri", "neither")),
-    ({"dataset": "fashion-mnist", "uri": "/d"}, "spec.data", ("both",)),
-    ({"dataset": "fashion-mnist", "split": "train"}, "spec.data.split", ("unknown field", "dataset, uri, format")),
-    ({"uri": "/d", "format": "csv"}, "spec.data.format", ("imagefolder, npz",)),
-    ({"dataset": "fashion-mnist", "format": "npz"}, "spec.data.format", ("uri",)),
-    ({"uri": "/d/imgs", "format": "npz"}, "spec.data.format", (".npz",)),
-    ({"uri": "/d/x.npz", "format": "imagefolder"}, "spec.data.format", (".npz",)),
-    ({"uri": "pvc:///x"}, "spec.data.uri", ("malformed pvc://",)),
-    ({"dataset": ["fashion-mnist"]}, "spec.data.dataset", ("non-empty string",)),
-])
-def test_bad_data(data, field, words):
-    rejects(with_spec(data=data), field, *words)
-
-
-@pytest.mark.parametrize("output,field,words", [
-    (_DELETE, "spec.output.uri", ("missing",)),
-    ({}, "spec.output.uri", ("missing",)),
-    ({"uri": None}, "spec.output.uri", ("missing",)),
-    ({"uri": ""}, "spec.output.uri", ("non-empty string",)),
-    ({"uri": "pvc://out", "path": "x"}, "spec.output.path", ("unknown field",)),
-    ("pvc://models/out", "spec.output", ("mapping",)),
-])
-def test_bad_output(output, field, words):
-    rejects(with_spec(output=output), field, *words)
-
-
-@pytest.mark.parametrize("uri", [
-    "pvc://",                     # no claim
-    "pvc:///x",                   # empty claim
-    "pvc://My_Claim/x",           # not a DNS-1123 label
-    "pvc://claim.with.dots/x",    # a label has no dots
-    "pvc://" + "a" * 64 + "/x",   # too long
-    "pvc://-claim/x",
-    "pvc://models/../etc",        # leaves the claim
-    "pvc://models/a/%2E%2E/b",    # the same, escaped
-    "pvc:models/out",             # not pvc://
-    "file://host/abs",            # not file:///
-    "file:relative",
-    "http://example.com/m.pt",
-])
+@pytest.mark.parametrize("uri", ["pvc://", "pvc:///x", "pvc://My_Claim/x", "pvc://claim.dots/x", f"pvc://{'a' * 64}/x",
+                                 "pvc://-claim/x", "pvc://m/../etc", "pvc://m/a/%2E%2E/b", "pvc:models/out",
+                                 "file://host/abs", "file:relative", "http://example.com/m.pt"])
 def test_malformed_uris(uri):
-    rejects(with_spec(output={"uri": uri}), "spec.output.uri", uri[:6])
+    rejects(with_spec(output={"uri": uri}), "spec.output.uri")
+    with pytest.raises(S.SpecError):
+        S.local_path(uri, "/mnt/pvc")
 
 
-@pytest.mark.parametrize("uri", ["pvc://models", "pvc://models/", "pvc://m-1/a/b.pt", "file:///abs/x", "/abs/x",
-                                 "rel/x", "./rel", "../up/x", "~/x"])
+@pytest.mark.parametrize("uri", ["pvc://models", "pvc://models/", "pvc://m-1/a/b.pt", "pvc://m/a..b/...", "file:///abs/x",
+                                 "/abs/x", "rel/x", "./rel", "../up/x", "~/x"])
 def test_good_uris(uri):
     assert S.parse(with_spec(output={"uri": uri})).spec.output_uri == uri
 
 
-@pytest.mark.parametrize("key", ["delat", "Delta", "slots_per_worker", "gpus"])
-def test_unknown_spec_keys(key):
-    err = rejects(with_spec(**{key: 1}), f"spec.{key}", "unknown field", "known:", "delta", "slotsPerWorker")
-    if key == "delat":
-        assert "did you mean 'delta'" in str(err)
+def test_check_settings_judges_with_the_crd():
+    S.check_settings(delta=1.0, stage=1, objective="macs", backend="torch", device="cpu", seed=0, workers=2,
+                     slotsPerWorker=1, budget={"maxSteps": 2}, resources=None)
+    for values, field, words in [({"delta": 0}, "spec.delta", "(0, 100]"), ({"stage": 3}, "spec.stage", "1, 2"),
+                                 ({"objective": "latency"}, "spec.objective", "params, macs"),
+                                 ({"workers": 0}, "spec.workers", ">= 1"), ({"seed": 1.5}, "spec.seed", "integer"),
+                                 ({"budget": {"ratios": [2]}}, "spec.budget.ratios[0]", "(0, 1)"),
+                                 ({"delta": 0, "arch": "x"}, "spec.arch", "not a CompressionJob setting")]:
+        # an unknown key first, then the CRD's field order
+        with pytest.raises(S.SpecError) as info:
+            S.check_settings(**values)
+        assert info.value.field == field and words in str(info.value)
 
 
-def test_unknown_key_reported_before_missing_field():
-    m = with_spec(delta=_DELETE)
-    m["spec"]["delat"] = 1.0
-    rejects(m, "spec.delat", "did you mean 'delta'")
+def test_parse_for_kubernetes_needs_the_output_on_a_claim():
+    from kondense_operator import reconcile
 
-
-@pytest.mark.parametrize("budget,field,words", [
-    ({"stage1Epochs": 0}, "spec.budget.stage1Epochs", ("> 0",)),
-    ({"stage1Epochs": -1}, "spec.budget.stage1Epochs", ("> 0",)),
-    ({"stage1Epochs": "2"}, "spec.budget.stage1Epochs", ("> 0",)),
-    ({"stepEpochs": 0.0}, "spec.budget.stepEpochs", ("> 0",)),
-    ({"stepEpochs": float("inf")}, "spec.budget.stepEpochs", ("> 0",)),
-    ({"stepEpochs": True}, "spec.budget.stepEpochs", ("> 0",)),
-    ({"maxSteps": 0}, "spec.budget.maxSteps", (">= 1",)),
-    ({"maxSteps": 1.5}, "spec.budget.maxSteps", (">= 1",)),
-    ({"scanSamples": 0}, "spec.budget.scanSamples", (">= 1",)),
-    ({"trainSamples": 0}, "spec.budget.trainSamples", (">= 1",)),
-    ({"valSamples": -5}, "spec.budget.valSamples", (">= 1",)),
-    ({"testSamples": "all"}, "spec.budget.testSamples", (">= 1",)),
-    ({"ratios": []}, "spec.budget.ratios", ("non-empty list",)),
-    ({"ratios": 0.5}, "spec.budget.ratios", ("non-empty list",)),
-    ({"ratios": [0.5, 1.0]}, "spec.budget.ratios[1]", ("(0, 1)",)),
-    ({"ratios": [0]}, "spec.budget.ratios[0]", ("(0, 1)",)),
-    ({"ratios": [0.5, "0.25"]}, "spec.budget.ratios[1]", ("(0, 1)",)),
-    ({"maxStep": 3}, "spec.budget.maxStep", ("unknown field", "did you mean 'maxSteps'")),
-    ({"max_steps": 3}, "spec.budget.max_steps", ("unknown field", "maxSteps")),
-    ([1], "spec.budget", ("mapping",)),
-])
-def test_bad_budget(budget, field, words):
-    rejects(with_spec(budget=budget), field, *words)
-
-
-def test_bad_resources():
-    rejects(with_spec(resources=["cpu"]), "spec.resources", "mapping")
-
-
-def test_first_problem_wins():
-    m = with_spec(delta=0, stage=5)
-    rejects(m, "spec.delta")
+    assert reconcile.parse_for_kubernetes is S.parse_for_kubernetes
+    assert S.parse_for_kubernetes(minimal()) == S.parse(minimal())
+    for uri in ("/abs/out", "file:///out", "rel/out"):
+        with pytest.raises(S.SpecError) as info:
+            S.parse_for_kubernetes(with_spec(output={"uri": uri}))
+        assert info.value.field == "spec.output.uri" and "stage 2 continues" in str(info.value)
+    with pytest.raises(S.SpecError, match="spec.delta"):
+        S.parse_for_kubernetes(with_spec(delta=0))
 
 
 # --------------------------------------------------------------------------------------------- load
 
 
 def test_load_relative_paths_against_the_manifest(tmp_path):
-    d = tmp_path / "jobs"
-    d.mkdir()
-    m = minimal()
-    m["spec"]["model"] = {"uri": "../models/m.pt", "arch": "resnet18"}
-    m["spec"]["data"] = {"uri": "data/x.npz"}
-    m["spec"]["output"] = {"uri": "pvc://models/out"}
-    (d / "job.yaml").write_text(yaml.safe_dump(m))
-    s = S.load(d / "job.yaml").spec
+    (tmp_path / "jobs").mkdir()
+    m = with_spec(model={"uri": "../models/m.pt", "arch": "r"}, data={"uri": "data/x.npz"}, output={"uri": "pvc://m/o"})
+    (tmp_path / "jobs" / "job.yaml").write_text(yaml.safe_dump(m))
+    s = S.load(tmp_path / "jobs" / "job.yaml").spec
     assert s.model.uri == str(tmp_path / "models" / "m.pt")
-    assert s.data.uri == str(d / "data" / "x.npz") and s.data.format == "npz"
-    assert s.output_uri == "pvc://models/out"   # URIs stay as written
-    # parse alone leaves relative paths as written
-    assert S.parse(m).spec.model.uri == "../models/m.pt"
+    assert (s.data.uri, s.data.format) == (str(tmp_path / "jobs" / "data" / "x.npz"), "npz")
+    assert s.output_uri == "pvc://m/o"  # URIs stay as written
+    assert S.parse(m).spec.model.uri == "../models/m.pt"  # parse alone leaves relative paths as written
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -463,102 +293,66 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(S.SpecError, match="directory"):
         S.load(tmp_path)
     for text, words in [("", "empty"), ("a: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "mapping"),
-                        ("just a string\n", "mapping"), ("a: 1\n---\nb: 2\n", "2 YAML documents"),
-                        ("spec: {delta: 1, delta: 2}\n", "duplicate key"),
-                        (b"\xff\xfe\x00".decode("latin-1"), "")]:
-        p.write_text(text, encoding="utf-8" if words else "latin-1")
+                        ("a: 1\n---\nb: 2\n", "2 YAML documents"), ("spec: {delta: 1, delta: 2}\n", "duplicate key"),
+                        (yaml.safe_dump(with_spec(delta=0)), "spec.delta: must be a number")]:
+        p.write_text(text)
         with pytest.raises(S.SpecError) as info:
             S.load(p)
-        assert str(p) in str(info.value) and words in str(info.value)
-    m = minimal()
-    m["spec"]["delta"] = 0
-    p.write_text(yaml.safe_dump(m))
-    with pytest.raises(S.SpecError) as info:
+        assert str(info.value).startswith(f"{p}: ") and words in str(info.value)
+    p.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(S.SpecError, match="cannot read it"):
         S.load(p)
-    assert info.value.field == "spec.delta" and str(info.value).startswith(f"{p}: spec.delta: ")
 
 
 def test_load_allows_yaml_merge_keys(tmp_path):
     p = tmp_path / "job.yaml"
-    p.write_text(yaml.safe_dump(minimal()) + "x-defaults: &d {workers: 2}\n")
-    with pytest.raises(S.SpecError, match="x-defaults: unknown field"):
-        S.load(p)
-    text = yaml.safe_dump(minimal()).replace("spec:\n", "spec:\n  <<: {workers: 2, delta: 5}\n")
-    p.write_text(text)
+    p.write_text(yaml.safe_dump(minimal()).replace("spec:\n", "spec:\n  <<: {workers: 2, delta: 5}\n"))
     s = S.load(p).spec
     assert s.workers == 2 and s.delta == 1.0  # an explicit key overrides a merged one
 
 
-# --------------------------------------------------------------------------------------------- URIs
+# --------------------------------------------------------------------------------------------- URIs and the engine
 
 
-def test_local_path(tmp_path):
+def test_local_path_and_claims(tmp_path):
     root = tmp_path / "pvc"
     assert S.local_path("pvc://models/out/m.pt", root) == root / "models" / "out" / "m.pt"
-    assert S.local_path("pvc://models/out/", root) == root / "models" / "out"
     assert S.local_path("pvc://models", root) == root / "models"
     assert S.local_path("pvc://models/a%20b", "/mnt/pvc") == Path("/mnt/pvc/models/a b")
-    assert S.local_path("file:///data/x.npz", root) == Path("/data/x.npz")
     assert S.local_path("file:///data/my%20set", root) == Path("/data/my set")
-    assert S.local_path("/abs/x", root) == Path("/abs/x")
     assert S.local_path("/abs/x", root, base_dir=tmp_path) == Path("/abs/x")
     assert S.local_path("rel/x", root) == Path("rel/x")
     assert S.local_path("rel/x", root, base_dir=tmp_path) == tmp_path / "rel" / "x"
     assert S.local_path("~/x", root, base_dir=tmp_path) == Path.home() / "x"
-    with pytest.raises(S.SpecError):
-        S.local_path("s3://b/x", root)
-
-
-def test_claims():
     assert S.claims(S.parse(full()).spec) == ("data", "models")
     assert S.claims(S.parse(with_spec(output={"uri": "/tmp/out"})).spec) == ()
 
 
-# --------------------------------------------------------------------------------------------- engine arguments
-
-
-def test_compress_and_budget_kwargs():
-    s = S.parse(full()).spec
-    assert S.compress_kwargs(s) == {"delta": 1.0, "stage": 1, "objective": "macs", "device": "cuda", "seed": 7,
-                                    "train_samples": 1000, "val_samples": 200, "test_samples": None, "arch": "vgg19"}
-    assert S.budget_kwargs(s) == {"stage1_epochs": 0.5, "step_epochs": 2.0, "max_steps": 3, "scan_samples": 500,
-                                  "ratios": (0.5, 0.25)}
-    d = S.parse(minimal()).spec
-    assert S.budget_kwargs(d) == {}
-    assert S.compress_kwargs(d) == {"delta": 1.0, "stage": 2, "objective": "params", "device": "auto", "seed": 0,
-                                    "train_samples": None, "val_samples": None, "test_samples": None, "arch": None}
-
-
-def test_kwargs_fit_the_engine():
+def test_engine_arguments(tmp_path):
     import inspect
 
     from kondense.api import compress
+    from kondense.pipeline.conductor import OBJECTIVES
     from kondense.pipeline.context import Budget
 
     s = S.parse(full()).spec
+    assert S.compress_kwargs(s) == {"delta": 1.0, "stage": 1, "objective": "macs", "device": "cuda", "seed": 7,
+                                    "arch": "vgg19"}
+    assert S.budget_kwargs(s) == {"stage1_epochs": 0.5, "step_epochs": 2.0, "max_steps": 3, "scan_samples": 500,
+                                  "ratios": (0.5, 0.25), "train_samples": 1000, "val_samples": 200}
     Budget(**S.budget_kwargs(s))  # every key is a Budget field
-    params = inspect.signature(compress).parameters
-    assert set(S.compress_kwargs(s)) <= set(params)
-    assert set(S.OBJECTIVES) == set(__import__("kondense.pipeline.conductor", fromlist=["OBJECTIVES"]).OBJECTIVES)
-
-
-def test_model_and_data_arguments(tmp_path):
-    root = tmp_path / "pvc"
-    s = S.parse(minimal()).spec
-    assert S.model_argument(s, root) == "zoo:resnet18"
-    assert S.data_argument(s, root) == "fashion-mnist"
-    s = S.parse(full()).spec
-    assert S.model_argument(s, root) == str(root / "models" / "m.pt")
-    assert S.data_argument(s, root) == str(root / "data" / "train.npz")
-    s = S.load(EXAMPLE).spec
-    assert S.model_argument(s, root) == "zoo:mobilenet_v1"
-
-
-# --------------------------------------------------------------------------------------------- no torch
+    assert set(S.compress_kwargs(s)) <= set(inspect.signature(compress).parameters)
+    assert set(S.OBJECTIVES) == set(OBJECTIVES)
+    assert (S.model_argument(s, tmp_path), S.data_argument(s, tmp_path)) == \
+        (str(tmp_path / "models" / "m.pt"), str(tmp_path / "data" / "train.npz"))
+    d = S.parse(minimal()).spec
+    assert (S.model_argument(d, tmp_path), S.data_argument(d, tmp_path), S.budget_kwargs(d)) == \
+        ("zoo:resnet18", "fashion-mnist", {})
 
 
 def test_import_does_not_load_torch():
     code = ("import sys, kondense.job.spec as s; s.load(sys.argv[1]); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
-    result = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True, timeout=60,
+                            check=False)
     assert result.returncode == 0, result.stderr
