@@ -14,7 +14,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 
 # The CUDA toolkit Horovod is compiled against: torch 2.14.1's wheels are CUDA 13.0 builds, and
-# with those Horovod's CMake insists on a real toolkit (see shared ENVIRONMENT.md, Horovod).
+# with those Horovod's CMake insists on a real toolkit (scripts/build-horovod.sh says why).
 # Only the build stage has it; at run time torch's own nvidia-* wheels provide the libraries.
 ARG CUDA_VERSION=13-0
 ARG HOROVOD_BUILD_CUDA_CC_LIST=80,90

@@ -5,7 +5,9 @@
 #   scripts/build-horovod.sh [VENV]        (default: .venv)
 #
 # Why a patch: Horovod 0.28.1's CMake files ask for C++14, torch 2.14's headers need C++20
-# (the upstream fix is unreleased). See shared ENVIRONMENT.md, section Horovod.
+# (the upstream fix is on Horovod's master, unreleased). With a CUDA build of torch, Horovod's CMake
+# insists on a real CUDA toolkit and does not find one through an nvcc wrapper: hence CUDA_HOME below.
+# docs/architecture.md (process model) says where Horovod fits.
 # Environment:
 #   KONDENSE_WHEEL_CACHE   where built wheels are kept (default ~/.cache/kondense/wheels)
 #   CUDA_HOME              a CUDA toolkit to build against (default: /usr/local/cuda-13.0 if present)

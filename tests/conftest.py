@@ -10,6 +10,30 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# The end-to-end layer: modules that start processes (ranks, the CLI, the operator against the
+# API emulator) or compress a network from end to end. Everything else is the fast unit layer
+# (`make test-fast`, seconds); `make test` runs both.
+E2E_MODULES = {
+    "test_cli.py",
+    "test_compress.py",
+    "test_distributed.py",
+    "test_distributed_engine.py",
+    "operator/test_operator.py",
+    "operator/test_pod_template.py",
+    "operator/test_restart.py",
+}
+TESTS = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end (processes, the operator, whole compressions); make test-e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(TESTS).as_posix() in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(autouse=True)
 def kondense_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
