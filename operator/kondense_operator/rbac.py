@@ -3,7 +3,7 @@
 NAMESPACED_RULES are needed in every namespace the operator watches (a Role per namespace, or a
 ClusterRole bound cluster-wide with --all-namespaces). CLUSTER_RULES are needed cluster-wide
 whatever the scope. Exact verbs, no wildcards, no Secrets. Found by logging every request the
-operator (kopf included) made against the kmock API emulator (tests/operator/test_rbac.py keeps
+operator (kopf included) made against the kmock API emulator (tests/operator/test_operator.py::test_rbac_rules_cover_exactly_what_the_operator_calls keeps
 this list complete and minimal):
 
 - kopf lists and watches the CompressionJobs, patches them (its progress annotations) and posts

@@ -9,19 +9,17 @@ restarted operator picks up where the last one stopped without creating anything
 from __future__ import annotations
 
 import copy
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from kondense.job import spec as spec_mod
+from kondense.job.spec import parse_for_kubernetes  # re-exported: the operator's validation lives there
 
 from . import children, metrics
 from . import status as st
 from .config import WorkerConfig
 from .kube import Kube
-
-log = logging.getLogger("kondense_operator")
 
 # Event(body, type, reason, message): kopf.event in the operator, a list in tests
 EventSink = Callable[[dict, str, str, str], None]
@@ -35,15 +33,6 @@ def _lock(namespace: str, name: str) -> threading.Lock:
     together); this serialises work, it holds no state."""
     with _locks_guard:
         return _locks.setdefault((namespace, name), threading.Lock())
-
-
-def parse_for_kubernetes(body: dict) -> spec_mod.CompressionJob:
-    """kondense.job.spec's validation plus what only Kubernetes needs."""
-    job = spec_mod.parse(body)
-    if not job.spec.output_uri.startswith("pvc://"):
-        raise spec_mod.SpecError("spec.output.uri", f"must be pvc://CLAIM/path on Kubernetes, got '{job.spec.output_uri}': "
-                                 "stage 2 continues from stage 1's files there, and pods share nothing else")
-    return job
 
 
 @dataclass
@@ -70,9 +59,9 @@ def reconcile(ctx: Context, namespace: str, name: str) -> dict | None:
                 if key not in new:
                     patch[key] = None
             ctx.kube.patch_cj_status(namespace, name, patch)
-        spec = body.get("spec") or {}
-        metrics.JOB_INFO.set(body["metadata"].get("uid") or f"{namespace}/{name}", str(spec.get("backend", "horovod")),
-                             int(new.get("stage") or 0), str(new.get("phase") or st.PENDING))
+        backend = str((body.get("spec") or {}).get("backend") or spec_mod.DEFAULTS["backend"])
+        metrics.JOB_INFO.set(body["metadata"].get("uid") or f"{namespace}/{name}", backend, int(new.get("stage") or 0),
+                             str(new.get("phase") or st.PENDING))
         return new
 
 
@@ -91,10 +80,7 @@ def _step(ctx: Context, body: dict, status: dict) -> dict:
 
     # 2. accepted
     if not phase:
-        status.update(phase=st.PENDING, stage=1, startTime=st.now(), stageStartTime=st.now())
-        status["conditions"] = st.set_condition([], "Created", True, "Created",
-                                                f"accepted: stage {job.spec.stage} on {job.spec.workers} worker(s) x "
-                                                f"{job.spec.slots_per_worker} {job.spec.backend} process(es)", generation)
+        status.update(st.accepted(job.spec, generation))
         metrics.JOBS_CREATED.inc()
         ctx.event(body, "Normal", "Created", status["conditions"][0]["message"])
     status["observedGeneration"] = generation
@@ -109,7 +95,7 @@ def _step(ctx: Context, body: dict, status: dict) -> dict:
         outcome = st.observe_stage(k8s_job, pods)
 
         if outcome.state == "failed":
-            if outcome.reason in ("ImagePullBackOff", "CreateContainerConfigError", "CreateContainerError"):
+            if outcome.reason in st.NEVER_STARTS:
                 # such a pod waits forever: stop the Job so it stops holding nodes
                 _set_suspend(ctx, k8s_job, True)
             return _fail(ctx, body, status, outcome.reason, f"stage {stage}: {outcome.message}", generation)
@@ -125,15 +111,11 @@ def _step(ctx: Context, body: dict, status: dict) -> dict:
                 metrics.STAGE_DURATION.labels(str(stage)).observe(max(0.0, duration))
             if outcome.reason == "NoSummary":
                 ctx.event(body, "Warning", "NoSummary", f"stage {stage}: {outcome.message}")
-            ctx.event(body, "Normal", f"Stage{stage}Succeeded", f"stage {stage} succeeded" + _enhancement(outcome.summary))
+            ctx.event(body, "Normal", f"Stage{stage}Succeeded", st.stage_message(stage, outcome.summary))
             if stage < stages[-1]:
                 status.update(stage=stage + 1, stageStartTime=st.now())
                 continue  # on to the next stage's children in this same pass
-            status.update(phase=st.SUCCEEDED, completionTime=st.now(), reason="Succeeded", message=st.success_message(status))
-            conds = st.set_condition(status.get("conditions") or [], "Running", False, "Completed", "all stages finished", generation)
-            if st.condition(conds, "Suspended"):
-                conds = st.set_condition(conds, "Suspended", False, "Completed", "all stages finished", generation)
-            status["conditions"] = st.set_condition(conds, "Succeeded", True, "Succeeded", status["message"], generation)
+            status = st.succeeded(status, generation)
             metrics.JOBS_SUCCEEDED.inc()
             ctx.event(body, "Normal", "Succeeded", status["message"])
             return status
@@ -170,46 +152,32 @@ def _set_suspend(ctx: Context, k8s_job: dict, suspend: bool) -> None:
 
 def _running(ctx: Context, body: dict, status: dict, job: spec_mod.CompressionJob, stage: int,
              outcome: st.StageOutcome, generation: int) -> dict:
+    """Suspended, running or still pending: the phase, its condition, an Event when the phase changes."""
     before = status.get("phase")
     conds = status.get("conditions") or []
     if job.spec.suspend:
-        phase, message = st.SUSPENDED, f"stage {stage} suspended (spec.suspend); set it to false to resume"
+        message = f"stage {stage} suspended (spec.suspend); set it to false to resume"
         conds = st.set_condition(conds, "Suspended", True, "Suspended", message, generation)
         if st.condition(conds, "Running"):
             conds = st.set_condition(conds, "Running", False, "Suspended", message, generation)
+        status.update(phase=st.SUSPENDED, stage=stage, reason=f"Stage{stage}Suspended", message=message, conditions=conds)
     else:
-        started = outcome.state == "running" or stage > 1 or before in (st.RUNNING, st.SUSPENDED)
-        phase = st.RUNNING if started else st.PENDING
-        message = (f"stage {stage} running on {job.spec.workers} worker(s)" if started
-                   else f"stage {stage}: waiting for {job.spec.workers} worker pod(s) to start")
         if st.condition(conds, "Suspended"):
             conds = st.set_condition(conds, "Suspended", False, "Resumed", "spec.suspend is false", generation)
-        if started:
-            conds = st.set_condition(conds, "Running", True, f"Stage{stage}Running", message, generation)
-    status.update(phase=phase, stage=stage, message=message, reason=f"Stage{stage}{phase}")
-    status["conditions"] = conds
-    if phase != before:
-        ctx.event(body, "Normal", phase, message)
+        status["conditions"] = conds
+        # a stage after the first, or one that ran before a suspension, counts as started without active pods
+        if outcome.state == "running" or stage > 1 or before in (st.RUNNING, st.SUSPENDED):
+            status = st.running(status, stage, job.spec, generation)
+        else:
+            status.update(phase=st.PENDING, stage=stage, reason=f"Stage{stage}Pending",
+                          message=f"stage {stage}: waiting for {job.spec.workers} worker pod(s) to start")
+    if status["phase"] != before:
+        ctx.event(body, "Normal", status["phase"], status["message"])
     return status
 
 
 def _fail(ctx: Context, body: dict, status: dict, reason: str, message: str, generation: int) -> dict:
-    status = dict(status)
-    if not status.get("startTime"):
-        status["startTime"] = st.now()
-    status.update(phase=st.FAILED, reason=reason, message=message, completionTime=st.now(), observedGeneration=generation)
-    conds = status.get("conditions") or []
-    if st.condition(conds, "Running"):
-        conds = st.set_condition(conds, "Running", False, reason, message, generation)
-    status["conditions"] = st.set_condition(conds, "Failed", True, reason, message, generation)
+    status = st.failed(status, reason, message, generation)
     metrics.failed(reason)
     ctx.event(body, "Warning", reason, message)
     return status
-
-
-def _enhancement(summary: dict) -> str:
-    e = summary.get("enhancement") or {}
-    try:
-        return f": {float(e['params']):.1f}x params, {float(e['accuracyDrop']):.2f} points"
-    except (KeyError, TypeError, ValueError):
-        return ""

@@ -23,6 +23,8 @@ import kmock
 import pytest
 from kmock._internal import enums
 
+from kondense.job.status import stage_summary
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "compressionjob.yaml"
 OPERATOR_BIN = Path(sys.executable).with_name("kondense-operator")
@@ -330,15 +332,14 @@ def cj_manifest(name: str, namespace: str, **spec: Any) -> dict:
 
 
 def summary(stage: int) -> dict:
-    """A stage summary as kondense.launch.stages.stage_summary writes it."""
+    """What rank 0 of `stage` leaves in its termination message: the engine's summary of a report."""
     six = {"accuracy": 90.0, "sizeMB": 1.0, "macsG": 0.1, "paramsM": 0.2, "memoryMB": 2.0, "latencyMs": 0.5}
-    metrics = {"original": six, "stage1": {**six, "accuracy": 89.5, "sizeMB": 0.5}}
+    report = {"original": six, "stage1": {**six, "accuracy": 89.5, "sizeMB": 0.5}, "trainingSamples": 100,
+              "enhancement": {"accuracyDrop": 1.0 if stage == 2 else 0.5, "size": 4.0 if stage == 2 else 2.0, "macs": 2.0,
+                              "params": 3.0, "memory": 1.5, "latency": 1.2}}
     if stage == 2:
-        metrics["stage2"] = {**six, "accuracy": 89.0, "sizeMB": 0.25}
-    return {"stage": stage, "metrics": metrics,
-            "enhancement": {"accuracyDrop": 1.0 if stage == 2 else 0.5, "size": 4.0 if stage == 2 else 2.0, "macs": 2.0,
-                            "params": 3.0, "memory": 1.5, "latency": 1.2},
-            "trainingSamples": 100, "artifacts": {"model": "pvc://models/out/model.pt"}}
+        report["stage2"] = {**six, "accuracy": 89.0, "sizeMB": 0.25}
+    return stage_summary(report, stage, "pvc://models/out")
 
 
 @pytest.fixture(scope="module")
