@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 import kondense
-from kondense import zoo
-from kondense.pipeline.context import Budget
+from kondense import Budget, logs, zoo
 from kondense.files import save_json
 from kondense.measure.profile import latency_ms
 from kondense.zoo import weights
@@ -44,6 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="out/bench")
     parser.add_argument("--latency-only", action="store_true")
     args = parser.parse_args()
+    logs.setup()
     if args.latency_only:
         for arch in args.archs:
             entry = json.loads(RESULTS.read_text())[arch]
@@ -55,8 +55,8 @@ def main() -> None:
         began = time.time()
         out = Path(args.out) / arch
         result = kondense.compress(f"zoo:{arch}", "fashion-mnist", delta=args.delta, stage=2, out=out, device=args.device,
-                                   train_samples=args.train_samples, budget=Budget(max_steps=args.max_steps, scan_samples=args.scan_samples,
-                                                                 recal_samples=args.recal_samples))
+                                   budget=Budget(max_steps=args.max_steps, scan_samples=args.scan_samples,
+                                                 recal_samples=args.recal_samples, train_samples=args.train_samples))
         r = result.report
         params_x, macs_x = TARGETS.get(arch, (None, None))
         e = r["enhancement"]

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
+from kondense import logs
 from kondense.zoo.training import train_zoo
 
 RESULTS = Path(__file__).parent / "results" / "zoo.json"
 
 
 def main(specs: list[str]) -> None:
+    logs.setup()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         arch, _, epochs = spec.partition(":")

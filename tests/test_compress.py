@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -11,13 +12,14 @@ import pytest
 import torch
 
 import kondense
-from kondense.pipeline.context import Budget
+from kondense import Budget, FineTune
 from kondense.measure.profile import accuracy
 
 from .tinynet import TinyNet, small_data, trained_tiny
 
 DELTA = 3.0
 BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=3, scan_samples=300, recal_samples=256)
+FINETUNE = FineTune(batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,16 @@ def tiny(bundle):
 @pytest.fixture(scope="module")
 def result(tiny, bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("compress")
-    return kondense.compress(tiny, bundle, delta=DELTA, stage=2, out=out, device="cpu", batch_size=64, budget=Budget(**BUDGET))
+    return kondense.compress(tiny, bundle, delta=DELTA, stage=2, out=out, device="cpu", finetune=FINETUNE, budget=Budget(**BUDGET))
+
+
+def test_public_api_is_curated_and_light() -> None:
+    code = ("import sys, kondense; assert 'torch' not in sys.modules, 'import kondense loaded torch'; "
+            "assert sorted(kondense.__all__) == sorted(['compress', 'load_compressed', 'Budget', 'FineTune', 'Result', "
+            "'profile', 'KondenseError', '__version__']); "
+            "assert all(getattr(kondense, name) is not None for name in kondense.__all__); "
+            "assert kondense.load_compressed.__module__ == 'kondense.artifacts'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
 
 def test_compresses_within_delta_and_stage2_beyond_stage1(result) -> None:
@@ -66,26 +77,29 @@ def test_saved_models_reproduce_reported_accuracy(result, tiny, bundle) -> None:
     rebuilt = kondense.load_compressed(result.out / "model.pt", base_model=TinyNet())
     assert accuracy(rebuilt, test_loader) == pytest.approx(reported, abs=0.01)
     assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(result.report["stage2"]["paramsM"])
+    # checkpoints share model.pt's format (kondense.artifacts) but do not name their original
+    with pytest.raises(kondense.KondenseError, match="a run checkpoint, not a finished model"):
+        kondense.load_compressed(result.out / "checkpoints" / "stage1.pt")
 
 
 def test_inputs_untouched(tiny, bundle, tmp_path) -> None:
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    kondense.compress(tiny, bundle, delta=DELTA, stage=1, out=tmp_path, device="cpu", batch_size=64,
+    kondense.compress(tiny, bundle, delta=DELTA, stage=1, out=tmp_path, device="cpu", finetune=FINETUNE,
                       budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 0.5}))
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
 
 
 RESUME_SCRIPT = """
-import sys, torch, kondense
-from kondense.pipeline.context import Budget
+import sys, torch, kondense, kondense.logs
 from tests.tinynet import small_data, trained_tiny
+kondense.logs.setup()
 bundle = small_data()
-kondense.compress(trained_tiny(bundle), bundle, delta={delta}, stage=2, out=sys.argv[1], device="cpu", batch_size=64,
-                  budget=Budget(**{budget}))
+kondense.compress(trained_tiny(bundle), bundle, delta={delta}, stage=2, out=sys.argv[1], device="cpu",
+                  finetune=kondense.FineTune(batch_size=64), budget=kondense.Budget(**{budget}))
 """
 
 
-def test_killed_run_resumes(tmp_path: Path) -> None:
+def test_killed_run_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "run"
     script = RESUME_SCRIPT.format(delta=DELTA, budget=BUDGET)
     root = Path(__file__).resolve().parent.parent
@@ -101,11 +115,12 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
     assert "stage1" in json.loads(state_file.read_text()), log
     assert not (out / "report.json").exists(), "the run should have been killed before it finished"
 
-    lines: list[str] = []
     bundle = small_data()
     from .tinynet import trained_tiny as train
-    result = kondense.compress(train(bundle), bundle, delta=DELTA, stage=2, out=out, device="cpu", batch_size=64,
-                               budget=Budget(**BUDGET), log=lines.append)
+    with caplog.at_level(logging.INFO, logger="kondense"):
+        result = kondense.compress(train(bundle), bundle, delta=DELTA, stage=2, out=out, device="cpu", finetune=FINETUNE,
+                                   budget=Budget(**BUDGET))
+    lines = [r.getMessage() for r in caplog.records]
     assert any("resuming the run" in line for line in lines)
     assert any(line.startswith("stage 1: resumed from checkpoint") for line in lines)
     assert not any("sensitivity scan at ratios" in line for line in lines), "stage 1 must not be redone"
@@ -114,14 +129,18 @@ def test_killed_run_resumes(tmp_path: Path) -> None:
 
 def test_other_settings_in_the_same_directory_are_refused(result, tiny, bundle) -> None:
     with pytest.raises(kondense.KondenseError, match="holds a run with other settings"):
-        kondense.compress(tiny, bundle, delta=DELTA / 2, stage=2, out=result.out, device="cpu", batch_size=64, budget=Budget(**BUDGET))
+        kondense.compress(tiny, bundle, delta=DELTA / 2, stage=2, out=result.out, device="cpu", finetune=FINETUNE, budget=Budget(**BUDGET))
 
 
 def test_bad_arguments(tiny, bundle, tmp_path) -> None:
-    for kwargs, message in [({"delta": 0}, "delta must be in"), ({"delta": 1, "stage": 3}, "stage must be 1"),
-                            ({"delta": 1, "objective": "speed"}, "objective must be")]:
+    # kondense.job.spec.check_settings judges them, as it judges a manifest: the field, and the value refused
+    for kwargs, message in [({"delta": 0}, r"spec\.delta: .*got 0"), ({"delta": 1, "stage": 3}, r"spec\.stage: .*got 3"),
+                            ({"delta": 1, "objective": "speed"}, r"spec\.objective: .*got 'speed'")]:
         with pytest.raises(kondense.KondenseError, match=message):
             kondense.compress(tiny, bundle, out=tmp_path, **kwargs)
+    with pytest.raises(kondense.KondenseError, match="a DataBundle or your own loaders are used as they are"):
+        kondense.compress(tiny, bundle, out=tmp_path, budget=Budget(train_samples=100))
+    assert not any(tmp_path.iterdir()), "refused before anything was written"
 
 
 def test_users_own_loaders_optimizer_loss_and_eval(tiny, bundle, tmp_path) -> None:
@@ -141,12 +160,15 @@ def test_users_own_loaders_optimizer_loss_and_eval(tiny, bundle, tmp_path) -> No
         calls["eval"] += 1
         return accuracy(model, loader)
 
-    loaders = dict(train_loader=DataLoader(bundle.train, batch_size=64, shuffle=True), val_loader=DataLoader(bundle.val, batch_size=200),
-                   test_loader=DataLoader(bundle.test, batch_size=200))
-    result = kondense.compress(tiny, None, delta=DELTA, stage=1, out=tmp_path, device="cpu", optimizer=optimizer, loss_fn=loss_fn,
-                               eval_fn=eval_fn, budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 1}), **loaders)
+    loaders = (DataLoader(bundle.train, batch_size=64, shuffle=True), DataLoader(bundle.val, batch_size=200),
+               DataLoader(bundle.test, batch_size=200))
+    result = kondense.compress(tiny, None, delta=DELTA, stage=1, out=tmp_path, device="cpu",
+                               finetune=FineTune(optimizer=optimizer, loss_fn=loss_fn), loaders=loaders, eval_fn=eval_fn,
+                               budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 1}))
     assert calls["optimizer"] >= 1 and calls["loss"] >= 1 and calls["eval"] >= 3
     assert result.report["data"]["name"] == "user loaders"
     assert result.report["original"]["accuracy"] - result.report["stage1"]["accuracy"] <= DELTA
-    with pytest.raises(kondense.KondenseError, match="all three"):
-        kondense.compress(tiny, None, out=tmp_path / "x", train_loader=loaders["train_loader"])
+    with pytest.raises(kondense.KondenseError, match=r"three DataLoaders, \(train, val, test\)"):
+        kondense.compress(tiny, None, out=tmp_path / "x", loaders=loaders[:1])
+    with pytest.raises(kondense.KondenseError, match="either data or loaders"):
+        kondense.compress(tiny, bundle, out=tmp_path / "x", loaders=loaders)

@@ -48,13 +48,13 @@ def test_fit_takes_the_longest_prefix_whose_composed_model_stays_above_the_floor
     options = [picks[2], picks[0], picks[1]]  # as the scan lists them: model order
     names = [o.layer for o in picks]
     judge = CountingJudge(model, names)
-    steps, acc = fit(model, picks, options, judge, example, 90.0, floor=75.0, log=lambda _: None)
+    steps, acc = fit(model, picks, options, judge, example, 90.0, floor=75.0)
     assert [s.layer for s in steps] == ["features.3"], steps  # two transformed layers cost 20 points: below 75
     assert acc == 80.0
     assert judge.calls <= 3  # a binary search over 3 prefixes
     assert model.features[3].weight.shape[0] == 64  # the model given is never modified
 
-    steps, _ = fit(model, picks, options, CountingJudge(model, names), example, 90.0, floor=0.0, log=lambda _: None)
+    steps, _ = fit(model, picks, options, CountingJudge(model, names), example, 90.0, floor=0.0)
     assert steps == in_order(picks, options)  # everything fits: prunings first, in model order
     assert [s.layer for s in steps] == ["features.0", "features.3", "fc1"]
-    assert fit(model, picks, options, CountingJudge(model, names), example, 90.0, floor=85.0, log=lambda _: None)[0] == []
+    assert fit(model, picks, options, CountingJudge(model, names), example, 90.0, floor=85.0)[0] == []

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kondense.measure import profile, zoo
+from kondense import zoo
+from kondense.measure import profile
 
 # the seed paper's table: 100 classes, 3x32x32 inputs
 REFERENCE = {
@@ -98,12 +99,27 @@ def test_accuracy_top1_percent() -> None:
 
 def test_profile_returns_all_six_keys() -> None:
     metrics = profile.profile(tiny(), (3, 8, 8))
-    assert tuple(metrics.to_dict()) == profile.METRIC_KEYS
+    assert tuple(metrics.to_dict()) == tuple(m.key for m in profile.METRICS)
     assert metrics.accuracy is None
     assert all(v > 0 for k, v in metrics.to_dict().items() if k != "accuracy")
 
 
 def test_profile_leaves_training_mode_alone() -> None:
     model = tiny().train()
+    model[1].eval()  # a sub-module the caller froze on purpose (say, a BatchNorm) stays frozen
     profile.profile(model, (3, 8, 8))
-    assert model.training
+    assert model.training and not model[1].training
+
+
+def test_report_rows_and_enhancement_follow_the_metric_table() -> None:
+    from kondense.measure import report
+
+    before = profile.Metrics(**{m.key: 8.0 for m in profile.METRICS})
+    after = profile.Metrics(**{m.key: 2.0 for m in profile.METRICS})
+    enhancement = report.enhancement(before, after)
+    assert list(enhancement) == [m.enhancement for m in profile.METRICS]
+    assert enhancement["accuracyDrop"] == 6.0 and enhancement["params"] == 4.0  # a drop in points; a cost ratio
+    header, rows = report._rows(report.build_report({"original": before, "stage1": after}))
+    assert header == ["Metric", "Original", "Stage 1", "Enhance"]
+    assert [r[0] for r in rows] == [m.label for m in profile.METRICS]
+    assert rows[0][-1] == "-6.00" and rows[3][-1] == "4.00x"

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from kondense import KondenseError, zoo
-from kondense.transforms import TRANSFORMS, apply, candidates, layer_cost, optimizable_layers
+from kondense.pipeline.plan import cost_under, layer_costs
+from kondense.transforms import TRANSFORMS, apply, candidates, optimizable_layers
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -124,9 +125,9 @@ def test_candidates_protect_the_classifier_and_skip_depthwise() -> None:
     x = torch.randn(1, 1, 28, 28)
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     assert candidates(model, "classifier", {"classifier"}, example_input=x) == ["lowrank"]
-    assert candidates(model, "features.3") == []  # depthwise: follows features.0; nothing to factorise
-    assert candidates(model, "features.6") == list(TRANSFORMS)
-    assert candidates(model, "features.4") == []  # a BatchNorm
+    assert candidates(model, "features.3", example_input=x) == []  # depthwise: follows features.0; nothing to factorise
+    assert candidates(model, "features.6", example_input=x) == list(TRANSFORMS)
+    assert candidates(model, "features.4", example_input=x) == []  # a BatchNorm
     # inspecting must leave no trace: train flags and BatchNorm statistics as they were
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
@@ -266,18 +267,30 @@ def test_errors_say_what_is_wrong() -> None:
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()) and len(state) == len(model.state_dict())
 
 
-def test_layer_cost_matches_hand_counts() -> None:
+def test_layer_costs_match_hand_counts() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).train()
     x = torch.randn(2, 3, 32, 32)
-    assert layer_cost(model, "0", x) == {"params": 8 * 3 * 9 + 8, "macs": 9 * 3 * 8 * 16 * 16}
-    assert layer_cost(model, "1", x) == {"params": 8 * 9, "macs": 9 * 1 * 8 * 16 * 16}
-    assert layer_cost(model, "4", x) == {"params": 8 * 5 + 5, "macs": 8 * 5}
+    costs = layer_costs(model, x)  # (params, MACs) for one sample
+    assert costs == {"0": (8 * 3 * 9 + 8, 9 * 3 * 8 * 16 * 16), "1": (8 * 9, 9 * 1 * 8 * 16 * 16), "4": (8 * 5 + 5, 8 * 5)}
+    assert model.training and all(m.training for m in model.modules())  # measuring leaves the mode alone
     apply(model, "0", "lowrank", 0.5, x)  # a factorised layer costs what its parts cost
     r1, r2 = model[0][0].out_channels, model[0][1].out_channels
     # the stride sits on the middle conv, so the first 1x1 runs at full resolution
-    assert layer_cost(model, "0", x) == {"params": 3 * r1 + r1 * r2 * 9 + r2 * 8 + 8,
-                                         "macs": 3 * r1 * 32 * 32 + (r1 * r2 * 9 + r2 * 8) * 16 * 16}
+    assert cost_under(layer_costs(model, x), "0") == (3 * r1 + r1 * r2 * 9 + r2 * 8 + 8,
+                                                      3 * r1 * 32 * 32 + (r1 * r2 * 9 + r2 * 8) * 16 * 16)
+
+
+def test_a_layer_that_runs_twice_costs_twice() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.fc(x))
+
+    assert layer_costs(Twice(), torch.randn(3, 4)) == {"fc": (4 * 4 + 4, 2 * 4 * 4)}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

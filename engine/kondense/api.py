@@ -2,37 +2,43 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kondense import data as data_mod
-from kondense.measure import report as report_mod
-from kondense.pipeline.annealing import anneal
-from kondense.pipeline.conductor import OBJECTIVES, EvalFn, Judge, evaluate_sharded
-from kondense.pipeline.context import Budget, Context
+from kondense.artifacts import save_state, save_torchscript
 from kondense.device import resolve_precision
 from kondense.distributed import Comm, SingleComm
-from kondense.pipeline.distill import FineTune, LossFn, OptimizerFactory, cache_teacher
 from kondense.errors import KondenseError
-from kondense.pipeline.exploration import explore
-from kondense.artifacts import save_state, save_torchscript
 from kondense.files import save_json
-from kondense.pipeline.plan import Plan
+from kondense.job.spec import DEFAULT_DEVICE, DEFAULT_OBJECTIVE, DEFAULT_SEED, DEFAULT_STAGE, check_settings
+from kondense.measure import report as report_mod
 from kondense.measure.profile import Metrics, accuracy, profile
+from kondense.pipeline.annealing import anneal
+from kondense.pipeline.conductor import EvalFn, Judge, evaluate_sharded
+from kondense.pipeline.context import Budget, Context
+from kondense.pipeline.distill import FineTune, cache_teacher
+from kondense.pipeline.exploration import explore
+from kondense.pipeline.plan import Plan
 from kondense.pipeline.runstate import RunDir
 from kondense.sources import load_model
+
+logger = logging.getLogger(__name__)
 
 OUTPUTS = ("model.pt", "model.ts", "plan.json", "report.json", "report.md", "annealing.png")
 
 
 @dataclass
 class Result:
+    """What compress() returns: the output directory, the compressed model (eval mode), its plan
+    and the report (report.json's content)."""
+
     out: Path
     model: nn.Module
     plan: Plan
@@ -41,87 +47,84 @@ class Result:
 
 def compress(
     model: nn.Module | str,
-    data: str | data_mod.DataBundle | None = None,
+    data: str | Path | data_mod.DataBundle | None = None,
     *,
     delta: float = 1.0,
-    stage: int = 2,
+    stage: int = DEFAULT_STAGE,
     out: str | Path = "kondense-out",
     arch: str | None = None,
-    objective: str = "params",
-    device: str = "auto",
-    precision: str = "auto",
+    objective: str = DEFAULT_OBJECTIVE,
+    device: str = DEFAULT_DEVICE,
+    seed: int = DEFAULT_SEED,
     budget: Budget | None = None,
-    batch_size: int = 128,
-    lr: float = 0.02,
-    train_samples: int | None = None,
-    val_samples: int | None = None,
-    test_samples: int | None = None,
-    seed: int = 0,
-    train_loader: DataLoader | None = None,
-    val_loader: DataLoader | None = None,
-    test_loader: DataLoader | None = None,
-    optimizer: OptimizerFactory | None = None,
-    loss_fn: LossFn | None = None,
+    finetune: FineTune | None = None,
+    loaders: tuple[DataLoader, DataLoader, DataLoader] | None = None,
     eval_fn: EvalFn | None = None,
-    log: Callable[[str], None] = print,
     comm: Comm | None = None,
 ) -> Result:
     """Compress `model` as far as it goes while its accuracy stays within `delta` points.
 
-    model   an nn.Module, 'zoo:ARCH' (the zoo's trained weights for `data`), or a weights file
-            (a kondense zoo file, or a state dict with `arch`)
-    data    a data set name or path, or a DataBundle; or None with your own train/val/test loaders
-    stage   1: exploration only; 2: exploration then annealing
-    optimizer(params) -> Optimizer, loss_fn(student_logits, teacher_logits, labels) -> loss and
-    eval_fn(model, loader) -> accuracy % replace the defaults (SGD, distillation, top-1).
-    Outputs go to `out`; running again with the same `out` resumes a killed run.
+    model      an nn.Module, 'zoo:ARCH' (the zoo's trained weights for `data`), or a weights file
+               (a kondense zoo file, or a state dict of the architecture `arch`)
+    data       a data set name or path, or a DataBundle; or None with your own `loaders`
+    delta      the allowed top-1 accuracy drop, in percentage points, in (0, 100]
+    stage      1: exploration only; 2: exploration then annealing
+    objective  what to minimise: 'params' or 'macs'
+    device     'cpu', 'cuda', 'cuda:N' or 'auto'
+    budget     how much work the run may do, and on how many samples (Budget(train_samples=...))
+    finetune   batch size, learning rate, precision, optimizer and loss of fine-tuning (FineTune())
+    loaders    your own (train, val, test) DataLoaders instead of `data`
+    eval_fn    eval_fn(model, loader) -> accuracy %, instead of top-1
+
+    Outputs go to `out`; running again with the same `out` resumes a killed run. Progress is
+    logged through `logging` (call kondense.logs.setup() to see it on stderr).
     With `comm` (kondense.distributed), every rank calls this alike: data is sharded, gradients
-    and evaluations are averaged, decisions are rank 0's, and only rank 0 writes and logs.
+    and evaluations are averaged, decisions are rank 0's, and only rank 0 writes.
+    Bad settings raise KondenseError naming the field.
     """
     began = time.perf_counter()
-    if not 0 < delta <= 100:
-        raise KondenseError(f"delta must be in (0, 100] percentage points, got {delta}")
-    if stage not in (1, 2):
-        raise KondenseError(f"stage must be 1 (exploration) or 2 (exploration then annealing), got {stage}")
-    if objective not in OBJECTIVES:
-        raise KondenseError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+    check_settings(delta=delta, stage=stage, objective=objective, seed=seed)
     budget = budget or Budget()
+    finetune = finetune or FineTune()
     comm = comm or SingleComm()
     dev = comm.device(device)
-    log = log if comm.is_root else _silent
     torch.manual_seed(seed)
 
-    splits = _splits(data, train_loader, val_loader, test_loader, seed, train_samples, val_samples, test_samples, log)
+    splits = _splits(data, loaders, seed, budget)
     original, base, source = load_model(model, arch, splits.name, splits.num_classes, splits.input_shape)
     out = Path(out)
     _refuse_overwriting_input(source, out)
+    # logged once the inputs are known good, so that a user error stays the one line a user sees
+    if budget.train_samples or budget.val_samples or budget.test_samples:
+        logger.info(f"using a subset of {splits.name}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test samples")
     # a copy: the user's module is never modified, not even moved to another device
     original = copy.deepcopy(original).to(dev).to(memory_format=torch.channels_last).eval()
     example = torch.zeros(2, *splits.input_shape, device=dev)
     evaluate = eval_fn or accuracy
     fingerprint = {"model": source, "data": splits.name, "delta": delta, "objective": objective, "seed": seed,
-                   "budget": budget.to_dict(), "train": len(splits.train), "val": len(splits.val), "batch": batch_size, "lr": lr}
+                   "budget": budget.to_dict(), "train": len(splits.train), "val": len(splits.val),
+                   "batch": finetune.batch_size, "lr": finetune.lr}
     run = RunDir(out, fingerprint, writer=comm.is_root)
     if run.resumed:
-        log(f"resuming the run in {out}")
+        logger.info(f"resuming the run in {out}")
 
-    log(f"original: measuring on {len(splits.test)} test samples")
+    logger.info(f"original: measuring on {len(splits.test)} test samples")
     test_loader = DataLoader(comm.shard(splits.test), batch_size=256)
     metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
-    judge = Judge(recal=DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
+    judge = Judge(recal=DataLoader(splits.train, batch_size=finetune.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
                   scan=DataLoader(comm.shard(Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))), batch_size=256),
                   val=DataLoader(comm.shard(splits.val), batch_size=256), eval_fn=evaluate, recal_samples=budget.recal_samples,
-                  scan_precision=resolve_precision(precision, dev), comm=comm)
+                  scan_precision=resolve_precision(finetune.precision, dev), comm=comm)
     original_val = run.state.get("originalVal")
     if original_val is None:
         original_val = evaluate_sharded(original, judge.val, evaluate, comm)
         run.state["originalVal"] = original_val
-    finetune = FineTune(batch_size=batch_size, lr=lr, precision=resolve_precision(precision, dev), optimizer=optimizer, loss_fn=loss_fn)
     train_shard = comm.shard(splits.train, even=True)
-    log(f"teacher: caching the original's outputs on {len(train_shard)} training samples" + (f" per rank, {comm.size} ranks" if comm.size > 1 else ""))
+    logger.info(f"teacher: caching the original's outputs on {len(train_shard)} training samples"
+                + (f" per rank, {comm.size} ranks" if comm.size > 1 else ""))
     ctx = Context(original=original, example=example, delta=delta, objective=objective, protected=_classifier(original),
                   judge=judge, finetune=finetune, teacher_data=cache_teacher(original, train_shard), budget=budget,
-                  run=run, original_val=original_val, seed=seed, log=log, comm=comm)
+                  run=run, original_val=original_val, seed=seed, comm=comm)
 
     stage1 = explore(ctx)
     metrics["stage1"] = _metrics(stage1.model, splits.input_shape, test_loader, evaluate, comm)
@@ -139,7 +142,7 @@ def compress(
                                                               "val": len(splits.val), "test": len(splits.test)},
                                      seconds=time.perf_counter() - began)
     if comm.is_root:
-        save_state(out / "model.pt", final.model, base, final.steps, splits.input_shape)
+        save_state(out / "model.pt", final.model, final.steps, base=base, input_shape=splits.input_shape)
         save_torchscript(out / "model.ts", final.model, example)
         save_json(plan.to_dict(), out / "plan.json")
         save_json(report, out / "report.json")
@@ -148,10 +151,6 @@ def compress(
             report_mod.plot_annealing(history, metrics["original"].sizeMB, original_val, delta, ctx.accept_floor, out / "annealing.png")
     comm.barrier()
     return Result(out, final.model.eval(), plan, report)
-
-
-def _silent(message: str) -> None:
-    pass
 
 
 @dataclass
@@ -164,20 +163,29 @@ class _Splits:
     input_shape: tuple[int, ...]
 
 
-def _splits(data, train_loader, val_loader, test_loader, seed, train_samples, val_samples, test_samples, log) -> _Splits:
-    if train_loader is not None or val_loader is not None or test_loader is not None:
-        if None in (train_loader, val_loader, test_loader):
-            raise KondenseError("pass all three of train_loader, val_loader and test_loader, or none and a data set")
+def _splits(data: str | Path | data_mod.DataBundle | None, loaders: tuple[DataLoader, DataLoader, DataLoader] | None, seed: int,
+            budget: Budget) -> _Splits:
+    limits = (budget.train_samples, budget.val_samples, budget.test_samples)
+    if any(limits) and (loaders is not None or isinstance(data, data_mod.DataBundle)):
+        raise KondenseError("budget.train_samples, val_samples and test_samples take subsets of a data set given by name or "
+                            "path; a DataBundle or your own loaders are used as they are: subset those yourself")
+    if loaders is not None:
+        if len(loaders) != 3 or any(not isinstance(loader, DataLoader) for loader in loaders):
+            raise KondenseError("loaders must be three DataLoaders, (train, val, test); or pass None and a data set")
+        if data is not None:
+            raise KondenseError("give either data or loaders, not both")
+        train_loader, val_loader, test_loader = loaders
         if not hasattr(train_loader.dataset, "__getitem__"):
             raise KondenseError("train_loader must read a map-style data set (with __getitem__): the teacher's outputs are cached per sample")
         x, _ = next(iter(val_loader))
         return _Splits("user loaders", train_loader.dataset, val_loader.dataset, test_loader.dataset, None, tuple(x.shape[1:]))
     if data is None:
         raise KondenseError("give data: a data set name or path, a DataBundle, or your own loaders")
-    bundle = data if isinstance(data, data_mod.DataBundle) else data_mod.load(
-        data, seed=seed, train_samples=train_samples, val_samples=val_samples, test_samples=test_samples)
-    if train_samples or val_samples or test_samples:
-        log(f"using a subset of {bundle.name}: {len(bundle.train)} train, {len(bundle.val)} val, {len(bundle.test)} test samples")
+    if isinstance(data, data_mod.DataBundle):
+        bundle = data
+    else:
+        bundle = data_mod.load(str(data), seed=seed, train_samples=budget.train_samples, val_samples=budget.val_samples,
+                               test_samples=budget.test_samples)
     return _Splits(bundle.name if isinstance(data, data_mod.DataBundle) else str(data), bundle.train, bundle.val, bundle.test,
                    bundle.num_classes, bundle.input_shape)
 

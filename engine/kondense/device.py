@@ -1,9 +1,11 @@
-"""Where and in which precision tensors live: one place decides for the whole engine."""
+"""Where, in which precision and in which mode (train/eval) a model runs: one place decides for the whole engine."""
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
+from torch import nn
 
 from kondense.errors import KondenseError
 
@@ -44,3 +46,16 @@ def batch_to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move an input batch; images go channels-last, which oneDNN and cuDNN convolutions run fastest."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+@contextlib.contextmanager
+def in_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
+    """`model` in train or eval mode while inside; afterwards every module's own flag as it was
+    (model.train(flag) would overwrite sub-modules a caller froze on purpose)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(training)
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag

@@ -1,16 +1,22 @@
-"""Progress for long loops: a tqdm bar on a terminal, timed lines with an ETA everywhere else.
+"""Progress for long loops: a tqdm bar on a terminal, timed log lines with an ETA everywhere else.
 
 tqdm draws nothing useful into a log file or a pod's log (it is off there, or a mess of
-carriage returns), yet that is where long fine-tunes run. So off a terminal, a line is
-printed at most every `every_s` seconds: `stage 1 fine-tune: 120/626 batches (19%), loss 0.412, ETA 3m10s`.
+carriage returns), yet that is where long fine-tunes run. So when stderr (where the logs go)
+is not a terminal, a line is logged at most every `every_s` seconds:
+`stage 1 fine-tune: 120/626 batches (19%), loss 0.412, ETA 3m10s`. Other ranks than 0 stay
+quiet through the rank filter of kondense.logs, as every other INFO line does.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from typing import TextIO
 
 from tqdm import tqdm
+
+from kondense.logs import env_rank
+
+logger = logging.getLogger(__name__)
 
 
 def _clock(seconds: float) -> str:
@@ -21,15 +27,14 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, description: str, *, unit: str = "batch", enabled: bool = True,
-                 every_s: float = 30.0, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, description: str, *, unit: str = "batch", every_s: float = 30.0) -> None:
         self.total, self.description, self.unit = total, description, unit
-        self.stream = stream or sys.stderr
-        self.enabled, self.every_s = enabled, every_s
+        self.every_s = every_s
         self.done, self.postfix = 0, ""
         self.began = self.last = time.monotonic()
-        tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.bar = tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=self.stream) if tty else None
+        # a bar bypasses logging, and so its rank filter: only rank 0 draws one
+        tty = sys.stderr.isatty() and logger.isEnabledFor(logging.INFO) and env_rank() == 0
+        self.bar = tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr) if tty else None
 
     def update(self, n: int = 1, **postfix: float | str) -> None:
         self.done += n
@@ -40,7 +45,7 @@ class Progress:
                 self.bar.set_postfix_str(self.postfix)
             return
         now = time.monotonic()
-        if self.enabled and now - self.last >= self.every_s and self.done < self.total:
+        if now - self.last >= self.every_s and self.done < self.total:
             self.last = now
             self._line(now)
 
@@ -49,8 +54,8 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         extra = f", {self.postfix}" if self.postfix else ""
         plural = self.unit + ("es" if self.unit.endswith(("ch", "sh", "s", "x")) else "s")
-        print(f"  {self.description}: {self.done}/{self.total} {plural} ({100 * self.done / max(self.total, 1):.0f}%)"
-              f"{extra}, ETA {_clock(eta)}", file=self.stream, flush=True)
+        logger.info(f"  {self.description}: {self.done}/{self.total} {plural} ({100 * self.done / max(self.total, 1):.0f}%)"
+                    f"{extra}, ETA {_clock(eta)}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -8,10 +8,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from kondense.device import autocast, batch_to
+from kondense.device import autocast, batch_to, in_mode
 from kondense.progress import Progress
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# loss_fn(logits, labels): training against the labels alone (distillation's takes the teacher's logits too)
+SupervisedLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def augment(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
@@ -34,7 +35,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: SupervisedLoss = F.cross_entropy,
     precision: str = "fp32",
     use_augment: bool = False,
     description: str = "train",
@@ -73,21 +74,19 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, samples: int = 1
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
-    was_training = model.training
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
     device = next(model.parameters()).device
-    model.train()
     seen = 0
     try:
-        for x, _ in loader:
-            model(batch_to(x, device))
-            seen += len(x)
-            if seen >= samples:
-                break
+        with in_mode(model, training=True):
+            for x, _ in loader:
+                model(batch_to(x, device))
+                seen += len(x)
+                if seen >= samples:
+                    break
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        model.train(was_training)

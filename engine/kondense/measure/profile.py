@@ -1,4 +1,4 @@
-"""The six metrics of a model, as DESIGN.md defines them, one function each.
+"""The six metrics of a model, one function each; METRICS declares them once for every report.
 
 accuracy   top-1 % on a loader (the test split when reporting)
 sizeMB     trainable parameters x bytes per parameter / 2^20
@@ -10,9 +10,10 @@ latencyMs  median time of a forward pass over a batch, after warm-up, divided by
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,25 +21,49 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from kondense.device import batch_to
+from kondense.device import batch_to, in_mode
 
 MB = 2**20
-METRIC_KEYS = ("accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs")
 
 
-@dataclass
-class Metrics:
-    """The six metrics; field names are the JSON keys used everywhere (CLI, reports, CR status)."""
+@dataclass(frozen=True)
+class Metric:
+    """One of the six metrics, declared once: the Metrics field and JSON key, the report's row
+    label, and how the compressed model's value compares with the original's.
 
-    accuracy: float | None
-    sizeMB: float
-    macsG: float
-    paramsM: float
-    memoryMB: float
-    latencyMs: float
+    better  'lower' (a cost): enhancement = original / compressed, 'x times smaller'
+            'higher' (accuracy): enhancement = original - compressed, the drop in points
+    """
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    key: str
+    label: str
+    enhancement: str
+    better: str
+
+    def enhance(self, before: float | None, after: float | None) -> float | None:
+        if self.better == "higher":
+            return (before or 0) - (after or 0)
+        return before / after if before is not None and after else None
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "Accuracy (%)", "accuracyDrop", "higher"),
+    Metric("sizeMB", "Size (MB)", "size", "lower"),
+    Metric("macsG", "MACs (G)", "macs", "lower"),
+    Metric("paramsM", "Params (M)", "params", "lower"),
+    Metric("memoryMB", "Memory (MB)", "memory", "lower"),
+    Metric("latencyMs", "Latency (ms)", "latency", "lower"),
+)
+
+
+def _to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# The six metrics of one model, fields in METRICS order; the field names are the JSON keys used
+# everywhere (CLI, reports, CR status). Accuracy is None when no data was given.
+Metrics = dataclasses.make_dataclass("Metrics", [(m.key, "float | None") for m in METRICS], namespace={"to_dict": _to_dict})
+Metrics.__module__ = __name__  # pickled between ranks: pickle finds the class by module and name
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -64,13 +89,8 @@ def _example(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> 
 def macs_g(model: nn.Module, input_shape: tuple[int, ...]) -> float:
     """torch's FLOP counter counts 2 per multiply-accumulate of convolutions and matrix products
     (C_in/groups * k_h * k_w per conv output, in*out per linear), which is the definition."""
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(_example(model, input_shape))
-    finally:
-        model.train(was_training)
+    with in_mode(model, training=False), FlopCounterMode(display=False) as counter:
+        model(_example(model, input_shape))
     return counter.get_total_flops() / 2 / 1e9
 
 
@@ -98,16 +118,11 @@ class _ActivationRecorder(TorchDispatchMode):
 
 @torch.no_grad()
 def memory_mb(model: nn.Module, input_shape: tuple[int, ...]) -> float:
-    was_training = model.training
-    model.eval()
     x = _example(model, input_shape)
     state = [*model.parameters(), *model.buffers()]
     recorder = _ActivationRecorder({t.untyped_storage().data_ptr() for t in state} | {x.untyped_storage().data_ptr()})
-    try:
-        with recorder:
-            model(x)
-    finally:
-        model.train(was_training)
+    with in_mode(model, training=False), recorder:
+        model(x)
     activations = sum(recorder.storages.values())
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return (x.numel() * x.element_size() + activations + params) / MB
@@ -115,12 +130,10 @@ def memory_mb(model: nn.Module, input_shape: tuple[int, ...]) -> float:
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 32, warmup: int = 3, runs: int = 10) -> float:
-    was_training = model.training
-    model.eval()
     x = _example(model, input_shape, batch_size)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times = []
-    try:
+    with in_mode(model, training=False):
         for i in range(warmup + runs):
             sync()
             start = time.perf_counter()
@@ -128,29 +141,23 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int =
             sync()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
     return statistics.median(times) / batch_size * 1e3
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy in percent."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct = total = 0
-    try:
+    with in_mode(model, training=False):
         for x, y in loader:
             pred = model(batch_to(x, device)).argmax(dim=1)
             correct += (pred.cpu() == y).sum().item()
             total += len(y)
-    finally:
-        model.train(was_training)
     return 100.0 * correct / max(total, 1)
 
 
-def profile(model: nn.Module, input_shape: tuple[int, ...], loader: DataLoader | None = None, latency_batch: int = 32) -> Metrics:
+def profile(model: nn.Module, input_shape: tuple[int, ...], loader: DataLoader | None = None, latency_batch: int = 32) -> "Metrics":
     """All six metrics; accuracy is None without a loader."""
     return Metrics(
         accuracy=accuracy(model, loader) if loader is not None else None,

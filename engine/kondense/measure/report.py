@@ -4,16 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from kondense.measure.profile import Metrics
-
-LABELS = {
-    "accuracy": "Accuracy (%)",
-    "sizeMB": "Size (MB)",
-    "macsG": "MACs (G)",
-    "paramsM": "Params (M)",
-    "memoryMB": "Memory (MB)",
-    "latencyMs": "Latency (ms)",
-}
+from kondense.measure.profile import METRICS, Metrics
 
 
 def _fmt(value: float | None) -> str:
@@ -26,8 +17,8 @@ def metrics_table(columns: dict[str, Metrics], title: str | None = None) -> Tabl
     table.add_column("Metric")
     for name in columns:
         table.add_column(name, justify="right")
-    for key, label in LABELS.items():
-        table.add_row(label, *(_fmt(getattr(m, key)) for m in columns.values()))
+    for metric in METRICS:
+        table.add_row(metric.label, *(_fmt(getattr(m, metric.key)) for m in columns.values()))
     return table
 
 
@@ -35,17 +26,12 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
-ENHANCED = {"size": "sizeMB", "macs": "macsG", "params": "paramsM", "memory": "memoryMB", "latency": "latencyMs"}
 COLUMNS = {"original": "Original", "stage1": "Stage 1", "stage2": "Stage 2"}
 
 
 def enhancement(original: Metrics, final: Metrics) -> dict:
     """original / compressed for the five costs; the accuracy drop as a signed difference in points."""
-    out = {"accuracyDrop": (original.accuracy or 0) - (final.accuracy or 0)}
-    for key, metric in ENHANCED.items():
-        before, after = getattr(original, metric), getattr(final, metric)
-        out[key] = before / after if after else None
-    return out
+    return {m.enhancement: m.enhance(getattr(original, m.key), getattr(final, m.key)) for m in METRICS}
 
 
 def build_report(metrics: dict[str, Metrics], **extra) -> dict:
@@ -58,13 +44,13 @@ def _rows(report: dict) -> tuple[list[str], list[list[str]]]:
     stages = [k for k in COLUMNS if k in report]
     enh = report["enhancement"]
     rows = []
-    for key, label in LABELS.items():
-        if key == "accuracy":
-            ratio = f"{-enh['accuracyDrop']:+.2f}"
+    for m in METRICS:
+        value = enh[m.enhancement]
+        if m.better == "higher":
+            ratio = f"{-value:+.2f}"  # the drop, shown as the signed change
         else:
-            name = next(n for n, m in ENHANCED.items() if m == key)
-            ratio = f"{enh[name]:.2f}x" if enh[name] else "n/a"
-        rows.append([label, *(_fmt(report[k][key]) for k in stages), ratio])
+            ratio = f"{value:.2f}x" if value else "n/a"
+        rows.append([m.label, *(_fmt(report[k][m.key]) for k in stages), ratio])
     return ["Metric", *(COLUMNS[k] for k in stages), "Enhance"], rows
 
 

@@ -9,6 +9,7 @@ the stage.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from kondense.pipeline.conductor import fit, greedy_step, scan
@@ -16,6 +17,8 @@ from kondense.pipeline.context import Context
 from kondense.pipeline.exploration import StageResult
 from kondense.pipeline.plan import applied
 from kondense.measure.profile import size_mb
+
+logger = logging.getLogger(__name__)
 
 
 def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
@@ -28,7 +31,7 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         run.state["stage2"] = state
     if state["checkpoint"]:
         model, steps = run.load_model(state["checkpoint"], ctx.original, ctx.example)
-        ctx.log(f"stage 2: resumed after step {state['step']} ({len(steps)} steps, val acc {state['valAccuracy']:.2f}%)")
+        logger.info(f"stage 2: resumed after step {state['step']} ({len(steps)} steps, val acc {state['valAccuracy']:.2f}%)")
         current = StageResult(model, steps, state["valAccuracy"])
     else:
         current = start
@@ -37,17 +40,17 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
     scanned = None  # (options, base accuracy) of `current`, reused after a rejected step
     while not state["done"] and state["step"] < budget.max_steps:
         k = state["step"] + 1
-        ctx.log(f"stage 2, step {k}/{budget.max_steps}: {'rescan at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same scan'}, "
-                f"allowance {state['drop']:.2f} points")
+        logger.info(f"stage 2, step {k}/{budget.max_steps}: {'rescan at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same scan'}, "
+                    f"allowance {state['drop']:.2f} points")
         if scanned is None:
-            options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected, ctx.log)
+            options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected)
             scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
         options, base = scanned
         picks = greedy_step(options, base, state["drop"])
-        steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base, base - state["drop"], ctx.log)
+        steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base, base - state["drop"])
         steps = ctx.comm.broadcast_object(steps)
         if not steps:
-            ctx.log(f"stage 2, step {k}: no layer can shrink within the allowance; done")
+            logger.info(f"stage 2, step {k}: no layer can shrink within the allowance; done")
             state["done"] = True
             break
         model = applied(current.model, steps, ctx.example)
@@ -66,10 +69,10 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         state["step"] = k
         run.save()
         per_step = (time.perf_counter() - began) / (k - first)
-        ctx.log(f"stage 2, step {k}: {len(steps)} layers shrunk, val acc {val:.2f}% (floor {ctx.accept_floor:.2f}%) -> "
-                f"{'kept' if accepted else 'rejected'}; size {size_mb(current.model):.3f} MB "
-                f"({size_mb(ctx.original) / size_mb(current.model):.1f}x smaller); "
-                f"ETA at most {per_step * (budget.max_steps - k):.0f}s")
+        logger.info(f"stage 2, step {k}: {len(steps)} layers shrunk, val acc {val:.2f}% (floor {ctx.accept_floor:.2f}%) -> "
+                    f"{'kept' if accepted else 'rejected'}; size {size_mb(current.model):.3f} MB "
+                    f"({size_mb(ctx.original) / size_mb(current.model):.1f}x smaller); "
+                    f"ETA at most {per_step * (budget.max_steps - k):.0f}s")
     state["done"] = True
     run.save()
     return current, state["history"]

@@ -8,6 +8,7 @@ above a floor.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -23,6 +24,8 @@ from kondense.distributed import Comm, SingleComm
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.job.spec import OBJECTIVES
 from kondense.train import recalibrate_batchnorm
+
+logger = logging.getLogger(__name__)
 
 EvalFn = Callable[[nn.Module, DataLoader], float]
 
@@ -92,14 +95,13 @@ def scan(
     ratios: tuple[float, ...],
     objective: str,
     protected: set[str],
-    log: Callable[[str], None] = print,
 ) -> list[Option]:
     """Every candidate (layer, transform, ratio), each applied alone to a copy of `model`."""
     input_shape = tuple(example.shape[1:])
     base_cost = cost(model, objective, input_shape)
     base_dims = _out_dims(model)
     layers = transforms.optimizable_layers(model)
-    jobs = [(layer, t) for layer in layers for t in transforms.candidates(model, layer, protected)]
+    jobs = [(layer, t) for layer in layers for t in transforms.candidates(model, layer, protected, example_input=example)]
     options: list[Option] = []
     began = time.perf_counter()
     for i, (layer, transform) in enumerate(jobs):
@@ -111,7 +113,7 @@ def scan(
         done = i + 1
         eta = (time.perf_counter() - began) / done * (len(jobs) - done)
         if done == len(jobs) or done % max(1, len(jobs) // 10) == 0:
-            log(f"  sensitivity scan {done}/{len(jobs)} (layer, transform) pairs, ETA {eta:.0f}s")
+            logger.info(f"  sensitivity scan {done}/{len(jobs)} (layer, transform) pairs, ETA {eta:.0f}s")
     return options
 
 
@@ -151,8 +153,7 @@ def in_order(picks: list[Option], options: list[Option]) -> list[Step]:
     return [o.step() for o in sorted(picks, key=lambda o: (o.transform != "prune", order[o.layer]))]
 
 
-def search(model: nn.Module, options: list[Option], judge: Judge, example: torch.Tensor, floor: float,
-           log: Callable[[str], None] = print) -> tuple[list[Step], float]:
+def search(model: nn.Module, options: list[Option], judge: Judge, example: torch.Tensor, floor: float) -> tuple[list[Step], float]:
     """The lowest threshold (most compression) whose composed model keeps scan accuracy >= floor.
 
     Binary search over the measured accuracies, assuming that a lower threshold never
@@ -165,7 +166,7 @@ def search(model: nn.Module, options: list[Option], judge: Judge, example: torch
         mid = (lo + hi) // 2
         steps = choose(options, thresholds[mid])
         acc = judge.scan_accuracy(applied(model, steps, example)) if steps else best[1]
-        log(f"  plan search: threshold {thresholds[mid]:.2f}% -> {len(steps)} layers compressed, scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
+        logger.info(f"  plan search: threshold {thresholds[mid]:.2f}% -> {len(steps)} layers compressed, scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
         if acc >= floor:
             best = (steps, acc)  # the lowest threshold that passed so far: the most compression
             lo = mid + 1
@@ -196,7 +197,7 @@ def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float)
 
 
 def fit(model: nn.Module, picks: list[Option], options: list[Option], judge: Judge, example: torch.Tensor,
-        base_accuracy: float, floor: float, log: Callable[[str], None] = print) -> tuple[list[Step], float]:
+        base_accuracy: float, floor: float) -> tuple[list[Step], float]:
     """The longest prefix of the ranked `picks` whose composed model keeps scan accuracy >= floor.
 
     Drops measured one layer at a time do not add up: at a mild ratio most layers alone cost
@@ -211,7 +212,7 @@ def fit(model: nn.Module, picks: list[Option], options: list[Option], judge: Jud
         mid = (lo + hi) // 2
         steps = in_order(picks[:mid], options)
         acc = judge.scan_accuracy(applied(model, steps, example))
-        log(f"  step fit: {mid}/{len(picks)} layers -> scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
+        logger.info(f"  step fit: {mid}/{len(picks)} layers -> scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
         if acc >= floor:
             best, lo = (steps, acc), mid + 1
         else:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -28,6 +27,9 @@ class Budget:
     safety          decisions keep the validation drop within delta * (1 - safety), so the test drop stays within delta
     scan_samples    validation samples the sensitivity scan is scored on
     recal_samples   training samples that re-estimate BatchNorm statistics after each change
+    train_samples   fine-tune on the first N training samples only (None: all of them)
+    val_samples     decide on the first N validation samples only (None: all)
+    test_samples    report on the first N test samples only (None: all)
     """
 
     ratios: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
@@ -41,6 +43,9 @@ class Budget:
     safety: float = 0.25
     scan_samples: int = 2000
     recal_samples: int = 512
+    train_samples: int | None = None
+    val_samples: int | None = None
+    test_samples: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,7 +67,6 @@ class Context:
     run: RunDir
     original_val: float
     seed: int = 0
-    log: Callable[[str], None] = field(default=print)
     comm: Comm = field(default_factory=SingleComm)
 
     @property

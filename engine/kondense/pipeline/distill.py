@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from kondense.device import autocast, batch_to
+from kondense.device import autocast, batch_to, resolve_precision
 from kondense.distributed import Comm, SingleComm
 from kondense.progress import Progress
 
@@ -66,16 +66,19 @@ def warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
 
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss_fn(student_logits, teacher_logits, labels): fine-tuning against the teacher (train.SupervisedLoss has no teacher)
+DistillLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class FineTune:
-    """How to fine-tune: epochs, batch size, learning rate, and the user's optional optimizer and loss.
+    """How to fine-tune after each change: batch size, learning rate, precision, and the user's
+    optional optimizer and loss (the epochs are the Budget's).
 
-    `loss_fn(student_logits, teacher_logits, labels)` defaults to kd_loss; `optimizer`
-    builds an optimizer from parameters (default SGD, nesterov momentum, `warmup` of the steps
-    rising linearly to `lr`, then cosine decay).
+    precision  'fp32', 'bf16' (autocast) or 'auto': bf16 where the device runs it natively
+    optimizer  optimizer(params) -> torch.optim.Optimizer; default SGD with nesterov momentum,
+               `warmup` of the steps rising linearly to `lr`, then cosine decay
+    loss_fn    loss_fn(student_logits, teacher_logits, labels) -> loss; default kd_loss
     """
 
     batch_size: int = 128
@@ -84,9 +87,9 @@ class FineTune:
     # A freshly compressed network without residual paths (VGG-19) diverged at the full rate from
     # the first step (loss 0.5 -> 4.1, validation 85% -> 79% after fine-tuning); a short warm-up holds it.
     warmup: float = 0.1
-    precision: str = "fp32"
+    precision: str = "auto"
     optimizer: OptimizerFactory | None = None
-    loss_fn: LossFn | None = None
+    loss_fn: DistillLoss | None = None
 
     def run(self, model: nn.Module, data: WithTeacher, epochs: float, seed: int, description: str = "fine-tune",
             comm: Comm | None = None) -> int:
@@ -94,6 +97,7 @@ class FineTune:
         gradients are averaged over ranks. Returns the samples processed by all ranks together."""
         comm = comm or SingleComm()
         device = next(model.parameters()).device
+        precision = resolve_precision(self.precision, device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = comm.wrap_optimizer(self.optimizer(params) if self.optimizer else torch.optim.SGD(
             params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay), model)
@@ -105,12 +109,12 @@ class FineTune:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, self.warmup)) if self.optimizer is None else None
         model.train()
         seen, step = 0, 0
-        progress = Progress(total_steps, description, enabled=comm.is_root)
+        progress = Progress(total_steps, description)
         while step < total_steps:
             for x, y, teacher_logits in loader:
                 x = batch_to(x, device)
                 y, teacher_logits = y.to(device), teacher_logits.to(device)
-                with autocast(device, self.precision):
+                with autocast(device, precision):
                     logits = model(x)
                 loss = loss_fn(logits.float(), teacher_logits, y)
                 optimizer.zero_grad()

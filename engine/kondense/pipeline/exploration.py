@@ -1,6 +1,7 @@
 """Stage 1, exploration: a full sensitivity scan, a coarse plan, short distillation."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ from kondense.pipeline.conductor import options_from_json, options_to_json, scan
 from kondense.pipeline.context import Context
 from kondense.pipeline.plan import Step, applied
 from kondense.measure.profile import size_mb
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,22 +27,22 @@ def explore(ctx: Context) -> StageResult:
     done = run.state.get("stage1")
     if done:
         model, steps = run.load_model(done["checkpoint"], ctx.original, ctx.example)
-        ctx.log(f"stage 1: resumed from checkpoint ({len(steps)} steps, val acc {done['valAccuracy']:.2f}%)")
+        logger.info(f"stage 1: resumed from checkpoint ({len(steps)} steps, val acc {done['valAccuracy']:.2f}%)")
         return StageResult(model, steps, done["valAccuracy"])
 
     if "scan" in run.state:
         options = options_from_json(run.state["scan"])
-        ctx.log(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
+        logger.info(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
     else:
-        ctx.log(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
-        options = scan(ctx.original, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected, ctx.log)
+        logger.info(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
+        options = scan(ctx.original, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected)
         run.state["scan"] = options_to_json(options)
         run.save()
 
     base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
-        steps, _ = ctx.comm.broadcast_object(search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop, ctx.log))
+        steps, _ = ctx.comm.broadcast_object(search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop))
         if not steps:
             break
         began = time.perf_counter()
@@ -47,12 +50,12 @@ def explore(ctx: Context) -> StageResult:
         ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.stage1_epochs, seed=ctx.seed,
                                            description="stage 1 fine-tune", comm=ctx.comm))
         val = ctx.judge.val_accuracy(model)
-        ctx.log(f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
-                f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s")
+        logger.info(f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
+                    f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s")
         if val >= ctx.accept_floor:
             return _finish(ctx, model, steps, val)
         drop /= 2
-    ctx.log("stage 1: no coarse plan stays within delta after fine-tuning; keeping the original")
+    logger.info("stage 1: no coarse plan stays within delta after fine-tuning; keeping the original")
     return _finish(ctx, applied(ctx.original, [], ctx.example), [], ctx.original_val)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kondense import transforms
+from kondense.device import in_mode
 
 
 @dataclass(frozen=True)
@@ -38,33 +39,36 @@ def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Mo
 
 
 def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """(params, MACs) of every Conv2d and Linear, for one sample, by qualified name."""
-    costs: dict[str, tuple[int, int]] = {}
-    hooks = []
+    """(params, MACs) of every Conv2d and Linear for one sample, by qualified name.
+
+    MACs need each layer's output size, which only a forward pass tells (strides, padding and
+    pooling upstream); a layer that runs twice costs twice, one that does not run costs 0 MACs.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    macs = dict.fromkeys(layers, 0)
 
     def hook(name: str):
         def record(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-            params = sum(p.numel() for p in module.parameters(recurse=False))
-            if isinstance(module, nn.Conv2d):
-                macs = module.weight[0].numel() * output[0].numel()  # C_in/groups * k_h * k_w per output element
-            else:
-                macs = module.in_features * module.out_features
-            costs[name] = (params, macs)
+            # weight[0]: C_in/groups * k_h * k_w per conv output element, in_features per linear one;
+            # output[0]: the outputs of sample 0 (C_out * H_out * W_out, or out_features)
+            macs[name] += module.weight[0].numel() * output[0].numel()
         return record
 
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
+    hooks = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
     try:
-        with torch.no_grad():
+        with in_mode(model, training=False), torch.no_grad():
             model(example[:1])
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
-    return costs
+    return {name: (sum(p.numel() for p in m.parameters(recurse=False)), macs[name]) for name, m in layers.items()}
+
+
+def cost_under(costs: dict[str, tuple[int, int]], name: str) -> tuple[int, int]:
+    """The (params, MACs) of layer `name`, or the sum of the layers that replaced it (a factorised
+    layer 'x' became 'x.0', 'x.1', ...)."""
+    parts = [c for n, c in costs.items() if n == name or n.startswith(name + ".")]
+    return sum(p for p, _ in parts), sum(m for _, m in parts)
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Plan:
         before, after = layer_costs(original, example), layer_costs(compressed, example)
         self.layers = {}
         for name, (params, macs) in before.items():
-            params_after, macs_after = _sum_under(after, name)
+            params_after, macs_after = cost_under(after, name)
             self.layers[name] = {
                 "transforms": [{"layer": s.layer, "transform": s.transform, "ratio": s.ratio}
                                for s in self.steps if s.layer == name or s.layer.startswith(name + ".")],
@@ -90,16 +94,6 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"objective": self.objective, "steps": steps_to_json(self.steps), "layers": self.layers}
-
-    @staticmethod
-    def from_dict(d: dict) -> "Plan":
-        return Plan(d["objective"], steps_from_json(d["steps"]), d["layers"])
-
-
-def _sum_under(costs: dict[str, tuple[int, int]], name: str) -> tuple[int, int]:
-    """A layer's cost, or the sum of the layers that replaced it (a factorised layer 'x' became 'x.0', 'x.1', ...)."""
-    parts = [c for n, c in costs.items() if n == name or n.startswith(name + ".")]
-    return sum(p for p, _ in parts), sum(m for _, m in parts)
 
 
 def steps_to_json(steps: list[Step]) -> list[list]:

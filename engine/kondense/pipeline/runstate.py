@@ -1,20 +1,20 @@
 """The state of a compression run in its output directory, so a killed run resumes.
 
-state.json says how far the run got; each finished step has a weights-only checkpoint
-(steps + state dict) that is rebuilt by replaying the steps on the original model.
+state.json says how far the run got; each finished step has a checkpoint that
+kondense.artifacts writes and rebuilds (steps + weights, replayed on the original model).
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from kondense import artifacts
 from kondense.errors import KondenseError
-from kondense.files import save_json, save_torch
-from kondense.pipeline.plan import Step, replay, steps_from_json, steps_to_json
+from kondense.files import save_json
+from kondense.pipeline.plan import Step
 
 
 class RunDir:
@@ -47,17 +47,11 @@ class RunDir:
     def save_model(self, tag: str, model: nn.Module, steps: list[Step]) -> str:
         path = self.checkpoints / f"{tag}.pt"
         if self.writer:
-            save_torch({"steps": steps_to_json(steps), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-                       path)
+            artifacts.save_state(path, model, steps)
         return path.name
 
     def load_model(self, name: str, original: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Step]]:
-        content = torch.load(self.checkpoints / name, map_location="cpu", weights_only=True)
-        steps = steps_from_json(content["steps"])
-        device = next(original.parameters()).device
-        model = replay(copy.deepcopy(original), steps, example)
-        model.load_state_dict(content["state_dict"])
-        return model.to(device).to(memory_format=torch.channels_last), steps
+        return artifacts.load_state(self.checkpoints / name, original, example)
 
 
 def _diff(old: dict, new: dict) -> str:

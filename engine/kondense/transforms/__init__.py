@@ -19,11 +19,11 @@ from torch import nn
 
 from kondense.errors import KondenseError
 from kondense.transforms import lowrank, pruning
-from kondense.transforms._common import LAYER_TYPES, get_layer, get_module, guess_input, inspecting, prepare_input, set_module
+from kondense.transforms._common import LAYER_TYPES, get_layer, get_module, prepare_input, set_module
 
 TRANSFORMS: tuple[str, ...] = ("prune", "lowrank")
 
-__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "apply", "layer_cost"]
+__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "apply"]
 
 
 def optimizable_layers(model: nn.Module) -> list[str]:
@@ -31,22 +31,20 @@ def optimizable_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
-def candidates(model: nn.Module, name: str, protected: set[str] | None = None,
-               example_input: torch.Tensor | None = None) -> list[str]:
+def candidates(model: nn.Module, name: str, protected: set[str] | None = None, *, example_input: torch.Tensor) -> list[str]:
     """Which of TRANSFORMS apply to layer `name` in its current form, in TRANSFORMS order.
 
     `protected` names layers whose outputs must keep their size (the final classifier: its
     outputs are the classes); a layer whose channels are coupled to them, to the model input or
     to the model output is not prunable either. A protected name that was factorised since
     protects every layer inside its Sequential. Finding the couplings needs one trace of the
-    model, on `example_input` if given, else on the last input shape this model was used with
-    (apply/layer_cost), else on a guessed image size; the answers for all layers are cached
-    until the model's structure changes, so asking layer by layer is cheap.
+    model on `example_input`; the answers for all layers are cached until the model's structure
+    changes, so asking layer by layer is cheap.
     """
     module = get_module(model, name)
     if not isinstance(module, LAYER_TYPES):
         return []
-    x = prepare_input(model, example_input) if example_input is not None else guess_input(model)
+    x = prepare_input(model, example_input)
     found = []
     if pruning.blockers(model, set(protected or ()), x).get(name) is None:
         found.append("prune")
@@ -85,36 +83,3 @@ def apply(model: nn.Module, name: str, transform: str, ratio: float, example_inp
     else:
         pruning.prune(model, name, layer, ratio, x)
     return model
-
-
-def layer_cost(model: nn.Module, name: str, example_input: torch.Tensor) -> dict:
-    """{'params': int, 'macs': int} of the layer `name` for one sample.
-
-    MACs need the layer's output size, which only a forward pass tells (strides, padding and
-    pooling upstream), hence the example input. A layer that was factorised into a Sequential
-    costs the sum of its parts; a layer that does not run on the input costs 0 MACs.
-    """
-    module = get_module(model, name)
-    layers = [m for m in module.modules() if isinstance(m, LAYER_TYPES)]
-    if not layers:
-        raise KondenseError(f"'{name}' is a {type(module).__name__} with no Conv2d or Linear layer in it")
-    x = prepare_input(model, example_input)
-    macs = [0]
-
-    def count(layer: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        if isinstance(layer, nn.Conv2d):
-            kh, kw = layer.kernel_size
-            per_output = kh * kw * (layer.in_channels // layer.groups)
-            macs[0] += per_output * output[0].numel()  # output[0]: C_out * H_out * W_out of sample 0
-        else:
-            macs[0] += layer.in_features * output[0].numel() if output.dim() > 1 else layer.in_features * output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in layers]
-    try:
-        with inspecting(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    params = sum(p.numel() for m in layers for p in (m.weight, m.bias) if p is not None)
-    return {"params": int(params), "macs": int(macs[0])}

@@ -1,10 +1,5 @@
-"""Helpers the transforms share: finding and replacing layers by name, and running a model
-for inspection without leaving a trace on it (train/eval flags, BatchNorm statistics)."""
+"""Helpers the transforms share: finding and replacing layers by name, and an example input fit for the model."""
 from __future__ import annotations
-
-import contextlib
-import weakref
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -12,9 +7,6 @@ from torch import nn
 from kondense.errors import KondenseError
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
-
-# the last example input shape seen per model, so candidates() can trace without being given one
-_INPUT_SHAPES: "weakref.WeakKeyDictionary[nn.Module, tuple[int, ...]]" = weakref.WeakKeyDictionary()
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -52,42 +44,4 @@ def prepare_input(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor
     device, dtype = device_dtype(model)
     x = example_input[:1].detach()
     x = x.to(device=device, dtype=dtype) if x.is_floating_point() and dtype.is_floating_point else x.to(device)
-    _INPUT_SHAPES[model] = tuple(x.shape)
     return x
-
-
-@contextlib.contextmanager
-def inspecting(model: nn.Module) -> Iterator[None]:
-    """Eval mode while inside, so BatchNorm statistics stay untouched; every module's own flag restored after
-    (model.train(flag) would overwrite sub-modules a caller froze on purpose)."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def guess_input(model: nn.Module) -> torch.Tensor:
-    """An input the model accepts, for callers that did not pass one: the last shape used with this model,
-    else a few common image sizes fitted to the first layer."""
-    device, dtype = device_dtype(model)
-    if model in _INPUT_SHAPES:
-        return torch.zeros(_INPUT_SHAPES[model], device=device, dtype=dtype)
-    first = next((m for m in model.modules() if isinstance(m, LAYER_TYPES)), None)
-    if isinstance(first, nn.Linear):
-        shapes = [(1, first.in_features)]
-    elif isinstance(first, nn.Conv2d):
-        shapes = [(1, first.in_channels, s, s) for s in (32, 28, 64, 224)]
-    else:
-        shapes = []
-    for shape in shapes:
-        x = torch.zeros(shape, device=device, dtype=dtype)
-        try:
-            with inspecting(model), torch.no_grad():
-                model(x)
-        except Exception:  # noqa: BLE001 - any failure just means "not this shape"
-            continue
-        return x
-    raise KondenseError("could not infer an input shape for this model; pass example_input")

@@ -15,8 +15,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from kondense.device import in_mode
 from kondense.errors import KondenseError
-from kondense.transforms._common import LAYER_TYPES, inspecting
+from kondense.transforms._common import LAYER_TYPES
 
 
 class _Probed(nn.Module):
@@ -57,7 +58,7 @@ class Graph:
 
     def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
         probed = _Probed(model, x)
-        with inspecting(model), torch.enable_grad():
+        with in_mode(model, training=False), torch.enable_grad():
             # a tuple: torch-pruning first tries model(*example_inputs), which would unpack a bare tensor's batch
             self.dg = tp.DependencyGraph().build_dependency(probed, example_inputs=(x,), verbose=False)
         self.probe = probed.probe

@@ -1,6 +1,7 @@
 """Train a zoo architecture on a data set and cache its weights, resuming after a kill."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from kondense.files import save_torch
 from kondense.measure.profile import accuracy
 from kondense.train import recalibrate_batchnorm, train_epoch
 from kondense.zoo import build, weights
+
+logger = logging.getLogger(__name__)
 
 
 # One-cycle peak learning rates. VGG-19 has no residual paths: at 0.1 its loss rose in the
@@ -33,10 +36,6 @@ class TrainResult:
     wall_seconds: float
     train_samples: int
     lr: float
-
-
-def _log(message: str) -> None:
-    print(message, flush=True)
 
 
 def train_zoo(
@@ -90,11 +89,11 @@ def train_zoo(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start_epoch, elapsed = state["epoch"], state["elapsed"]
-            _log(f"resuming {arch} on {dataset_key} from epoch {start_epoch}/{epochs} ({checkpoint})")
+            logger.info(f"resuming {arch} on {dataset_key} from epoch {start_epoch}/{epochs} ({checkpoint})")
         else:
-            _log(f"ignoring checkpoint {checkpoint}: it was made for other settings")
+            logger.info(f"ignoring checkpoint {checkpoint}: it was made for other settings")
 
-    _log(f"training {arch} on {dataset_key}: {len(bundle.train)} train / {len(bundle.val)} val samples, "
+    logger.info(f"training {arch} on {dataset_key}: {len(bundle.train)} train / {len(bundle.val)} val samples, "
          f"{epochs} epochs, batch {batch_size}, {dev}, {prec}")
     val_acc = float("nan")
     for epoch in range(start_epoch, epochs):
@@ -108,7 +107,7 @@ def train_zoo(
         val_acc = accuracy(model, val_loader)
         elapsed += time.perf_counter() - began
         eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-        _log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val acc {val_acc:.2f}%, {elapsed:.0f}s so far, ETA {eta:.0f}s")
+        logger.info(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val acc {val_acc:.2f}%, {elapsed:.0f}s so far, ETA {eta:.0f}s")
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "epoch": epoch + 1, "epochs": epochs, "train_samples": len(bundle.train), "elapsed": elapsed}, checkpoint)
 
@@ -122,5 +121,5 @@ def train_zoo(
             "torch": str(torch.__version__)}
     weights.save(path, model, arch, bundle.num_classes, in_channels, meta)
     checkpoint.unlink(missing_ok=True)
-    _log(f"{arch}: test accuracy {test_acc:.2f}% ({len(bundle.test)} samples), saved {path}")
+    logger.info(f"{arch}: test accuracy {test_acc:.2f}% ({len(bundle.test)} samples), saved {path}")
     return TrainResult(path, arch, dataset_key, epochs, test_acc, val_acc, elapsed, len(bundle.train), lr)
