@@ -15,24 +15,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kondense  # noqa: E402
-from kondense import distributed  # noqa: E402
+from kondense import distributed, logs  # noqa: E402
 from kondense.pipeline.context import Budget  # noqa: E402
+from kondense.pipeline.distill import FineTune  # noqa: E402
 from tests.tinynet import small_data, trained_tiny  # noqa: E402
 
 BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=2, scan_samples=300, recal_samples=256)
 
 
 def main(out: str, stage: int = 2) -> None:
-    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", "single"), device="cpu")
+    logs.setup()  # rank 0's progress lines reach the launcher (tests look for "resumed from checkpoint")
+    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device="cpu")
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"pid-{comm.rank}").write_text(str(os.getpid()))
     bundle = small_data()
-    result = kondense.compress(trained_tiny(bundle), bundle, delta=3.0, stage=stage, out=out, device="cpu", batch_size=64,
-                               budget=Budget(**BUDGET), comm=comm)
+    result = kondense.compress(trained_tiny(bundle), bundle, delta=3.0, stage=stage, out=out, device="cpu",
+                               budget=Budget(**BUDGET), finetune=FineTune(batch_size=64), comm=comm)
     (Path(out) / f"rank-{comm.rank}.json").write_text(json.dumps({
         "rank": comm.rank, "size": comm.size, "steps": result.plan.to_dict()["steps"], "report": result.report,
         "params": sum(p.numel() for p in result.model.parameters()),
-        "checksum": float(sum(p.double().sum() for p in result.model.parameters())),
+        "checksum": float(sum(p.detach().double().sum() for p in result.model.parameters())),
     }))
     comm.shutdown()
 

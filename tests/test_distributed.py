@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,9 +17,13 @@ from torch.utils.data import TensorDataset
 
 from kondense import distributed
 from kondense.errors import KondenseError
-from kondense.launch.worker import WorkerEnv, launch_local, rank_environ
+from kondense.job import spec
+from kondense.job.worker_env import WorkerEnv
+from kondense.launch import rendezvous
+from kondense.launch.worker import free_port, launch_local, rank_environ, torchrun_args
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "check_comm.py"
+ENGINE = str(Path(distributed.__file__).parents[2])
 
 
 def _horovod_missing() -> str | None:
@@ -37,11 +44,16 @@ def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONDENSE_TIMEOUT", "60")  # a broken test fails in a minute instead of hanging
 
 
-def run(workers: int, slots: int, backend: str, out: Path, *extra: str) -> tuple[int, list[str], float]:
-    lines: list[str] = []
-    start = time.monotonic()
-    rc = launch_local(workers, slots, backend, [sys.executable, str(SCRIPT), backend, str(out), *extra], log=lines.append)
-    return rc, lines, time.monotonic() - start
+@pytest.fixture
+def run(caplog: pytest.LogCaptureFixture):
+    """launch_local of check_comm.py; returns (exit code, the lines it logged, seconds)."""
+    caplog.set_level(logging.INFO, logger="kondense")
+
+    def launch(workers: int, slots: int, backend: str, out: Path, *extra: str) -> tuple[int, list[str], float]:
+        start = time.monotonic()
+        rc = launch_local(workers, slots, backend, [sys.executable, str(SCRIPT), backend, str(out), *extra])
+        return rc, caplog.messages, time.monotonic() - start
+    return launch
 
 
 def read_ranks(out: Path, size: int) -> list[dict]:
@@ -64,7 +76,7 @@ def check_collectives(results: list[dict], backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_two_workers(backend: str, tmp_path: Path) -> None:
+def test_two_workers(backend: str, tmp_path: Path, run) -> None:
     rc, lines, _ = run(2, 1, backend, tmp_path)
     assert rc == 0, "\n".join(lines)
     results = read_ranks(tmp_path, 2)
@@ -72,7 +84,7 @@ def test_two_workers(backend: str, tmp_path: Path) -> None:
     assert [r["local_rank"] for r in results] == [0, 0]
 
 
-def test_torch_one_worker_two_slots(tmp_path: Path) -> None:
+def test_torch_one_worker_two_slots(tmp_path: Path, run) -> None:
     rc, lines, _ = run(1, 2, "torch", tmp_path)
     assert rc == 0, "\n".join(lines)
     results = read_ranks(tmp_path, 2)
@@ -82,7 +94,7 @@ def test_torch_one_worker_two_slots(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_failed_rank_fails_fast_while_peer_waits_in_collective(backend: str, tmp_path: Path) -> None:
+def test_failed_rank_fails_fast_while_peer_waits_in_collective(backend: str, tmp_path: Path, run) -> None:
     rc, lines, elapsed = run(2, 1, backend, tmp_path, "--fail-rank", "1")
     log = "\n".join(lines)
     assert rc != 0, log
@@ -91,7 +103,7 @@ def test_failed_rank_fails_fast_while_peer_waits_in_collective(backend: str, tmp
     assert "worker 1 failed with exit code 3" in log, log
 
 
-def test_failed_rank_stops_its_sleeping_local_peer(tmp_path: Path) -> None:
+def test_failed_rank_stops_its_sleeping_local_peer(tmp_path: Path, run) -> None:
     rc, lines, elapsed = run(1, 2, "torch", tmp_path, "--fail-rank", "1", "--sleep")
     log = "\n".join(lines)
     assert rc == 3, log
@@ -146,58 +158,107 @@ def test_torch_backend_outside_a_launcher_is_a_clear_error(monkeypatch: pytest.M
         distributed.init("torch")
 
 
-def test_worker_env_from_environ() -> None:
-    env = WorkerEnv.from_environ({"JOB_COMPLETION_INDEX": "1", "KONDENSE_WORKERS": "2", "KONDENSE_SLOTS": "4",
-                                  "KONDENSE_COORDINATOR": "job-0.job", "KONDENSE_PORT": "29501",
-                                  "KONDENSE_BACKEND": "horovod", "KONDENSE_HOSTNAME": "pod-1"})
-    assert env == WorkerEnv(1, 2, 4, "job-0.job", 29501, "horovod", "pod-1")
+def test_worker_env_from_env() -> None:
+    env = WorkerEnv.from_env({"JOB_COMPLETION_INDEX": "1", "KONDENSE_WORKERS": "2", "KONDENSE_SLOTS": "4",
+                              "KONDENSE_COORDINATOR": "job-0.job", "KONDENSE_PORT": "29501",
+                              "KONDENSE_BACKEND": "horovod", "KONDENSE_HOSTNAME": "pod-1", "KONDENSE_IFACE": "eth1"})
+    assert env == WorkerEnv(1, 2, 4, "job-0.job", 29501, "horovod", "pod-1", "eth1")
     assert (env.size, env.rank(0), env.rank(3)) == (8, 4, 7)
-    one = WorkerEnv.from_environ({})
-    assert (one.index, one.workers, one.slots, one.coordinator, one.port, one.backend) == (0, 1, 1, "127.0.0.1", 29500, "torch")
-    assert one.hostname
+    one = WorkerEnv.from_env({})
+    assert (one.index, one.workers, one.slots, one.coordinator, one.port, one.iface) == (0, 1, 1, "127.0.0.1", 29500, "")
+    assert one.backend == spec.DEFAULTS["backend"] and one.hostname
+
+
+def test_worker_env_round_trip() -> None:
+    env = WorkerEnv(2, 3, 4, "job-s1-0.job-s1", 29600, "torch", "worker-2", "lo")
+    assert WorkerEnv.from_env(env.to_env()) == env
+    # the operator's pods: no index (Kubernetes sets JOB_COMPLETION_INDEX), no host name (the pod's own)
+    pod = WorkerEnv(workers=3, slots=4, coordinator="job-s1-0.job-s1", port=29600, backend="horovod").to_env()
+    assert pod == {"KONDENSE_WORKERS": "3", "KONDENSE_SLOTS": "4", "KONDENSE_COORDINATOR": "job-s1-0.job-s1",
+                   "KONDENSE_PORT": "29600", "KONDENSE_BACKEND": "horovod"}
+    back = WorkerEnv.from_env({**pod, "JOB_COMPLETION_INDEX": "2"})
+    assert (back.index, back.workers, back.slots, back.backend) == (2, 3, 4, "horovod")
+    # an explicit index wins over Kubernetes' one (launch_local's workers)
+    assert WorkerEnv.from_env({**pod, "JOB_COMPLETION_INDEX": "2", "KONDENSE_WORKER_INDEX": "1"}).index == 1
 
 
 @pytest.mark.parametrize("environ, message", [
     ({"KONDENSE_WORKERS": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX"),
     ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "1"}, "KONDENSE_COORDINATOR"),
     ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX=2 must be between 0 and 1"),
+    ({"KONDENSE_WORKERS": "2", "JOB_COMPLETION_INDEX": "x", "KONDENSE_COORDINATOR": "h"}, "JOB_COMPLETION_INDEX='x' is not an integer"),
+    ({"KONDENSE_WORKERS": "0"}, "KONDENSE_WORKERS=0 must be at least 1"),
     ({"KONDENSE_SLOTS": "two"}, "KONDENSE_SLOTS='two' is not an integer"),
     ({"KONDENSE_SLOTS": "0"}, "KONDENSE_SLOTS=0 must be at least 1"),
-    ({"KONDENSE_PORT": "70000"}, "KONDENSE_PORT=70000"),
-    ({"KONDENSE_BACKEND": "mpi"}, "KONDENSE_BACKEND='mpi' is unknown"),
-    ({"KONDENSE_BACKEND": "single", "KONDENSE_SLOTS": "2"}, "single runs one process"),
+    ({"KONDENSE_PORT": "70000"}, "KONDENSE_PORT=70000 must be between 1 and 65535"),
+    ({"KONDENSE_BACKEND": "mpi"}, "KONDENSE_BACKEND='mpi' is unknown: use one of"),
+    # in-process mode of a run no launcher started; a worker never runs it
+    ({"KONDENSE_BACKEND": "single"}, "KONDENSE_BACKEND='single' is unknown"),
 ])
 def test_worker_env_errors(environ: dict, message: str) -> None:
     with pytest.raises(KondenseError, match=message):
-        WorkerEnv.from_environ(environ)
+        WorkerEnv.from_env(environ)
+
+
+def test_launch_local_refuses_bad_arguments_before_starting_anything() -> None:
+    with pytest.raises(KondenseError, match="KONDENSE_SLOTS=0 must be at least 1"):
+        launch_local(1, 0, "torch", ["false"])
+    with pytest.raises(KondenseError, match="KONDENSE_BACKEND='mpi' is unknown"):
+        launch_local(1, 1, "mpi", ["false"])
 
 
 @pytest.mark.skipif(HOROVOD_MISSING is not None, reason=HOROVOD_MISSING or "")
-def test_horovod_rank_environ_follows_the_host_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kondense.launch.worker import _horovod_plan
-
-    monkeypatch.setenv("KONDENSE_IFACE", "lo")
-    env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "horovod", "pod-1")
-    got = rank_environ(env, 1, _horovod_plan(env))
-    assert {k: got[k] for k in got if k.startswith("HOROVOD_")} == {
+def test_horovod_rank_environ_follows_the_host_plan() -> None:
+    env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "horovod", "pod-1", "lo")
+    assert rendezvous.rank_environ(env, 1, rendezvous.host_plan(env), 60) == {
         "HOROVOD_HOSTNAME": "worker-1", "HOROVOD_RANK": "3", "HOROVOD_SIZE": "4",
         "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2", "HOROVOD_CROSS_RANK": "1", "HOROVOD_CROSS_SIZE": "2",
         "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "job-0.job",
         "HOROVOD_GLOO_RENDEZVOUS_PORT": "29501", "HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "HOROVOD_GLOO_IFACE": "lo"}
-    assert got["KONDENSE_BACKEND"] == "horovod"
 
 
-def test_torch_rank_environ() -> None:
-    env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "torch", "pod-1")
-    got = rank_environ(env, 1)
-    assert {k: got[k] for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == {
-        "MASTER_ADDR": "job-0.job", "MASTER_PORT": "29501", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
-        "LOCAL_WORLD_SIZE": "2"}
+def test_torchrun_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun gets the worker's place in the run (the rank variables it derives are checked by the runs above)."""
+    from torch.distributed.run import parse_args
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = WorkerEnv(1, 2, 4, "job-0.job", 29501, "torch", "pod-1", "lo")
+    args = parse_args(torchrun_args(env, ["python", "train.py", "--lr", "1"]))
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "4")
+    assert (args.master_addr, args.master_port, args.rdzv_backend, args.max_restarts) == ("job-0.job", 29501, "static", 0)
+    assert args.rdzv_conf == "timeout=60"
+    assert args.no_python and (args.training_script, args.training_script_args) == ("python", ["train.py", "--lr", "1"])
+    assert rank_environ(env) == {"KONDENSE_BACKEND": "torch", "KONDENSE_TIMEOUT": "60", "GLOO_SOCKET_IFNAME": "lo",
+                                 "NCCL_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 4))}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_stops_the_worker_and_its_ranks(backend: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": ENGINE, "KONDENSE_SLOTS": "2", "KONDENSE_BACKEND": backend,
+           "KONDENSE_PORT": str(free_port()), "KONDENSE_IFACE": "lo"}
+    # rank 9 does not exist: both ranks sleep until stopped
+    worker = subprocess.Popen([sys.executable, "-m", "kondense.launch.worker", "--", sys.executable, str(SCRIPT), backend,
+                               str(tmp_path), "--fail-rank", "9", "--sleep"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"pid{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pids = [int((tmp_path / f"pid{r}").read_text()) for r in (0, 1)]
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=30)[0]
+    finally:
+        worker.kill()
+    assert worker.returncode == 128 + signal.SIGTERM, output
+    assert "received SIGTERM" in output, output
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_launcher_module_without_configuration_says_what_is_missing(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "KONDENSE_WORKERS": "2", "PYTHONPATH": str(Path(distributed.__file__).parents[2])}
+    env = {"PATH": "/usr/bin:/bin", "KONDENSE_WORKERS": "2", "PYTHONPATH": ENGINE}
     result = subprocess.run([sys.executable, "-m", "kondense.launch.worker", "--", "true"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "KONDENSE_WORKER_INDEX (or JOB_COMPLETION_INDEX) is not set" in result.stdout
+    assert "KONDENSE_WORKER_INDEX (or JOB_COMPLETION_INDEX) is not set" in result.stderr

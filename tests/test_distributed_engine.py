@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,10 +36,16 @@ def single_run(tmp_path_factory) -> dict:
     return json.loads((out / "rank-0.json").read_text())
 
 
+@pytest.fixture
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What launch_local logs: the workers' lines and their ranks' output."""
+    caplog.set_level(logging.INFO, logger="kondense")
+    return caplog.messages
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_two_processes_agree_and_match_one(backend: str, single_run: dict, tmp_path: Path) -> None:
-    lines: list[str] = []
-    assert launch_local(2, 1, backend, [*RANK_SCRIPT, str(tmp_path)], log=lines.append) == 0, "\n".join(lines[-30:])
+def test_two_processes_agree_and_match_one(backend: str, single_run: dict, tmp_path: Path, lines: list[str]) -> None:
+    assert launch_local(2, 1, backend, [*RANK_SCRIPT, str(tmp_path)]) == 0, "\n".join(lines[-30:])
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert [r["size"] for r in ranks] == [2, 2]
     # every rank holds the same plan and the same weights
@@ -55,10 +62,10 @@ def test_two_processes_agree_and_match_one(backend: str, single_run: dict, tmp_p
     assert two["original"] == {**one["original"], "latencyMs": two["original"]["latencyMs"]}
 
 
-def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path) -> None:
-    lines: list[str] = []
+def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kondense")
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.setdefault("code", launch_local(2, 1, "torch", [*RANK_SCRIPT, str(tmp_path)], log=lines.append)))
+    runner = threading.Thread(target=lambda: result.setdefault("code", launch_local(2, 1, "torch", [*RANK_SCRIPT, str(tmp_path)])))
     runner.start()
     state = tmp_path / "checkpoints" / "state.json"
     deadline = time.monotonic() + 400
@@ -71,12 +78,12 @@ def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path) -> N
     runner.join(timeout=120)
     assert not runner.is_alive(), "the run must fail fast when a rank dies"
     assert result["code"] != 0 and time.monotonic() - began < 90
-    assert any("rank 1" in line and "SIGKILL" in line for line in lines), "\n".join(lines[-20:])
+    assert any("rank 1" in line and "SIGKILL" in line for line in caplog.messages), "\n".join(caplog.messages[-20:])
     assert not (tmp_path / "report.json").exists()
 
-    lines.clear()
-    assert launch_local(2, 1, "torch", [*RANK_SCRIPT, str(tmp_path)], log=lines.append) == 0, "\n".join(lines[-30:])
-    assert any("stage 1: resumed from checkpoint" in line for line in lines)
+    caplog.clear()
+    assert launch_local(2, 1, "torch", [*RANK_SCRIPT, str(tmp_path)]) == 0, "\n".join(caplog.messages[-30:])
+    assert any("stage 1: resumed from checkpoint" in line for line in caplog.messages)
     assert json.loads((tmp_path / "report.json").read_text())["stage2"]["paramsM"] > 0
 
 
@@ -114,7 +121,8 @@ def test_run_manifest_on_two_workers(backend: str, tmp_path: Path, kondense_home
     for stage in ("original", "stage1", "stage2"):
         assert set(status["metrics"][stage]) == {"accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs"}
     assert status["metrics"]["enhancement"]["accuracyDrop"] <= 10
-    assert [c["type"] for c in status["conditions"]] == ["Created", "Running", "Running", "Succeeded"]
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Created", "True"), ("Running", "False"),
+                                                                         ("Succeeded", "True")]
     out = tmp_path / "pvc" / "models" / "out"
     assert json.loads((out / "status.json").read_text()) == status
     assert (out / "model.ts").exists() and status["artifacts"]["model"] == "pvc://models/out/model.pt"

@@ -5,7 +5,9 @@ import argparse
 import json
 import sys
 
+from kondense import logs
 from kondense.errors import KondenseError
+from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -83,11 +85,10 @@ def _compress(args: argparse.Namespace) -> None:
     budget = Budget(**{k: v for k, v in {
         "stage1_epochs": args.stage1_epochs, "step_epochs": args.step_epochs, "max_steps": args.max_steps,
         "scan_samples": args.scan_samples, "ratios": tuple(args.ratios) if args.ratios else None,
+        "train_samples": args.train_samples, "val_samples": args.val_samples, "test_samples": args.test_samples,
     }.items() if v is not None})
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     result = compress(args.model, args.data, delta=args.delta, stage=args.stage, out=args.out, arch=args.arch,
-                      objective=args.objective, device=args.device, budget=budget, train_samples=args.train_samples,
-                      val_samples=args.val_samples, test_samples=args.test_samples, seed=args.seed, log=log,
+                      objective=args.objective, device=args.device, seed=args.seed, budget=budget,
                       comm=getattr(args, "comm", None))
     if getattr(args, "comm", None) is not None and not args.comm.is_root:
         return
@@ -112,7 +113,7 @@ def _compress_on_workers(args: argparse.Namespace) -> None:
             skip = True
         elif not item.startswith(("--workers=", "--backend=")):
             argv.append(item)
-    code = launch_local(args.workers, 1, args.backend, rank_command(*argv), log=lambda m: print(m, flush=True))
+    code = launch_local(args.workers, 1, args.backend, rank_command(*argv))
     if code != 0:
         raise KondenseError(f"the {args.workers}-process run failed (exit code {code}); the lines above name the rank; "
                             f"run the same command again to resume from the last checkpoint")
@@ -121,18 +122,21 @@ def _compress_on_workers(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from kondense.launch.stages import run_job
 
-    status = run_job(args.manifest, args.pvc_root, log=lambda m: print(m, flush=True))
+    status = run_job(args.manifest, args.pvc_root)
     print(json.dumps(status, indent=None if args.json else 2))
     if status["phase"] != "Succeeded":
         raise KondenseError(f"the job failed: {status['conditions'][-1]['message']}")
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from kondense.launch.stages import rank_command
-    from kondense.launch.worker import WorkerEnv, run_worker
+    import os
 
-    code = run_worker(WorkerEnv.from_environ(), rank_command("job", args.job, "--stage", str(args.stage), "--pvc-root", args.pvc_root),
-                      log=lambda m: print(m, flush=True))
+    from kondense.job.worker_env import WorkerEnv
+    from kondense.launch.stages import rank_command
+    from kondense.launch.worker import run_worker
+
+    code = run_worker(WorkerEnv.from_env(os.environ),
+                      rank_command("job", args.job, "--stage", str(args.stage), "--pvc-root", args.pvc_root))
     if code != 0:
         sys.exit(code)
 
@@ -146,7 +150,7 @@ def _job_stage(args: argparse.Namespace) -> None:
     comm = getattr(args, "comm", None) or SingleComm()
     try:
         job = spec.load(args.job)
-        run_stage(job, args.stage, args.pvc_root, comm, log=lambda m: print(m, flush=True))
+        run_stage(job, args.stage, args.pvc_root, comm)
     except Exception as e:  # the operator shows rank 0's last word as the failure reason
         if comm.is_root:
             fail_message(str(e) if isinstance(e, KondenseError) else f"{type(e).__name__}: {e}", args.stage)
@@ -160,7 +164,7 @@ def _rank(args: argparse.Namespace) -> None:
     from kondense import distributed
 
     inner = build_parser().parse_args([a for a in args.command if a != "--"])
-    inner.comm = distributed.init(os.environ.get("KONDENSE_BACKEND", "single"), device=getattr(inner, "device", "auto"))
+    inner.comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device=getattr(inner, "device", "auto"))
     try:
         inner.func(inner)
     finally:
@@ -175,6 +179,9 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
+
+
+HIDDEN_COMMANDS = ("job", "_rank")  # started by the launcher, not by users
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,11 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--arch", help="the architecture of a plain state-dict file")
     c.add_argument("--data", required=True, help="data set name (fashion-mnist) or path (ImageFolder directory, .npz)")
     c.add_argument("--delta", type=float, required=True, help="allowed top-1 accuracy drop, percentage points")
-    c.add_argument("--stage", type=int, default=2, choices=[1, 2], help="1: exploration; 2: exploration then annealing")
+    c.add_argument("--stage", type=int, default=DEFAULTS["stage"], choices=[1, 2],
+                   help=f"1: exploration; 2: exploration then annealing (default {DEFAULTS['stage']})")
     c.add_argument("--out", required=True, help="output directory; running again with it resumes a killed run")
-    c.add_argument("--objective", default="params", choices=["params", "macs"], help="what to minimise")
-    c.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--objective", default=DEFAULTS["objective"], choices=OBJECTIVES, help=f"what to minimise (default {DEFAULTS['objective']})")
+    c.add_argument("--device", default=DEFAULTS["device"], help=f"cpu, cuda or auto (default {DEFAULTS['device']})")
+    c.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"(default {DEFAULTS['seed']})")
     c.add_argument("--train-samples", type=_positive, help="fine-tune on the first N training samples only")
     c.add_argument("--val-samples", type=_positive, help="decide on the first N validation samples only")
     c.add_argument("--test-samples", type=_positive, help="report on the first N test samples only")
@@ -211,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scan-samples", type=_positive, help="validation samples of the sensitivity scan (default 2000)")
     c.add_argument("--ratios", type=float, nargs="+", help="layer sizes tried in the stage 1 scan (default 0.75 0.5 0.25 0.125)")
     c.add_argument("--workers", type=_positive, default=1, help="processes on this machine (default 1)")
-    c.add_argument("--backend", default="torch", choices=["torch", "horovod"], help="how the processes talk (default torch)")
-    c.add_argument("--json", action="store_true", help="print report.json instead of the table (progress goes to stderr)")
+    c.add_argument("--backend", default=DEFAULTS["backend"], choices=BACKENDS,
+                   help=f"how the processes talk (default {DEFAULTS['backend']})")
+    c.add_argument("--json", action="store_true", help="print report.json instead of the table (the log goes to stderr, always)")
     c.set_defaults(func=_compress)
 
     r = sub.add_parser("run", help="run a CompressionJob manifest on this machine, stage after stage")
@@ -227,13 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--pvc-root", default="/mnt/pvc", help="where PersistentVolumeClaims are mounted (default /mnt/pvc)")
     w.set_defaults(func=_worker)
 
-    j = sub.add_parser("job", help=argparse.SUPPRESS)  # one rank of one stage; started by `worker` and `run`
+    # hidden subcommands: no help= (argparse would list them as ==SUPPRESS==), left out of the metavar below
+    j = sub.add_parser("job")  # one rank of one stage; started by `worker` and `run`
     j.add_argument("job")
     j.add_argument("--stage", type=int, required=True, choices=[1, 2])
     j.add_argument("--pvc-root", required=True)
     j.set_defaults(func=_job_stage)
 
-    k = sub.add_parser("_rank", help=argparse.SUPPRESS)
+    k = sub.add_parser("_rank")  # one rank of a multi-process command; started by the launcher
     k.add_argument("command", nargs=argparse.REMAINDER)
     k.set_defaults(func=_rank)
 
@@ -247,15 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--epochs", type=_positive, default=3)
     zt.add_argument("--batch-size", type=_positive, default=128)
     zt.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 0.1; 0.05 for vgg19)")
-    zt.add_argument("--seed", type=int, default=0)
+    zt.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     zt.add_argument("--train-samples", type=_positive, help="train on the first N samples of the train split only")
     zt.add_argument("--val-samples", type=_positive, help="validate on the first N samples of the validation split only")
     zt.add_argument("--test-samples", type=_positive, help="report accuracy on the first N test samples only")
     zt.add_argument("--out", help="write the weights here instead of the zoo cache ($KONDENSE_HOME/zoo)")
-    zt.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    zt.add_argument("--device", default=DEFAULTS["device"], help=f"cpu, cuda or auto (default {DEFAULTS['device']})")
     zt.add_argument("--precision", default="auto", help="fp32, bf16 or auto (bf16 where the hardware has it)")
     zt.add_argument("--json", action="store_true")
     zt.set_defaults(func=_zoo_train)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in HIDDEN_COMMANDS) + "}"
     return parser
 
 
@@ -263,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    logs.setup()
     try:
         args.func(args)
     except KondenseError as e:

@@ -13,6 +13,7 @@ import re
 
 import yaml
 from kondense.job import spec as spec_mod
+from kondense.job.worker_env import WorkerEnv
 
 from .config import WorkerConfig
 
@@ -120,18 +121,16 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
     restart in place (a rank that dies takes the stage with it), suspended if the spec says so."""
     s = job.spec
     name = child_name(job.name, stage)
-    env = [
-        {"name": "KONDENSE_WORKERS", "value": str(s.workers)},
-        {"name": "KONDENSE_SLOTS", "value": str(s.slots_per_worker)},
-        {"name": "KONDENSE_COORDINATOR", "value": coordinator(job.name, stage)},
-        {"name": "KONDENSE_PORT", "value": str(cfg.port)},
-        {"name": "KONDENSE_BACKEND", "value": s.backend},
-        {"name": "KONDENSE_HOME", "value": KONDENSE_HOME},
-        # the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
-        {"name": "HOME", "value": "/tmp"},  # the root file system is read-only
-        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
+    # index=None: the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
+    contract = WorkerEnv(index=None, workers=s.workers, slots=s.slots_per_worker, coordinator=coordinator(job.name, stage),
+                         port=cfg.port, backend=s.backend).to_env()
+    env = [{"name": k, "value": v} for k, v in {
+        **contract,
+        "KONDENSE_HOME": KONDENSE_HOME,
+        "HOME": "/tmp",  # the root file system is read-only
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }.items()]
     mounts = [{"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
               {"name": "tmp", "mountPath": "/tmp"},
               {"name": "dshm", "mountPath": "/dev/shm"},

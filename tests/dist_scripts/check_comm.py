@@ -3,6 +3,7 @@ OUT_DIR/rank<R>.json, for the test to compare across ranks.
 
     python check_comm.py BACKEND OUT_DIR [--fail-rank R [--sleep]]
     --fail-rank R: rank R exits 3 mid-run while the others wait in a collective (--sleep: in time.sleep)
+Each rank first writes its pid to OUT_DIR/pid<R>, for tests that signal or look for it.
 """
 import json
 import os
@@ -20,6 +21,8 @@ fail_rank = int(sys.argv[sys.argv.index("--fail-rank") + 1]) if "--fail-rank" in
 torch.set_num_threads(1)
 
 comm = distributed.init(backend, device="cpu")
+with open(os.path.join(out_dir, f"pid{comm.rank}"), "w") as f:
+    f.write(str(os.getpid()))
 result = {"rank": comm.rank, "size": comm.size, "local_rank": comm.local_rank, "backend": comm.backend,
           "is_root": comm.is_root, "device": str(comm.device("cpu")),
           "env_local_world_size": os.environ.get("LOCAL_WORLD_SIZE")}

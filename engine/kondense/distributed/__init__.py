@@ -1,6 +1,6 @@
 """One interface over three ways of running the engine on several processes.
 
-    comm = distributed.init("torch")          # "single" | "torch" | "horovod"
+    comm = distributed.init("torch")          # a spec backend ("torch" | "horovod"), or SINGLE
     device = comm.device()                    # cuda:local_rank, or cpu
     comm.broadcast_module(model)              # everyone starts from rank 0's weights
     plan = comm.broadcast_object(plan if comm.is_root else None)
@@ -9,9 +9,10 @@
     correct, total = comm.allreduce_sum([correct, total])
     comm.shutdown()
 
-The ranks are started by kondense.launch.worker (`kondense worker` on a Kubernetes pod), which sets the
-environment each backend reads: MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK for torch,
-HOROVOD_* for Horovod. Horovod is imported only when its backend is chosen.
+The ranks are started by kondense.launch.worker (`kondense worker` on a Kubernetes pod): torch ranks by
+torchrun, which sets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK, Horovod ranks with the HOROVOD_*
+variables of kondense.launch.rendezvous. The user-facing backends are kondense.job.spec.BACKENDS; SINGLE
+is the in-process mode of a run that no launcher started. Horovod is imported only when chosen.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ import os
 from datetime import timedelta
 
 from kondense.errors import KondenseError
+from kondense.job.spec import BACKENDS
 
-# Importing this package is light (no torch): the launcher uses BACKENDS and timeout() only.
-BACKENDS = ("single", "torch", "horovod")
+# Importing this package is light (no torch): the launcher uses timeout() only.
+SINGLE = "single"
 DEFAULT_TIMEOUT_S = 600
 
-__all__ = ["BACKENDS", "Comm", "SingleComm", "init", "timeout"]
+__all__ = ["SINGLE", "Comm", "SingleComm", "init", "timeout"]
 
 
 def timeout() -> timedelta:
@@ -51,10 +53,10 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def init(backend: str = "single", *, device: str = "auto") -> Comm:
+def init(backend: str = SINGLE, *, device: str = "auto") -> Comm:
     """Join the group of processes this one was started in. `device` decides the torch transport:
     NCCL for CUDA tensors when this rank computes on a GPU, gloo otherwise (and always for CPU tensors)."""
-    if backend == "single":
+    if backend == SINGLE:
         from kondense.distributed.base import SingleComm
 
         return SingleComm()
@@ -64,4 +66,4 @@ def init(backend: str = "single", *, device: str = "auto") -> Comm:
     if backend == "horovod":
         from kondense.distributed.horovod_backend import HorovodComm
         return HorovodComm(device)
-    raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join(BACKENDS)}")
+    raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join((SINGLE, *BACKENDS))}")

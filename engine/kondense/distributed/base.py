@@ -1,7 +1,6 @@
 """The interface every backend implements, and the one-process backend."""
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -10,19 +9,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from kondense import device as devices
+from kondense.distributed import SINGLE
 from kondense.errors import KondenseError
-
-def env_int(name: str, environ=os.environ, default: int | None = None) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise KondenseError(f"{name} is not set: start distributed ranks with `kondense worker` "
-                                f"(or kondense.launch.worker), which sets it")
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise KondenseError(f"{name}={raw!r} is not an integer") from None
 
 
 def grad_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -126,7 +114,7 @@ class Comm(ABC):
 class SingleComm(Comm):
     """One process: every collective is the identity."""
 
-    backend = "single"
+    backend = SINGLE
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         return obj

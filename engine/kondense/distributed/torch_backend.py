@@ -11,7 +11,8 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from kondense.errors import KondenseError
 from kondense.distributed import timeout
-from kondense.distributed.base import Comm, average_before_step, env_int, grad_tensors, state_tensors
+from kondense.distributed.base import Comm, average_before_step, grad_tensors, state_tensors
+from kondense.job.worker_env import env_int
 
 _CPU = torch.device("cpu")
 
@@ -32,9 +33,9 @@ class TorchComm(Comm):
             if not os.environ.get(name):
                 raise KondenseError(f"{name} is not set: start torch ranks with `kondense worker` "
                                     f"(or kondense.launch.worker), which sets it")
-        self.rank = env_int("RANK")
-        self.size = env_int("WORLD_SIZE")
-        self.local_rank = env_int("LOCAL_RANK", default=0)
+        self.rank = env_int(os.environ, "RANK")
+        self.size = env_int(os.environ, "WORLD_SIZE", low=1)
+        self.local_rank = env_int(os.environ, "LOCAL_RANK", 0)
         if not 0 <= self.rank < self.size:
             raise KondenseError(f"RANK={self.rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={self.size})")
         self._device = self.device(device)

@@ -1,20 +1,23 @@
 """Starts the ranks of one worker (a Kubernetes pod, or one of several on this machine).
 
-A worker runs `slots` local processes of the same command, each with the environment its backend
-reads. On a pod:
+A worker runs `slots` local processes of the same command. On a pod:
 
-    KONDENSE_WORKER_INDEX=1 KONDENSE_WORKERS=2 KONDENSE_SLOTS=4 KONDENSE_COORDINATOR=job-0.job \\
-    KONDENSE_PORT=29500 KONDENSE_BACKEND=horovod python -m kondense.launch.worker -- python train.py
+    KONDENSE_WORKERS=2 KONDENSE_SLOTS=4 KONDENSE_COORDINATOR=job-0.job KONDENSE_PORT=29500 \\
+    KONDENSE_BACKEND=torch python -m kondense.launch.worker -- python train.py
 
-(KONDENSE_WORKER_INDEX falls back to JOB_COMPLETION_INDEX, which an Indexed Job sets.) torch ranks
-meet at the TCP store that rank 0 opens on coordinator:port; Horovod ranks meet at Horovod's Gloo
-rendezvous server, which worker 0's launcher runs on coordinator:port. If a local process fails, the
-others are stopped and the worker fails; a rank whose remote peers vanish fails in its next
-collective (at the latest after KONDENSE_TIMEOUT seconds), which fails its own worker in turn.
+(the variables are kondense.job.worker_env's contract; an Indexed Job's JOB_COMPLETION_INDEX gives
+the index). torch ranks are started by torchrun (torch.distributed.run, static rendezvous at
+coordinator:port), which sets their RANK/WORLD_SIZE/LOCAL_RANK/..., stops the others when one fails
+and forwards signals. torchrun cannot start Horovod ranks: for those this module starts and
+supervises the processes itself, and kondense.launch.rendezvous gives them worker 0's rendezvous
+server and their HOROVOD_* variables. Either way a failed rank fails the worker with a line that
+names its global rank and exit code; a rank whose remote peers vanish fails in its next collective
+(at the latest after KONDENSE_TIMEOUT seconds), which fails its own worker in turn.
 launch_local() runs several workers on this machine through exactly the same code.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -22,142 +25,20 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
-from kondense.distributed import BACKENDS, timeout
+from kondense import logs
+from kondense.distributed import timeout
 from kondense.errors import KondenseError
+from kondense.job.worker_env import JOB_INDEX, LOOPBACK, WorkerEnv
+from kondense.launch import rendezvous
 
-GRACE_S = 5.0          # between SIGTERM and SIGKILL for a worker's own processes
+logger = logging.getLogger(__name__)
+
+GRACE_S = 5            # between SIGTERM and SIGKILL for a worker's own processes
 POLL_S = 0.1
-SETTLE_S = 1.0       # after a failure, how long peers may take to fail on their own before being stopped
-Log = Callable[[str], None]
-
-
-def _int(environ: Mapping[str, str], name: str, default: int | None, low: int, high: int | None = None) -> int:
-    raw = environ.get(name, "")
-    if raw == "":
-        if default is None:
-            raise KondenseError(f"{name} is not set")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise KondenseError(f"{name}={raw!r} is not an integer") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise KondenseError(f"{name}={value} must be {bound}")
-    return value
-
-
-@dataclass
-class WorkerEnv:
-    index: int
-    workers: int
-    slots: int
-    coordinator: str
-    port: int
-    backend: str
-    hostname: str
-
-    @staticmethod
-    def from_environ(environ: Mapping[str, str] = os.environ) -> "WorkerEnv":
-        workers = _int(environ, "KONDENSE_WORKERS", 1, 1)
-        slots = _int(environ, "KONDENSE_SLOTS", 1, 1)
-        index_name = "KONDENSE_WORKER_INDEX" if environ.get("KONDENSE_WORKER_INDEX", "") != "" else "JOB_COMPLETION_INDEX"
-        if workers > 1 and environ.get(index_name, "") == "":
-            raise KondenseError("KONDENSE_WORKER_INDEX (or JOB_COMPLETION_INDEX) is not set: "
-                                f"each of the {workers} workers needs its index")
-        index = _int(environ, index_name, 0, 0, workers - 1)
-        coordinator = environ.get("KONDENSE_COORDINATOR", "")
-        if not coordinator:
-            if workers > 1:
-                raise KondenseError("KONDENSE_COORDINATOR is not set: the workers need the host name of worker 0")
-            coordinator = "127.0.0.1"
-        port = _int(environ, "KONDENSE_PORT", 29500, 1, 65535)
-        backend = environ.get("KONDENSE_BACKEND", "") or "torch"
-        if backend not in BACKENDS:
-            raise KondenseError(f"KONDENSE_BACKEND={backend!r} is unknown: use one of {', '.join(BACKENDS)}")
-        if backend == "single" and workers * slots != 1:
-            raise KondenseError(f"KONDENSE_BACKEND=single runs one process, not {workers} workers x {slots} slots: "
-                                "use torch or horovod")
-        hostname = environ.get("KONDENSE_HOSTNAME", "") or socket.gethostname()
-        return WorkerEnv(index, workers, slots, coordinator, port, backend, hostname)
-
-    @property
-    def size(self) -> int:
-        return self.workers * self.slots
-
-    def rank(self, local: int) -> int:
-        return self.index * self.slots + local
-
-
-def _horovod_plan(env: WorkerEnv) -> list:
-    """Horovod's host allocation plan; every process and the rendezvous server must use the same one.
-    Hosts are named worker-0, worker-1, ... (Horovod only uses the names to group local ranks)."""
-    try:
-        from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
-    except ImportError as e:
-        raise KondenseError(f"the horovod backend needs Horovod, which does not import here ({e}); "
-                            "build and install it with scripts/build-horovod.sh") from None
-    hosts = ",".join(f"worker-{i}:{env.slots}" for i in range(env.workers))
-    return get_host_assignments(parse_hosts(hosts), env.size)
-
-
-def _start_rendezvous(env: WorkerEnv, plan: list):
-    """Horovod's Gloo rendezvous server on env.port (RendezvousServer.start() would pick a random port,
-    which the other pods could not know)."""
-    from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer, RendezvousServer
-
-    class FixedPortRendezvous(RendezvousServer):
-        def start_on(self, port: int) -> None:
-            self._httpd = RendezvousHTTPServer(("", port), RendezvousHandler, self._verbose)
-            self._listen_thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-            self._listen_thread.start()
-
-    server = FixedPortRendezvous()
-    try:
-        server.start_on(env.port)
-    except OSError as e:
-        raise KondenseError(f"worker 0 cannot open Horovod's rendezvous server on port {env.port}: {e}") from None
-    server.init(plan)
-    return server
-
-
-def _wait_for(host: str, port: int, deadline: float, stop: threading.Event) -> bool:
-    while time.monotonic() < deadline and not stop.is_set():
-        try:
-            with socket.create_connection((host, port), timeout=2):
-                return True
-        except OSError:  # not up yet, or the name does not resolve yet (a pod's DNS record comes late)
-            time.sleep(0.5)
-    return False
-
-
-def rank_environ(env: WorkerEnv, local: int, plan: list | None = None) -> dict[str, str]:
-    """The variables one local process gets on top of the worker's own environment."""
-    out = {"KONDENSE_BACKEND": env.backend, "KONDENSE_TIMEOUT": str(max(1, round(timeout().total_seconds())))}
-    iface = os.environ.get("KONDENSE_IFACE", "")
-    if iface:
-        out.update(GLOO_SOCKET_IFNAME=iface, NCCL_SOCKET_IFNAME=iface)
-    if env.slots > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: no oversubscription
-        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // env.slots))
-    if env.backend == "torch":
-        out.update(MASTER_ADDR=env.coordinator, MASTER_PORT=str(env.port), RANK=str(env.rank(local)),
-                   WORLD_SIZE=str(env.size), LOCAL_RANK=str(local), LOCAL_WORLD_SIZE=str(env.slots),
-                   GROUP_RANK=str(env.index))
-    elif env.backend == "horovod":
-        slot = next(s for s in plan if s.hostname == f"worker-{env.index}" and s.local_rank == local)
-        out.update(HOROVOD_HOSTNAME=slot.hostname, HOROVOD_RANK=str(slot.rank), HOROVOD_SIZE=str(slot.size),
-                   HOROVOD_LOCAL_RANK=str(slot.local_rank), HOROVOD_LOCAL_SIZE=str(slot.local_size),
-                   HOROVOD_CROSS_RANK=str(slot.cross_rank), HOROVOD_CROSS_SIZE=str(slot.cross_size),
-                   HOROVOD_CONTROLLER="gloo", HOROVOD_CPU_OPERATIONS="gloo",
-                   HOROVOD_GLOO_RENDEZVOUS_ADDR=env.coordinator, HOROVOD_GLOO_RENDEZVOUS_PORT=str(env.port),
-                   HOROVOD_GLOO_TIMEOUT_SECONDS=out["KONDENSE_TIMEOUT"])
-        if iface:
-            out["HOROVOD_GLOO_IFACE"] = iface
-    return out
+SETTLE_S = 1.0         # after a failure, how long peers may take to fail on their own before being stopped
 
 
 def _describe(code: int) -> str:
@@ -172,6 +53,10 @@ def _describe(code: int) -> str:
 def _status(code: int) -> int:
     """A process's return code as a shell would report it (128 + signal for a killed one)."""
     return 128 - code if code < 0 else code
+
+
+def _timeout_s() -> int:
+    return max(1, round(timeout().total_seconds()))
 
 
 def _stop(procs: list[subprocess.Popen], grace: float) -> None:
@@ -212,8 +97,7 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signals, grace: float,
-               log: Log, prefix: str) -> int:
+def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signals, grace: float, prefix: str) -> int:
     """Wait for all processes; on the first failure (or a signal) stop the rest and return non-zero.
 
     Peers of a failed process often fail a moment later on their own (a collective loses its
@@ -228,118 +112,168 @@ def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signal
                 time.sleep(POLL_S)
             failed += [i for i, p in enumerate(procs) if i not in failed and p.poll() is not None and p.returncode != 0]
             for i in failed:
-                log(f"{prefix}{names[i]} failed with {_describe(procs[i].returncode)}")
+                logger.error("%s%s failed with %s", prefix, names[i], _describe(procs[i].returncode))
             others = [p for p in procs if p.poll() is None]
             if others:
-                log(f"{prefix}stopping the {len(others)} other process(es)")
+                logger.warning("%sstopping the %d other process(es)", prefix, len(others))
             _stop(procs, grace)
             return _status(procs[failed[0]].returncode) or 1
         if all(p.poll() is not None for p in procs):
             return 0
         if signals.event.is_set():
-            name = signal.Signals(signals.signum).name
-            log(f"{prefix}received {name}: stopping {sum(p.poll() is None for p in procs)} process(es)")
+            running = sum(p.poll() is None for p in procs)
+            logger.warning("%sreceived %s: stopping %d process(es)", prefix, signal.Signals(signals.signum).name, running)
             _stop(procs, grace)
             return 128 + signals.signum
         signals.event.wait(POLL_S)
 
 
-def run_worker(env: WorkerEnv, command: list[str], *, log: Log = print) -> int:
-    """Run `command` as this worker's `slots` ranks; 0 when all of them succeed."""
-    if not command:
-        raise KondenseError("no command to run on the worker's ranks")
-    prefix = f"worker {env.index}: "
-    plan, server = None, None
+def _relay(stream) -> None:
+    for line in iter(stream.readline, ""):
+        logger.info("%s", line.rstrip("\n"))
+    stream.close()
+
+
+def run_processes(processes: list[tuple[str, list[str], Mapping[str, str]]], signals: _Signals, grace: float,
+                  prefix: str = "", relay: bool = False) -> int:
+    """Start each (name, command, environment), supervise them (see _supervise) and stop them all on the
+    way out. With `relay`, their stderr (their log) goes to this module's logger line by line, so that the
+    caller's logging sees it; their stdout stays the caller's (a result such as a report in JSON)."""
+    procs, names, relays = [], [], []
+    try:
+        for name, command, env in processes:
+            try:
+                p = subprocess.Popen(command, env=dict(env), text=True, bufsize=1 if relay else -1,
+                                     stderr=subprocess.PIPE if relay else None)
+            except OSError as e:
+                raise KondenseError(f"cannot start {command[0]!r}: {e}") from None
+            procs.append(p)
+            names.append(name)
+            if relay:
+                relays.append(threading.Thread(target=_relay, args=(p.stderr,), daemon=True))
+                relays[-1].start()
+        return _supervise(procs, names, signals, grace, prefix)
+    finally:
+        _stop(procs, grace)
+        for t in relays:
+            t.join(timeout=5)
+
+
+def rank_environ(env: WorkerEnv) -> dict[str, str]:
+    """What every rank of this worker gets on top of the worker's own environment, whatever the backend."""
+    out = {"KONDENSE_BACKEND": env.backend, "KONDENSE_TIMEOUT": str(_timeout_s())}
+    if env.iface:
+        out.update(GLOO_SOCKET_IFNAME=env.iface, NCCL_SOCKET_IFNAME=env.iface)
+    if env.slots > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # no oversubscription, but all the cores in use (torchrun's own default would be 1 thread)
+        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // env.slots))
+    return out
+
+
+def torchrun_args(env: WorkerEnv, command: list[str]) -> list[str]:
+    """torchrun's command line for this worker: a static rendezvous at worker 0's coordinator:port."""
+    return ["--nnodes", str(env.workers), "--node-rank", str(env.index or 0), "--nproc-per-node", str(env.slots),
+            "--master-addr", env.coordinator, "--master-port", str(env.port),
+            "--rdzv-conf", f"timeout={_timeout_s()}", "--max-restarts", "0", "--shutdown-timeout", str(GRACE_S),
+            "--no-python", *command]
+
+
+def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
+    from torch.distributed import DistError
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun runs in this process and its ranks inherit this environment
+    os.environ.update(rank_environ(env))
+    try:
+        run(parse_args(torchrun_args(env, command)))
+    except ChildFailedError as e:
+        first, _ = e.get_first_failure()
+        for rank in [first, *sorted(r for r in e.failures if r != first)]:
+            failure = e.failures[rank]
+            logger.error("%srank %d (local %d) failed with %s", prefix, rank, failure.local_rank,
+                         _describe(failure.exitcode))
+        return _status(e.failures[first].exitcode) or 1
+    except SignalException as e:  # torchrun has already passed it on to the ranks and stopped them
+        logger.warning("%sreceived %s: stopped the ranks", prefix, e.sigval.name)
+        return 128 + e.sigval
+    except DistError as e:  # the rendezvous: worker 0's store did not answer within KONDENSE_TIMEOUT
+        logger.error("%sthe workers could not meet at %s:%d (KONDENSE_COORDINATOR, KONDENSE_PORT) within %d s "
+                     "(KONDENSE_TIMEOUT): %s", prefix, env.coordinator, env.port, _timeout_s(), e)
+        return 1
+    return 0
+
+
+def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
+    plan = rendezvous.host_plan(env)
     with _Signals() as signals:
-        if env.backend == "horovod":
-            plan = _horovod_plan(env)
-            if env.index == 0:
-                server = _start_rendezvous(env, plan)
-            elif not _wait_for(env.coordinator, env.port, time.monotonic() + timeout().total_seconds(), signals.event):
-                if signals.event.is_set():
-                    return 128 + signals.signum
-                log(f"{prefix}Horovod's rendezvous server at {env.coordinator}:{env.port} did not come up "
-                    f"within {int(timeout().total_seconds())} s (KONDENSE_TIMEOUT)")
-                return 1
-        procs, names = [], []
+        server = None
+        if env.index == 0:
+            server = rendezvous.start_server(env, plan)
+        elif not rendezvous.wait_for_server(env, _timeout_s(), signals.event):
+            if signals.event.is_set():
+                return 128 + signals.signum
+            logger.error("%sHorovod's rendezvous server at %s:%d did not come up within %d s (KONDENSE_TIMEOUT)",
+                         prefix, env.coordinator, env.port, _timeout_s())
+            return 1
+        common = {**os.environ, **rank_environ(env)}
+        processes = [(f"rank {env.rank(local)} (local {local})", command,
+                      {**common, **rendezvous.rank_environ(env, local, plan, _timeout_s())}) for local in range(env.slots)]
         try:
-            for local in range(env.slots):
-                child_env = {**os.environ, **rank_environ(env, local, plan)}
-                names.append(f"rank {env.rank(local)} (local {local})")
-                procs.append(subprocess.Popen(command, env=child_env))
-            return _supervise(procs, names, signals, GRACE_S, log, prefix)
-        except OSError as e:
-            raise KondenseError(f"cannot start {command[0]!r}: {e}") from None
+            return run_processes(processes, signals, GRACE_S, prefix)
         finally:
-            _stop(procs, GRACE_S)
             if server is not None:
                 server.stop()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def run_worker(env: WorkerEnv, command: list[str]) -> int:
+    """Run `command` as this worker's `slots` ranks; 0 when all of them succeed."""
+    if not command:
+        raise KondenseError("no command to run on the worker's ranks")
+    prefix = f"worker {env.index or 0}: "
+    return (_run_horovod if env.backend == "horovod" else _run_torch)(env, command, prefix)
+
+
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def _relay(stream, log: Log) -> None:
-    for line in iter(stream.readline, ""):
-        log(line.rstrip("\n"))
-    stream.close()
-
-
 def launch_local(workers: int, slots: int, backend: str, command: list[str], port: int | None = None, *,
-                 log: Log = print, env: Mapping[str, str] | None = None) -> int:
-    """Run `workers` worker launchers on this machine (one process each, the same path as pods), over
-    loopback. Their output and their ranks' output go to `log`, line by line. 0 when all succeed."""
-    if workers < 1 or slots < 1:
-        raise KondenseError(f"workers and slots must be at least 1 (got {workers} x {slots})")
-    if backend not in BACKENDS:
-        raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join(BACKENDS)}")
-    port = port or free_port()
+                 env: Mapping[str, str] | None = None) -> int:
+    """Run `workers` workers on this machine (one `python -m kondense.launch.worker` each, the path pods
+    take), over loopback, with `env` on top of this environment. Their log and their ranks' (stderr) goes
+    to this module's logger, line by line; their stdout is this process's. 0 when all succeed."""
     engine_dir = str(Path(__file__).resolve().parents[2])
-    pythonpath = os.pathsep.join(p for p in (engine_dir, os.environ.get("PYTHONPATH", "")) if p)
-    base = {**os.environ, **(env or {}), "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1",
-            "KONDENSE_WORKERS": str(workers), "KONDENSE_SLOTS": str(slots), "KONDENSE_BACKEND": backend,
-            "KONDENSE_COORDINATOR": "127.0.0.1", "KONDENSE_PORT": str(port),
-            "KONDENSE_IFACE": os.environ.get("KONDENSE_IFACE") or "lo"}
-    base.pop("JOB_COMPLETION_INDEX", None)
-    lock = threading.Lock()
-
-    def locked_log(message: str) -> None:
-        with lock:
-            log(message)
-
-    procs, relays = [], []
+    base = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (engine_dir, os.environ.get("PYTHONPATH", "")) if p)}
+    base.pop(JOB_INDEX, None)
+    port = port or free_port()
+    iface = os.environ.get("KONDENSE_IFACE") or "lo"
+    environs = [{**base, **WorkerEnv(i, workers, slots, LOOPBACK, port, backend, f"worker-{i}", iface).to_env()}
+                for i in range(workers)]
+    WorkerEnv.from_env(environs[0])  # refuse bad arguments here, with the message a worker would give
+    processes = [(f"worker {i}", [sys.executable, "-m", "kondense.launch.worker", "--", *command], e)
+                 for i, e in enumerate(environs)]
     with _Signals() as signals:
-        try:
-            for i in range(workers):
-                env = {**base, "KONDENSE_WORKER_INDEX": str(i), "KONDENSE_HOSTNAME": f"worker-{i}"}
-                p = subprocess.Popen([sys.executable, "-m", "kondense.launch.worker", "--", *command], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-                procs.append(p)
-                relays.append(threading.Thread(target=_relay, args=(p.stdout, locked_log), daemon=True))
-                relays[-1].start()
-            # A worker stops its own ranks within GRACE_S of our SIGTERM; give it that and a little more.
-            return _supervise(procs, [f"worker {i}" for i in range(workers)], signals, GRACE_S + 5, locked_log, "")
-        finally:
-            _stop(procs, GRACE_S + 5)
-            for t in relays:
-                t.join(timeout=5)
+        # a worker stops its own ranks within GRACE_S of our SIGTERM: give it that and a little more
+        return run_processes(processes, signals, GRACE_S + 5, relay=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    logs.setup()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m kondense.launch.worker -- COMMAND [ARGS...]  (configured by KONDENSE_* variables)",
-              file=sys.stderr)
+        logger.error("usage: python -m kondense.launch.worker -- COMMAND [ARGS...]  (configured by KONDENSE_* variables)")
         return 2
     try:
-        return run_worker(WorkerEnv.from_environ(), argv, log=lambda m: print(m, flush=True))
+        return run_worker(WorkerEnv.from_env(os.environ), argv)
     except KondenseError as e:
-        print(f"kondense worker: {e}", flush=True)
+        logger.error("kondense worker: %s", e)
         return 2
 
 
