@@ -9,6 +9,7 @@ benchmarks/results/compress.json; docs/benchmarks.md summarises them. --latency-
 the finished runs' models against their originals again (on an idle machine, when the runs
 shared their cores) and replaces only `latencyCpu`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,22 +55,43 @@ def main() -> None:
     for arch in args.archs:
         began = time.time()
         out = Path(args.out) / arch
-        result = kondense.compress(f"zoo:{arch}", "fashion-mnist", delta=args.delta, stage=2, out=out, device=args.device,
-                                   budget=Budget(max_steps=args.max_steps, scan_samples=args.scan_samples,
-                                                 recal_samples=args.recal_samples, train_samples=args.train_samples))
+        result = kondense.compress(
+            f"zoo:{arch}",
+            "fashion-mnist",
+            delta=args.delta,
+            stage=2,
+            out=out,
+            device=args.device,
+            budget=Budget(
+                max_steps=args.max_steps,
+                scan_samples=args.scan_samples,
+                recal_samples=args.recal_samples,
+                train_samples=args.train_samples,
+            ),
+        )
         r = result.report
         params_x, macs_x = TARGETS.get(arch, (None, None))
         e = r["enhancement"]
         entry = {
             "command": "python benchmarks/compress_zoo.py " + " ".join(sys.argv[1:]),
-            "delta": args.delta, "report": r, "latencyCpu": cpu_latency(arch, out), "wallSeconds": round(time.time() - began),
+            "delta": args.delta,
+            "report": r,
+            "latencyCpu": cpu_latency(arch, out),
+            "wallSeconds": round(time.time() - began),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "targets": {
                 "testDropWithinDelta": e["accuracyDrop"] <= args.delta,
-                "params": None if params_x is None else {"need": params_x, "got": round(e["params"], 2), "met": e["params"] >= params_x},
-                "macs": None if macs_x is None else {"need": macs_x, "got": round(e["macs"], 2), "met": e["macs"] >= macs_x},
-                "stage2OverStage1": {"need": 2.0, "got": round(r["stage1"]["paramsM"] / r["stage2"]["paramsM"], 2),
-                                     "met": r["stage1"]["paramsM"] / r["stage2"]["paramsM"] >= 2.0},
+                "params": None
+                if params_x is None
+                else {"need": params_x, "got": round(e["params"], 2), "met": e["params"] >= params_x},
+                "macs": None
+                if macs_x is None
+                else {"need": macs_x, "got": round(e["macs"], 2), "met": e["macs"] >= macs_x},
+                "stage2OverStage1": {
+                    "need": 2.0,
+                    "got": round(r["stage1"]["paramsM"] / r["stage2"]["paramsM"], 2),
+                    "met": r["stage1"]["paramsM"] / r["stage2"]["paramsM"] >= 2.0,
+                },
             },
         }
         record(arch, entry)
@@ -78,11 +100,20 @@ def main() -> None:
 
 def cpu_latency(arch: str, out: Path) -> dict:
     """The original and the compressed model timed back to back on the CPU, batch 1 and batch 32 (ms per sample)."""
-    base = weights.load_into(zoo.build(arch, 10, 1), weights.cache_path(arch, "fashion-mnist", 10, 1), arch, 10, 1).eval()
+    base = weights.load_into(
+        zoo.build(arch, 10, 1), weights.cache_path(arch, "fashion-mnist", 10, 1), arch, 10, 1
+    ).eval()
     small = kondense.load_compressed(out / "model.pt")
-    return {"threads": torch.get_num_threads(),
-            **{f"batch{b}": {"originalMs": latency_ms(base, (1, 28, 28), batch_size=b, runs=20),
-                             "compressedMs": latency_ms(small, (1, 28, 28), batch_size=b, runs=20)} for b in (1, 32)}}
+    return {
+        "threads": torch.get_num_threads(),
+        **{
+            f"batch{b}": {
+                "originalMs": latency_ms(base, (1, 28, 28), batch_size=b, runs=20),
+                "compressedMs": latency_ms(small, (1, 28, 28), batch_size=b, runs=20),
+            }
+            for b in (1, 32)
+        },
+    }
 
 
 def record(arch: str, entry: dict) -> None:

@@ -6,6 +6,7 @@ Each configuration runs the engine's distillation fine-tuning (kondense.pipeline
 for one epoch of `samples` samples through kondense.launch.worker, the path pods use; results
 go to benchmarks/results/throughput.json and are summarised in docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 from kondense.launch.worker import launch_local
@@ -32,18 +34,34 @@ def main() -> None:
     rows = []
     for backend in args.backends:
         for n in args.processes:
-            lines: list[str] = []
-            code = launch_local(1, n, backend, [sys.executable, str(HERE / "throughput_rank.py"), args.arch, str(args.samples), args.device],
-                                log=lines.append)
-            result = next((json.loads(line) for line in lines if line.startswith("{")), None)
-            if code != 0 or result is None:
-                print("\n".join(lines[-20:]), file=sys.stderr)
-                raise SystemExit(f"{backend} x {n} failed")
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "result.json"
+                rank = [
+                    sys.executable,
+                    str(HERE / "throughput_rank.py"),
+                    args.arch,
+                    str(args.samples),
+                    args.device,
+                    str(out),
+                ]
+                code = launch_local(1, n, backend, rank)  # the ranks' logs go to stderr as they come
+                if code != 0 or not out.exists():
+                    raise SystemExit(f"{backend} x {n} failed (exit code {code}); its log is above")
+                result = json.loads(out.read_text())
             rows.append({**result, "arch": args.arch})
             print(f"{backend:8s} {n} process(es): {result['samplesPerSecond']:.1f} samples/s", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": "python benchmarks/throughput.py "
-                                   + " ".join(sys.argv[1:]), "rows": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """One rank of the throughput benchmark: distillation fine-tuning of an arch on Fashion-MNIST.
 
-Started by benchmarks/throughput.py through kondense.launch.worker; rank 0 prints one JSON line.
+Started by benchmarks/throughput.py through kondense.launch.worker; rank 0 writes one JSON object to OUT.
 """
+
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,11 +12,12 @@ import time
 import torch
 
 from kondense import data, distributed, zoo
+from kondense.files import save_json
 from kondense.pipeline.distill import FineTune, cache_teacher
 
 
-def main(arch: str, samples: int, device: str) -> None:
-    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", "single"), device=device)
+def main(arch: str, samples: int, device: str, out: str) -> None:
+    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device=device)
     dev = comm.device(device)
     torch.manual_seed(0)
     bundle = data.load("fashion-mnist", train_samples=samples)
@@ -33,10 +34,20 @@ def main(arch: str, samples: int, device: str) -> None:
     comm.barrier()
     seconds = time.perf_counter() - began
     if comm.is_root:
-        print(json.dumps({"samples": seen, "seconds": seconds, "samplesPerSecond": seen / seconds, "processes": comm.size,
-                          "backend": comm.backend, "device": str(dev), "threadsPerProcess": torch.get_num_threads()}), flush=True)
+        save_json(
+            {
+                "samples": seen,
+                "seconds": seconds,
+                "samplesPerSecond": seen / seconds,
+                "processes": comm.size,
+                "backend": comm.backend,
+                "device": str(dev),
+                "threadsPerProcess": torch.get_num_threads(),
+            },
+            out,
+        )
     comm.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -5,6 +5,7 @@
 Each ARCH:EPOCHS is trained with `kondense zoo train` defaults (cached under
 $KONDENSE_HOME, resumable); results are appended to benchmarks/results/zoo.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,21 @@ def main(specs: list[str]) -> None:
         # read just before writing: several of these scripts may run side by side
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
         results = [x for x in results if x["arch"] != arch]
-        results.append({
-            "arch": arch, "dataset": "fashion-mnist", "epochs": r.epochs, "test_accuracy": round(r.test_accuracy, 2),
-            "val_accuracy": round(r.val_accuracy, 2), "train_wall_seconds": round(r.wall_seconds, 1),
-            "total_wall_seconds": round(time.time() - began, 1), "train_samples": r.train_samples,
-            "command": f"kondense zoo train {arch} --dataset fashion-mnist --epochs {r.epochs}",
-            "peak_lr": r.lr,
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        })
+        results.append(
+            {
+                "arch": arch,
+                "dataset": "fashion-mnist",
+                "epochs": r.epochs,
+                "test_accuracy": round(r.test_accuracy, 2),
+                "val_accuracy": round(r.val_accuracy, 2),
+                "train_wall_seconds": round(r.wall_seconds, 1),
+                "total_wall_seconds": round(time.time() - began, 1),
+                "train_samples": r.train_samples,
+                "command": f"kondense zoo train {arch} --dataset fashion-mnist --epochs {r.epochs}",
+                "peak_lr": r.lr,
+                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            }
+        )
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 

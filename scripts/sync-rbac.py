@@ -6,6 +6,7 @@ from operator/kondense_operator/rbac.py (NAMESPACED_RULES, CLUSTER_RULES), the s
 
 tests/test_chart.py fails while the two differ.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,9 +19,11 @@ sys.path.insert(0, str(ROOT / "operator"))  # the source tree's rbac.py, whateve
 
 from kondense_operator import rbac  # noqa: E402
 
-HEADER = ("# Generated from operator/kondense_operator/rbac.py by `make sync-rbac`; do not edit.\n"
-          "# namespaced: the rules the operator needs in every watched namespace (Role, or ClusterRole with\n"
-          "# watch.scope all); cluster: the rules it needs cluster-wide whatever the scope (ClusterRole).\n")
+HEADER = (
+    "# Generated from operator/kondense_operator/rbac.py by `make sync-rbac`; do not edit.\n"
+    "# namespaced: the rules the operator needs in every watched namespace (Role, or ClusterRole with\n"
+    "# watch.scope all); cluster: the rules it needs cluster-wide whatever the scope (ClusterRole).\n"
+)
 
 
 def render() -> str:

@@ -11,6 +11,7 @@ rest of values.schema.json stay as written.
 Helm reads the chart alone, so the definitions are copied, each marked with a $comment;
 tests/test_chart.py fails while the committed file differs from what this script writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ def render(values: dict, worker: dict) -> str:
     shared = {k: {"$comment": MARK, **v} for k, v in worker["definitions"].items()}
     clash = sorted(set(own) & set(shared))
     if clash:
-        raise SystemExit(f"sync-values-schema: {TARGET.relative_to(ROOT)} defines {', '.join(clash)} by hand, and "
-                         f"{SOURCE.relative_to(ROOT)} defines them too: delete them from the chart's file")
+        raise SystemExit(
+            f"sync-values-schema: {TARGET.relative_to(ROOT)} defines {', '.join(clash)} by hand, and "
+            f"{SOURCE.relative_to(ROOT)} defines them too: delete them from the chart's file"
+        )
     return json.dumps({**values, "definitions": {**shared, **own}}, indent=2) + "\n"
 
 

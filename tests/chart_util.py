@@ -1,5 +1,6 @@
 """Helpers for tests/test_chart.py: the helm and kubectl binaries, rendering the chart, and the
 schemas the rendered objects and the examples are checked against."""
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,9 @@ def tool(name: str) -> str:
     env = f"KONDENSE_{name.upper()}"
     path = os.environ.get(env) or str(BIN / name)
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"no {name} binary at {path}: run `make helm` (scripts/install-helm.sh) or set {env}", pytrace=False)
+        pytest.fail(
+            f"no {name} binary at {path}: run `make helm` (scripts/install-helm.sh) or set {env}", pytrace=False
+        )
     return path
 
 
@@ -57,8 +60,9 @@ def set_args(values: dict | None = None, sets: list[str] | None = None, tmp_path
 
 
 def template(*extra: str, check: bool = True, namespace: str = NAMESPACE) -> subprocess.CompletedProcess:
-    return run([tool("helm"), "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds", *extra],
-               check=check)
+    return run(
+        [tool("helm"), "template", RELEASE, str(CHART), "--namespace", namespace, "--include-crds", *extra], check=check
+    )
 
 
 def load_all(text: str) -> list[dict]:
@@ -94,7 +98,9 @@ def validate_k8s(obj: dict) -> None:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     except kubernetes_validate.ValidationError as e:
         path = ".".join(str(p) for p in e.path)
-        raise AssertionError(f"{name_of(obj)} is not a valid {obj['kind']} (Kubernetes {K8S_VERSION}): {path}: {e.message}")
+        raise AssertionError(
+            f"{name_of(obj)} is not a valid {obj['kind']} (Kubernetes {K8S_VERSION}): {path}: {e.message}"
+        ) from None
 
 
 def _plain_jsonschema(node, strict_objects: bool):
@@ -106,8 +112,12 @@ def _plain_jsonschema(node, strict_objects: bool):
     if not isinstance(node, dict):
         return node
     out = {k: _plain_jsonschema(v, strict_objects) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    if strict_objects and "properties" in node and "additionalProperties" not in node \
-            and not node.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        strict_objects
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -123,8 +133,10 @@ def validate_compressionjob(obj: dict) -> None:
     validator = jsonschema.Draft4Validator(crd_schema())  # OpenAPI 3.0: boolean exclusiveMinimum
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
     if errors:
-        raise AssertionError(f"{name_of(obj)} does not match the CRD's schema: "
-                             + "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors))
+        raise AssertionError(
+            f"{name_of(obj)} does not match the CRD's schema: "
+            + "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+        )
 
 
 # kubernetes-validate ships schemas for built-in kinds only, so the ServiceMonitor is checked
@@ -137,10 +149,16 @@ SERVICE_MONITOR_SCHEMA = {
     "properties": {
         "apiVersion": {"const": "monitoring.coreos.com/v1"},
         "kind": {"const": "ServiceMonitor"},
-        "metadata": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string"}, "namespace": {"type": "string"},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
         "spec": {
             "type": "object",
             "required": ["selector", "endpoints"],
@@ -150,23 +168,51 @@ SERVICE_MONITOR_SCHEMA = {
                 "targetLabels": {"type": "array", "items": {"type": "string"}},
                 "podTargetLabels": {"type": "array", "items": {"type": "string"}},
                 "sampleLimit": {"type": "integer", "minimum": 0},
-                "selector": {"type": "object", "additionalProperties": False, "properties": {
-                    "matchLabels": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
-                    "matchExpressions": {"type": "array"}}},
-                "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
-                    "any": {"type": "boolean"},
-                    "matchNames": {"type": "array", "items": {"type": "string"}}}},
-                "endpoints": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "additionalProperties": False, "properties": {
-                        "port": {"type": "string"},
-                        "targetPort": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
-                        "path": {"type": "string"},
-                        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                        "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                        "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                        "honorLabels": {"type": "boolean"},
-                        "relabelings": {"type": "array"},
-                        "metricRelabelings": {"type": "array"}}}},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {
+                            "type": "object",
+                            "minProperties": 1,
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "matchExpressions": {"type": "array"},
+                    },
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "targetPort": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                            "path": {"type": "string"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": {
+                                "type": "string",
+                                "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                            },
+                            "scrapeTimeout": {
+                                "type": "string",
+                                "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+                            },
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array"},
+                            "metricRelabelings": {"type": "array"},
+                        },
+                    },
+                },
             },
         },
     },

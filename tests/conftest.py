@@ -45,7 +45,11 @@ def kondense_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_cli(*args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
     """The `kondense` command as a user runs it, in a separate process."""
-    result = subprocess.run([sys.executable, "-m", "kondense.cli", *args], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "kondense.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"kondense {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"kondense {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result

@@ -5,6 +5,7 @@
 Every rank writes what it decided to OUT/rank-R.json, and its pid to OUT/pid-R, so tests
 can compare ranks and kill one.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,29 @@ def main(out: str, stage: int = 2) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"pid-{comm.rank}").write_text(str(os.getpid()))
     bundle = small_data()
-    result = kondense.compress(trained_tiny(bundle), bundle, delta=3.0, stage=stage, out=out, device="cpu",
-                               budget=Budget(**BUDGET), finetune=FineTune(batch_size=64), comm=comm)
-    (Path(out) / f"rank-{comm.rank}.json").write_text(json.dumps({
-        "rank": comm.rank, "size": comm.size, "steps": result.plan.to_dict()["steps"], "report": result.report,
-        "params": sum(p.numel() for p in result.model.parameters()),
-        "checksum": float(sum(p.detach().double().sum() for p in result.model.parameters())),
-    }))
+    result = kondense.compress(
+        trained_tiny(bundle),
+        bundle,
+        delta=3.0,
+        stage=stage,
+        out=out,
+        device="cpu",
+        budget=Budget(**BUDGET),
+        finetune=FineTune(batch_size=64),
+        comm=comm,
+    )
+    (Path(out) / f"rank-{comm.rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": comm.rank,
+                "size": comm.size,
+                "steps": result.plan.to_dict()["steps"],
+                "report": result.report,
+                "params": sum(p.numel() for p in result.model.parameters()),
+                "checksum": float(sum(p.detach().double().sum() for p in result.model.parameters())),
+            }
+        )
+    )
     comm.shutdown()
 
 

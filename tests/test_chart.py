@@ -1,6 +1,7 @@
 """The Helm chart, the plain manifests in deploy/, the examples and the Dockerfile, checked with
 the real helm (v4) and kubectl binaries that `make helm` installs: `helm lint --strict`,
 `helm template` for every watch scope, and schema checks of every rendered object."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,29 @@ import yaml
 from kondense.job import spec as spec_mod
 from kondense_operator.config import WorkerConfig, load_worker_config, worker_config_schema
 
-from .chart_util import (CHART, CHART_CRD, CRD, DEPLOY, EXAMPLES, NAMESPACE, RELEASE, ROOT, by_kind, default_values,
-                         load_all, name_of, one, render, rule_triples, run, template, tool, validate_any,
-                         validate_compressionjob, values_schema)
+from .chart_util import (
+    CHART,
+    CHART_CRD,
+    CRD,
+    DEPLOY,
+    EXAMPLES,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    by_kind,
+    default_values,
+    load_all,
+    name_of,
+    one,
+    render,
+    rule_triples,
+    run,
+    template,
+    tool,
+    validate_any,
+    validate_compressionjob,
+    values_schema,
+)
 
 # name -> --set arguments ("str:" -> --set-string); every case is linted, rendered and checked
 CASES = {
@@ -24,36 +45,77 @@ CASES = {
     "namespace": ["watch.scope=namespace"],
     "list": ["watch.scope=list", "watch.namespaces={team-a,team-b}"],
     "all": ["watch.scope=all", "workers.zooCache.existingClaim=zoo-weights"],
-    "monitoring+cache": ["watch.scope=namespace", "metrics.serviceMonitor.enabled=true",
-                         "metrics.serviceMonitor.labels.release=prometheus", "workers.zooCache.create=true",
-                         "workers.zooCache.storageClass=fast", "str:workers.gpu.nodeSelector.nvidia\\.com/gpu\\.present=true",
-                         "workers.gpu.tolerations[0].key=nvidia.com/gpu", "workers.gpu.tolerations[0].operator=Exists",
-                         "workers.gpu.tolerations[0].effect=NoSchedule", "workers.resources.requests.cpu=2",
-                         "operator.image.tag=v9", "logLevel=debug"],
-    "list+cache+monitoring": ["watch.scope=list", "watch.namespaces={ml}", "workers.zooCache.create=true",
-                              "metrics.serviceMonitor.enabled=true", "workers.serviceAccount.name=ml-worker"],
-    "workers": ["watch.scope=namespace", "workers.image.repository=reg.example.com/ml/kondense",
-                "workers.image.tag=1.2.3", "workers.image.pullPolicy=Always", "workers.serviceAccount.name=ml-worker",
-                "workers.zooCache.existingClaim=zoo-weights", "str:workers.nodeSelector.pool=cpu",
-                "workers.tolerations[0].key=dedicated", "workers.tolerations[0].operator=Equal",
-                "workers.tolerations[0].value=ml", "workers.tolerations[0].effect=NoSchedule",
-                "workers.resources.requests.cpu=500m", "workers.resources.limits.memory=8Gi", "workers.port=23456",
-                "workers.backoffLimit=2"],
+    "monitoring+cache": [
+        "watch.scope=namespace",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "workers.zooCache.create=true",
+        "workers.zooCache.storageClass=fast",
+        "str:workers.gpu.nodeSelector.nvidia\\.com/gpu\\.present=true",
+        "workers.gpu.tolerations[0].key=nvidia.com/gpu",
+        "workers.gpu.tolerations[0].operator=Exists",
+        "workers.gpu.tolerations[0].effect=NoSchedule",
+        "workers.resources.requests.cpu=2",
+        "operator.image.tag=v9",
+        "logLevel=debug",
+    ],
+    "list+cache+monitoring": [
+        "watch.scope=list",
+        "watch.namespaces={ml}",
+        "workers.zooCache.create=true",
+        "metrics.serviceMonitor.enabled=true",
+        "workers.serviceAccount.name=ml-worker",
+    ],
+    "workers": [
+        "watch.scope=namespace",
+        "workers.image.repository=reg.example.com/ml/kondense",
+        "workers.image.tag=1.2.3",
+        "workers.image.pullPolicy=Always",
+        "workers.serviceAccount.name=ml-worker",
+        "workers.zooCache.existingClaim=zoo-weights",
+        "str:workers.nodeSelector.pool=cpu",
+        "workers.tolerations[0].key=dedicated",
+        "workers.tolerations[0].operator=Equal",
+        "workers.tolerations[0].value=ml",
+        "workers.tolerations[0].effect=NoSchedule",
+        "workers.resources.requests.cpu=500m",
+        "workers.resources.limits.memory=8Gi",
+        "workers.port=23456",
+        "workers.backoffLimit=2",
+    ],
 }
 # what the "workers" case's worker config must load as
 WORKERS_CASE = WorkerConfig(
-    image="reg.example.com/ml/kondense:1.2.3", image_pull_policy="Always", service_account_name="ml-worker",
-    zoo_cache_claim="zoo-weights", node_selector={"pool": "cpu"},
+    image="reg.example.com/ml/kondense:1.2.3",
+    image_pull_policy="Always",
+    service_account_name="ml-worker",
+    zoo_cache_claim="zoo-weights",
+    node_selector={"pool": "cpu"},
     tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-    resources={"requests": {"cpu": "500m"}, "limits": {"memory": "8Gi"}}, port=23456, backoff_limit=2)
+    resources={"requests": {"cpu": "500m"}, "limits": {"memory": "8Gi"}},
+    port=23456,
+    backoff_limit=2,
+)
 # the chart's `workers` value behind each worker config key but image (repository and tag, chart-only)
-WORKER_VALUES = {"imagePullPolicy": "image.pullPolicy", "serviceAccountName": "serviceAccount.name",
-                 "zooCacheClaim": "zooCache.existingClaim", "nodeSelector": "nodeSelector",
-                 "tolerations": "tolerations", "gpuNodeSelector": "gpu.nodeSelector",
-                 "gpuTolerations": "gpu.tolerations", "resources": "resources", "port": "port",
-                 "backoffLimit": "backoffLimit"}
-LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-          "app.kubernetes.io/managed-by", "helm.sh/chart")
+WORKER_VALUES = {
+    "imagePullPolicy": "image.pullPolicy",
+    "serviceAccountName": "serviceAccount.name",
+    "zooCacheClaim": "zooCache.existingClaim",
+    "nodeSelector": "nodeSelector",
+    "tolerations": "tolerations",
+    "gpuNodeSelector": "gpu.nodeSelector",
+    "gpuTolerations": "gpu.tolerations",
+    "resources": "resources",
+    "port": "port",
+    "backoffLimit": "backoffLimit",
+}
+LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
 
 
 def sets(case: str) -> list[str]:
@@ -63,7 +125,7 @@ def sets(case: str) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rendered(case: str) -> tuple[dict, ...]:
     return tuple(render(*sets(case)))
 
@@ -142,8 +204,9 @@ def test_standard_labels(case):
 
 def test_chart_crd_is_the_repository_crd():
     assert CRD.is_file(), "crds/compressionjob.yaml is missing"
-    assert CHART_CRD.read_bytes() == CRD.read_bytes(), \
+    assert CHART_CRD.read_bytes() == CRD.read_bytes(), (
         "charts/kondense/crds/compressionjob.yaml differs from crds/compressionjob.yaml: run `make sync-crd`"
+    )
     (crd,) = by_kind(list(rendered("default")), "CustomResourceDefinition")
     assert crd == yaml.safe_load(CRD.read_text())
 
@@ -174,8 +237,9 @@ def test_chart_rbac_file_is_the_operators():
     from kondense_operator import rbac
 
     chart = yaml.safe_load((CHART / "files" / "rbac.yaml").read_text())
-    assert chart == {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES}, \
+    assert chart == {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES}, (
         "charts/kondense/files/rbac.yaml differs from operator/kondense_operator/rbac.py: run `make deploy-manifests`"
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -202,16 +266,23 @@ def test_rbac_matches_operator(case):
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}], name_of(b)
         target = b["roleRef"]
         assert target["kind"] == ("Role" if b["kind"] == "RoleBinding" else "ClusterRole")
-        assert any(r["metadata"]["name"] == target["name"] and r["kind"] == target["kind"]
-                   and r["metadata"].get("namespace") == b["metadata"].get("namespace") for r in objs)
+        assert any(
+            r["metadata"]["name"] == target["name"]
+            and r["kind"] == target["kind"]
+            and r["metadata"].get("namespace") == b["metadata"].get("namespace")
+            for r in objs
+        )
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_worker_service_account(case):
     objs = objects(case)
     cfg = worker_config(case)
-    workers = [o for o in by_kind(objs, "ServiceAccount")
-               if o["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"]
+    workers = [
+        o
+        for o in by_kind(objs, "ServiceAccount")
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+    ]
     ns = watched(case)
     if ns is None:
         # the chart cannot create it in every namespace: the namespace default, token not mounted
@@ -224,8 +295,9 @@ def test_worker_service_account(case):
     for sa in workers:
         assert sa["automountServiceAccountToken"] is False
     for b in by_kind(objs, "RoleBinding") + by_kind(objs, "ClusterRoleBinding"):
-        assert not any(s.get("name") in names and s["kind"] == "ServiceAccount" for s in b["subjects"]), \
+        assert not any(s.get("name") in names and s["kind"] == "ServiceAccount" for s in b["subjects"]), (
             f"{name_of(b)} gives the workers' ServiceAccount API rights"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +377,10 @@ def test_worker_config(case, tmp_path):
     cfg = worker_config(case)
     schema = worker_config_schema()
     assert set(cfg) == set(schema["properties"])
-    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in jsonschema.Draft7Validator(schema).iter_errors(cfg)]
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(cfg)
+    ]
     assert not errors, errors
     path = tmp_path / "worker.yaml"
     path.write_text(worker_config_text(case))
@@ -319,7 +393,9 @@ def test_worker_config(case, tmp_path):
     else:
         assert parsed.image == f"ghcr.io/your-org/kondense:{values.get('operator.image.tag', '0.1.0')}"
         assert parsed.port == WorkerConfig().port
-    claims = {o["metadata"]["namespace"]: o["metadata"]["name"] for o in by_kind(objects(case), "PersistentVolumeClaim")}
+    claims = {
+        o["metadata"]["namespace"]: o["metadata"]["name"] for o in by_kind(objects(case), "PersistentVolumeClaim")
+    }
     if values.get("workers.zooCache.create") == "true":
         assert claims == {n: parsed.zoo_cache_claim for n in watched(case)}
         assert parsed.zoo_cache_claim == f"{RELEASE}-zoo-cache"
@@ -346,31 +422,34 @@ def test_service_monitor():
 # values.schema.json
 
 
-@pytest.mark.parametrize("bad,field", [
-    (["watch.scope=bogus"], "/watch/scope"),
-    (["watch.scope=list"], "/watch/namespaces"),
-    (["watch.scope=list", "watch.namespaces={Bad_Name}"], "/watch/namespaces/0"),
-    (["metrics.port=-1"], "/metrics/port"),
-    (["metrics.port=70000"], "/metrics/port"),
-    (["operator.healthPort=abc"], "/operator/healthPort"),
-    (["workers.port=0"], "/workers/port"),
-    (["logLevel=loud"], "/logLevel"),
-    (["logLevel=warning"], "/logLevel"),
-    (["operator.image.pullPolicy=Sometimes"], "/operator/image/pullPolicy"),
-    (["operator.image.repository="], "/operator/image/repository"),
-    (["workers.zooCache.size=lots"], "/workers/zooCache/size"),
-    (["workers.zooCache.create=true"], "/workers/zooCache/create"),  # scope all: no claim in every namespace
-    (["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"], "/metrics/service/enabled"),
-    (["workers.gpu.tolerations[0].operator=Maybe"], "/workers/gpu/tolerations/0/operator"),
-    (["workers.image.pullPolicy=always"], "/workers/image/pullPolicy"),
-    (["workers.backoffLimit=-1"], "/workers/backoffLimit"),
-    (["workers.resources.limits.memory=lots"], "/workers/resources/limits/memory"),
-    (["workers.zooCache.size=10"], "/workers/zooCache/size"),  # a quantity, but a PVC size is a string
-    (["workers.zooCache.existingClaim=Zoo_Cache"], "/workers/zooCache/existingClaim"),
-    (["operator.resources.requests.cpu=lots"], "/operator/resources/requests/cpu"),
-    (["workers.nodeSelecter.a=b"], "nodeSelecter"),
-    (["watch.scopes=all"], "scopes"),
-])
+@pytest.mark.parametrize(
+    "bad,field",
+    [
+        (["watch.scope=bogus"], "/watch/scope"),
+        (["watch.scope=list"], "/watch/namespaces"),
+        (["watch.scope=list", "watch.namespaces={Bad_Name}"], "/watch/namespaces/0"),
+        (["metrics.port=-1"], "/metrics/port"),
+        (["metrics.port=70000"], "/metrics/port"),
+        (["operator.healthPort=abc"], "/operator/healthPort"),
+        (["workers.port=0"], "/workers/port"),
+        (["logLevel=loud"], "/logLevel"),
+        (["logLevel=warning"], "/logLevel"),
+        (["operator.image.pullPolicy=Sometimes"], "/operator/image/pullPolicy"),
+        (["operator.image.repository="], "/operator/image/repository"),
+        (["workers.zooCache.size=lots"], "/workers/zooCache/size"),
+        (["workers.zooCache.create=true"], "/workers/zooCache/create"),  # scope all: no claim in every namespace
+        (["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"], "/metrics/service/enabled"),
+        (["workers.gpu.tolerations[0].operator=Maybe"], "/workers/gpu/tolerations/0/operator"),
+        (["workers.image.pullPolicy=always"], "/workers/image/pullPolicy"),
+        (["workers.backoffLimit=-1"], "/workers/backoffLimit"),
+        (["workers.resources.limits.memory=lots"], "/workers/resources/limits/memory"),
+        (["workers.zooCache.size=10"], "/workers/zooCache/size"),  # a quantity, but a PVC size is a string
+        (["workers.zooCache.existingClaim=Zoo_Cache"], "/workers/zooCache/existingClaim"),
+        (["operator.resources.requests.cpu=lots"], "/operator/resources/requests/cpu"),
+        (["workers.nodeSelecter.a=b"], "nodeSelecter"),
+        (["watch.scopes=all"], "scopes"),
+    ],
+)
 def test_bad_values_fail_install(bad, field):
     args = []
     for s in bad:
@@ -412,8 +491,9 @@ def test_values_schema_directly():
 def test_values_schema_is_synced(tmp_path):
     out = tmp_path / "values.schema.json"
     run([sys.executable, str(ROOT / "scripts" / "sync-values-schema.py"), str(out)])
-    assert out.read_text() == (CHART / "values.schema.json").read_text(), \
+    assert out.read_text() == (CHART / "values.schema.json").read_text(), (
         "charts/kondense/values.schema.json differs from the worker config schema: run `make sync-values-schema`"
+    )
 
 
 def test_worker_values_share_the_worker_config_definitions():
@@ -428,8 +508,10 @@ def test_worker_values_share_the_worker_config_definitions():
             node = node["properties"][part]
         assert [node] == worker["properties"][key]["allOf"], f"workers.{dotted} is not declared like {key}"
         name = node["$ref"].rsplit("/", 1)[1]
-        assert values["definitions"][name] == {"$comment": values["definitions"][name]["$comment"],
-                                               **worker["definitions"][name]}
+        assert values["definitions"][name] == {
+            "$comment": values["definitions"][name]["$comment"],
+            **worker["definitions"][name],
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +523,9 @@ def test_deploy_is_the_rendered_chart(tmp_path):
     run(["bash", str(ROOT / "scripts" / "render-deploy.sh"), str(out)])
     fresh = {p.name: p.read_text() for p in out.glob("*.yaml")}
     committed = {p.name: p.read_text() for p in DEPLOY.glob("*.yaml")}
-    assert sorted(committed) == sorted(fresh), "deploy/ has other files than the chart renders: run `make deploy-manifests`"
+    assert sorted(committed) == sorted(fresh), (
+        "deploy/ has other files than the chart renders: run `make deploy-manifests`"
+    )
     stale = [n for n in fresh if fresh[n] != committed[n]]
     assert not stale, f"deploy/{stale} differ from the rendered chart: run `make deploy-manifests`"
 
@@ -450,8 +534,18 @@ def test_deploy_kustomization():
     result = run([tool("kubectl"), "kustomize", str(DEPLOY)])
     objs = load_all(result.stdout)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ConfigMap", "ClusterRole",
-                            "ClusterRoleBinding", "Service", "Deployment"]), kinds
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ConfigMap",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment",
+        ]
+    ), kinds
     ns = one(objs, "Namespace")
     assert ns["metadata"]["name"] == NAMESPACE
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -461,6 +555,7 @@ def test_deploy_kustomization():
             assert obj["metadata"]["namespace"] == NAMESPACE, name_of(obj)
         if obj["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl"
+
     # the same objects as helm's, labels aside
     def strip(o):
         o = yaml.safe_load(yaml.safe_dump(o))
@@ -469,6 +564,7 @@ def test_deploy_kustomization():
         tpl.get("labels", {}).pop("app.kubernetes.io/managed-by", None)
         tpl.get("annotations", {}).pop("checksum/worker-config", None)
         return o
+
     helm_objs = sorted((strip(o) for o in rendered("default")), key=name_of)
     assert helm_objs == sorted((strip(o) for o in objs if o["kind"] != "Namespace"), key=name_of)
 
@@ -518,8 +614,12 @@ def test_examples_cover_the_documented_cases():
     assert (gpu.workers, gpu.slots_per_worker, gpu.device, gpu.backend) == (2, 4, "cuda", "horovod")
     mine = jobs["user-model-pvc.yaml"]
     assert mine.model.uri.startswith("pvc://models/") and mine.model.arch and mine.data.uri.startswith("pvc://")
-    claims = {o["metadata"]["name"] for name in EXAMPLE_FILES for o in load_all((EXAMPLES / name).read_text())
-              if o["kind"] == "PersistentVolumeClaim"}
+    claims = {
+        o["metadata"]["name"]
+        for name in EXAMPLE_FILES
+        for o in load_all((EXAMPLES / name).read_text())
+        if o["kind"] == "PersistentVolumeClaim"
+    }
     assert "models" in claims
 
 

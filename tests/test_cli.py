@@ -1,4 +1,5 @@
 """The `kondense` command, run as a separate process the way a user runs it."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 
 
 def test_profile_json_reference_resnet18() -> None:
-    result = run_cli("profile", "--arch", "resnet18", "--num-classes", "100", "--input-shape", "3,32,32", "--json", check=True)
+    result = run_cli(
+        "profile", "--arch", "resnet18", "--num-classes", "100", "--input-shape", "3,32,32", "--json", check=True
+    )
     metrics = json.loads(result.stdout)
     assert tuple(metrics) == tuple(m.key for m in METRICS)
     assert metrics["accuracy"] is None
@@ -40,31 +43,81 @@ def test_profile_json_reference_resnet18() -> None:
 def test_profile_table_with_data_and_weights(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     weights.save(path, zoo.build("mobilenet_v1", 10, 1), "mobilenet_v1", 10, 1, {})
-    result = run_cli("profile", "--arch", "mobilenet_v1", "--weights", str(path), "--data", "fashion-mnist", "--test-samples", "200", check=True)
+    result = run_cli(
+        "profile",
+        "--arch",
+        "mobilenet_v1",
+        "--weights",
+        str(path),
+        "--data",
+        "fashion-mnist",
+        "--test-samples",
+        "200",
+        check=True,
+    )
     for label in ("Accuracy (%)", "Size (MB)", "MACs (G)", "Params (M)", "Memory (MB)", "Latency (ms)"):
         assert label in result.stdout
-    result = run_cli("profile", "--arch", "mobilenet_v1", "--data", "fashion-mnist", "--test-samples", "200", "--json", check=True)
+    result = run_cli(
+        "profile", "--arch", "mobilenet_v1", "--data", "fashion-mnist", "--test-samples", "200", "--json", check=True
+    )
     assert 0 <= json.loads(result.stdout)["accuracy"] <= 100
 
 
 def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
-    assert_user_error(run_cli("profile", "--arch", "resnet18", "--num-classes", "10", "--input-shape", "3x32"),
-                      "malformed input shape", "C,H,W")
-    assert_user_error(run_cli("profile", "--arch", "resnet19", "--num-classes", "10", "--input-shape", "3,32,32"),
-                      "unknown architecture 'resnet19'", "resnet18, resnet50, vgg19")
+    assert_user_error(
+        run_cli("profile", "--arch", "resnet18", "--num-classes", "10", "--input-shape", "3x32"),
+        "malformed input shape",
+        "C,H,W",
+    )
+    assert_user_error(
+        run_cli("profile", "--arch", "resnet19", "--num-classes", "10", "--input-shape", "3,32,32"),
+        "unknown architecture 'resnet19'",
+        "resnet18, resnet50, vgg19",
+    )
     path = tmp_path / "w.pt"
     weights.save(path, zoo.build("mobilenet_v1", 100, 3), "mobilenet_v1", 100, 3, {})
-    assert_user_error(run_cli("profile", "--arch", "mobilenet_v1", "--num-classes", "10", "--input-shape", "3,32,32", "--weights", str(path)),
-                      "100 classes")
+    assert_user_error(
+        run_cli(
+            "profile",
+            "--arch",
+            "mobilenet_v1",
+            "--num-classes",
+            "10",
+            "--input-shape",
+            "3,32,32",
+            "--weights",
+            str(path),
+        ),
+        "100 classes",
+    )
     assert_user_error(run_cli("profile", "--arch", "resnet18", "--data", str(tmp_path / "nowhere")), "nowhere")
     assert_user_error(run_cli("zoo", "train", "resnet19", "--dataset", "fashion-mnist"), "unknown architecture")
 
 
 def test_zoo_train_resumes_after_kill(tmp_path: Path, kondense_home: Path) -> None:
     out = tmp_path / "m.pt"
-    args = ["zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "4", "--train-samples", "512",
-            "--val-samples", "64", "--test-samples", "64", "--batch-size", "64", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "kondense.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "zoo",
+        "train",
+        "mobilenet_v1",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "4",
+        "--train-samples",
+        "512",
+        "--val-samples",
+        "64",
+        "--test-samples",
+        "64",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kondense.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     checkpoint = out.with_suffix(".ckpt")
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -87,8 +140,23 @@ def test_zoo_train_resumes_after_kill(tmp_path: Path, kondense_home: Path) -> No
 
 
 def test_zoo_train_learns_and_lists(kondense_home: Path) -> None:
-    result = run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "2", "--train-samples", "1536",
-                     "--val-samples", "256", "--test-samples", "500", "--json", check=True)
+    result = run_cli(
+        "zoo",
+        "train",
+        "mobilenet_v1",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "2",
+        "--train-samples",
+        "1536",
+        "--val-samples",
+        "256",
+        "--test-samples",
+        "500",
+        "--json",
+        check=True,
+    )
     trained = json.loads(result.stdout.strip().splitlines()[-1])
     assert trained["testAccuracy"] > 45, result.stdout  # 10 classes: chance is 10%
     path = Path(trained["path"])
@@ -103,16 +171,58 @@ def test_zoo_train_learns_and_lists(kondense_home: Path) -> None:
 def quick_zoo_file(tmp_path_factory) -> Path:
     """A mobilenet_v1 trained for seconds, saved as a zoo weights file (it names its own arch)."""
     out = tmp_path_factory.mktemp("zoo") / "mobilenet_v1.pt"
-    run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "2", "--train-samples", "1536",
-            "--val-samples", "256", "--test-samples", "256", "--out", str(out), check=True)
+    run_cli(
+        "zoo",
+        "train",
+        "mobilenet_v1",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "2",
+        "--train-samples",
+        "1536",
+        "--val-samples",
+        "256",
+        "--test-samples",
+        "256",
+        "--out",
+        str(out),
+        check=True,
+    )
     return out
 
 
 def test_compress_command_end_to_end(quick_zoo_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_cli("compress", "--model", str(quick_zoo_file), "--data", "fashion-mnist", "--delta", "5", "--stage", "2",
-                     "--out", str(out), "--train-samples", "1024", "--val-samples", "300", "--test-samples", "300",
-                     "--ratios", "0.5", "--scan-samples", "200", "--stage1-epochs", "1", "--max-steps", "1", "--json", check=True)
+    result = run_cli(
+        "compress",
+        "--model",
+        str(quick_zoo_file),
+        "--data",
+        "fashion-mnist",
+        "--delta",
+        "5",
+        "--stage",
+        "2",
+        "--out",
+        str(out),
+        "--train-samples",
+        "1024",
+        "--val-samples",
+        "300",
+        "--test-samples",
+        "300",
+        "--ratios",
+        "0.5",
+        "--scan-samples",
+        "200",
+        "--stage1-epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--json",
+        check=True,
+    )
     report = json.loads(result.stdout)
     assert set(report) >= {"original", "stage1", "stage2", "enhancement", "trainingSamples"}
     # the wiring is what this test is about (test_compress checks that compression happens): with
@@ -125,21 +235,45 @@ def test_compress_command_end_to_end(quick_zoo_file: Path, tmp_path: Path) -> No
 
 
 def test_compress_user_errors(quick_zoo_file: Path, tmp_path: Path) -> None:
-    common = ["--data", "fashion-mnist", "--delta", "1", "--train-samples", "256", "--val-samples", "64", "--test-samples", "64"]
-    assert_user_error(run_cli("compress", "--model", "zoo:resnet18", *common, "--out", str(tmp_path / "a")),
-                      "no trained resnet18 for fashion-mnist", "kondense zoo train resnet18 --dataset fashion-mnist")
-    assert_user_error(run_cli("compress", "--model", "zoo:resnet19", *common, "--out", str(tmp_path / "a")), "unknown architecture")
+    common = [
+        "--data",
+        "fashion-mnist",
+        "--delta",
+        "1",
+        "--train-samples",
+        "256",
+        "--val-samples",
+        "64",
+        "--test-samples",
+        "64",
+    ]
+    assert_user_error(
+        run_cli("compress", "--model", "zoo:resnet18", *common, "--out", str(tmp_path / "a")),
+        "no trained resnet18 for fashion-mnist",
+        "kondense zoo train resnet18 --dataset fashion-mnist",
+    )
+    assert_user_error(
+        run_cli("compress", "--model", "zoo:resnet19", *common, "--out", str(tmp_path / "a")), "unknown architecture"
+    )
     bare = tmp_path / "bare.pt"
     torch.save(zoo.build("mobilenet_v1", 10, 1).state_dict(), bare)
     assert_user_error(run_cli("compress", "--model", str(bare), *common, "--out", str(tmp_path / "b")), "--arch")
     scripted = tmp_path / "m.ts"
     torch.jit.script(zoo.build("mobilenet_v1", 10, 1)).save(str(scripted))
-    assert_user_error(run_cli("compress", "--model", str(scripted), *common, "--out", str(tmp_path / "c")), "TorchScript")
+    assert_user_error(
+        run_cli("compress", "--model", str(scripted), *common, "--out", str(tmp_path / "c")), "TorchScript"
+    )
     # the output directory must not be where the input model lives under an output's name
     victim = tmp_path / "d" / "model.pt"
     victim.parent.mkdir()
     victim.write_bytes(quick_zoo_file.read_bytes())
-    assert_user_error(run_cli("compress", "--model", str(victim), *common, "--out", str(victim.parent)), "would overwrite the input model")
+    assert_user_error(
+        run_cli("compress", "--model", str(victim), *common, "--out", str(victim.parent)),
+        "would overwrite the input model",
+    )
     assert victim.read_bytes() == quick_zoo_file.read_bytes()
-    assert_user_error(run_cli("compress", "--model", str(quick_zoo_file), *common[:2], "--delta", "0", "--out", str(tmp_path / "e")),
-                      "spec.delta: ", "got 0")
+    assert_user_error(
+        run_cli("compress", "--model", str(quick_zoo_file), *common[:2], "--delta", "0", "--out", str(tmp_path / "e")),
+        "spec.delta: ",
+        "got 0",
+    )

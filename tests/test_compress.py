@@ -1,4 +1,5 @@
 """Both stages end to end on a small CNN and a few hundred Fashion-MNIST samples."""
+
 from __future__ import annotations
 
 import json
@@ -35,15 +36,19 @@ def tiny(bundle):
 @pytest.fixture(scope="module")
 def result(tiny, bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("compress")
-    return kondense.compress(tiny, bundle, delta=DELTA, stage=2, out=out, device="cpu", finetune=FINETUNE, budget=Budget(**BUDGET))
+    return kondense.compress(
+        tiny, bundle, delta=DELTA, stage=2, out=out, device="cpu", finetune=FINETUNE, budget=Budget(**BUDGET)
+    )
 
 
 def test_public_api_is_curated_and_light() -> None:
-    code = ("import sys, kondense; assert 'torch' not in sys.modules, 'import kondense loaded torch'; "
-            "assert sorted(kondense.__all__) == sorted(['compress', 'load_compressed', 'Budget', 'FineTune', 'Result', "
-            "'profile', 'KondenseError', '__version__']); "
-            "assert all(getattr(kondense, name) is not None for name in kondense.__all__); "
-            "assert kondense.load_compressed.__module__ == 'kondense.artifacts'")
+    code = (
+        "import sys, kondense; assert 'torch' not in sys.modules, 'import kondense loaded torch'; "
+        "assert sorted(kondense.__all__) == sorted(['compress', 'load_compressed', 'Budget', 'FineTune', 'Result', "
+        "'profile', 'KondenseError', '__version__']); "
+        "assert all(getattr(kondense, name) is not None for name in kondense.__all__); "
+        "assert kondense.load_compressed.__module__ == 'kondense.artifacts'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
 
@@ -63,7 +68,10 @@ def test_outputs_are_complete(result) -> None:
     plan = json.loads((result.out / "plan.json").read_text())
     assert plan["steps"] and all(len(s) == 3 for s in plan["steps"])
     changed = [v for v in plan["layers"].values() if v["paramsAfter"] < v["paramsBefore"]]
-    assert changed and all({"paramsBefore", "paramsAfter", "macsBefore", "macsAfter", "transforms"} <= set(v) for v in plan["layers"].values())
+    assert changed and all(
+        {"paramsBefore", "paramsAfter", "macsBefore", "macsAfter", "transforms"} <= set(v)
+        for v in plan["layers"].values()
+    )
     md = (result.out / "report.md").read_text()
     assert "| Metric | Original | Stage 1 | Stage 2 | Enhance |" in md
     assert (result.out / "annealing.png").read_bytes()[:4] == b"\x89PNG"
@@ -84,8 +92,16 @@ def test_saved_models_reproduce_reported_accuracy(result, tiny, bundle) -> None:
 
 def test_inputs_untouched(tiny, bundle, tmp_path) -> None:
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    kondense.compress(tiny, bundle, delta=DELTA, stage=1, out=tmp_path, device="cpu", finetune=FINETUNE,
-                      budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 0.5}))
+    kondense.compress(
+        tiny,
+        bundle,
+        delta=DELTA,
+        stage=1,
+        out=tmp_path,
+        device="cpu",
+        finetune=FINETUNE,
+        budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 0.5}),
+    )
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
 
 
@@ -103,7 +119,9 @@ def test_killed_run_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     out = tmp_path / "run"
     script = RESUME_SCRIPT.format(delta=DELTA, budget=BUDGET)
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     state_file = out / "checkpoints" / "state.json"
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and proc.poll() is None:
@@ -117,9 +135,18 @@ def test_killed_run_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
 
     bundle = small_data()
     from .tinynet import trained_tiny as train
+
     with caplog.at_level(logging.INFO, logger="kondense"):
-        result = kondense.compress(train(bundle), bundle, delta=DELTA, stage=2, out=out, device="cpu", finetune=FINETUNE,
-                                   budget=Budget(**BUDGET))
+        result = kondense.compress(
+            train(bundle),
+            bundle,
+            delta=DELTA,
+            stage=2,
+            out=out,
+            device="cpu",
+            finetune=FINETUNE,
+            budget=Budget(**BUDGET),
+        )
     lines = [r.getMessage() for r in caplog.records]
     assert any("resuming the run" in line for line in lines)
     assert any(line.startswith("stage 1: resumed from checkpoint") for line in lines)
@@ -129,13 +156,25 @@ def test_killed_run_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
 
 def test_other_settings_in_the_same_directory_are_refused(result, tiny, bundle) -> None:
     with pytest.raises(kondense.KondenseError, match="holds a run with other settings"):
-        kondense.compress(tiny, bundle, delta=DELTA / 2, stage=2, out=result.out, device="cpu", finetune=FINETUNE, budget=Budget(**BUDGET))
+        kondense.compress(
+            tiny,
+            bundle,
+            delta=DELTA / 2,
+            stage=2,
+            out=result.out,
+            device="cpu",
+            finetune=FINETUNE,
+            budget=Budget(**BUDGET),
+        )
 
 
 def test_bad_arguments(tiny, bundle, tmp_path) -> None:
     # kondense.job.spec.check_settings judges them, as it judges a manifest: the field, and the value refused
-    for kwargs, message in [({"delta": 0}, r"spec\.delta: .*got 0"), ({"delta": 1, "stage": 3}, r"spec\.stage: .*got 3"),
-                            ({"delta": 1, "objective": "speed"}, r"spec\.objective: .*got 'speed'")]:
+    for kwargs, message in [
+        ({"delta": 0}, r"spec\.delta: .*got 0"),
+        ({"delta": 1, "stage": 3}, r"spec\.stage: .*got 3"),
+        ({"delta": 1, "objective": "speed"}, r"spec\.objective: .*got 'speed'"),
+    ]:
         with pytest.raises(kondense.KondenseError, match=message):
             kondense.compress(tiny, bundle, out=tmp_path, **kwargs)
     with pytest.raises(kondense.KondenseError, match="a DataBundle or your own loaders are used as they are"):
@@ -160,11 +199,23 @@ def test_users_own_loaders_optimizer_loss_and_eval(tiny, bundle, tmp_path) -> No
         calls["eval"] += 1
         return accuracy(model, loader)
 
-    loaders = (DataLoader(bundle.train, batch_size=64, shuffle=True), DataLoader(bundle.val, batch_size=200),
-               DataLoader(bundle.test, batch_size=200))
-    result = kondense.compress(tiny, None, delta=DELTA, stage=1, out=tmp_path, device="cpu",
-                               finetune=FineTune(optimizer=optimizer, loss_fn=loss_fn), loaders=loaders, eval_fn=eval_fn,
-                               budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 1}))
+    loaders = (
+        DataLoader(bundle.train, batch_size=64, shuffle=True),
+        DataLoader(bundle.val, batch_size=200),
+        DataLoader(bundle.test, batch_size=200),
+    )
+    result = kondense.compress(
+        tiny,
+        None,
+        delta=DELTA,
+        stage=1,
+        out=tmp_path,
+        device="cpu",
+        finetune=FineTune(optimizer=optimizer, loss_fn=loss_fn),
+        loaders=loaders,
+        eval_fn=eval_fn,
+        budget=Budget(**{**BUDGET, "ratios": (0.5,), "stage1_epochs": 1}),
+    )
     assert calls["optimizer"] >= 1 and calls["loss"] >= 1 and calls["eval"] >= 3
     assert result.report["data"]["name"] == "user loaders"
     assert result.report["original"]["accuracy"] - result.report["stage1"]["accuracy"] <= DELTA

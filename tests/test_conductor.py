@@ -1,4 +1,5 @@
 """Annealing's step selection: ranked candidates, then as many as the composed model allows."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Data sets: the real Fashion-MNIST, .npz files and ImageFolder directories."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_subsets_and_loaders() -> None:
     assert sum(len(y) for _, y in test) == 70
     first = [y for _, y in bundle.loaders(batch_size=64, seed=3)[0]]
     second = [y for _, y in bundle.loaders(batch_size=64, seed=3)[0]]
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_resize_to_model_input() -> None:
@@ -104,7 +105,9 @@ def test_image_folder_with_splits(tmp_path: Path) -> None:
         for label in ("cat", "dog"):
             (tmp_path / split / label).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / split / label / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / split / label / f"{i}.png"
+                )
     bundle = data.load(str(tmp_path), val_fraction=0.25)
     assert bundle.num_classes == 2 and bundle.input_shape == (3, 16, 16)
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (15, 5, 6)

@@ -1,6 +1,8 @@
 """Fine-tuning's learning-rate schedule: a short warm-up, then cosine decay."""
+
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -17,7 +19,7 @@ def test_warmup_rises_linearly_to_the_full_rate_then_decays_to_zero() -> None:
     rates = [factor(step) for step in range(100)]
     assert rates[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert max(rates) == 1.0 and rates[10] == 1.0
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:])), "decay must never rise again"
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:])), "decay must never rise again"
     assert rates[-1] < 0.001
 
 

@@ -1,4 +1,5 @@
 """kondense.distributed and kondense.launch.worker with real processes over Gloo on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def _horovod_missing() -> str | None:
 
 
 HOROVOD_MISSING = _horovod_missing()
-BACKENDS = ["torch", pytest.param("horovod", marks=pytest.mark.skipif(HOROVOD_MISSING is not None,
-                                                                      reason=HOROVOD_MISSING or ""))]
+BACKENDS = [
+    "torch",
+    pytest.param("horovod", marks=pytest.mark.skipif(HOROVOD_MISSING is not None, reason=HOROVOD_MISSING or "")),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +56,7 @@ def run(caplog: pytest.LogCaptureFixture):
         start = time.monotonic()
         rc = launch_local(workers, slots, backend, [sys.executable, str(SCRIPT), backend, str(out), *extra])
         return rc, caplog.messages, time.monotonic() - start
+
     return launch
 
 
@@ -124,7 +128,7 @@ def test_single_backend_in_process() -> None:
     model(torch.ones(1, 2)).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     comm.average_gradients(model)
-    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     assert comm.wrap_optimizer(opt, model) is opt
     opt.step()
@@ -159,13 +163,29 @@ def test_torch_backend_outside_a_launcher_is_a_clear_error(monkeypatch: pytest.M
 
 
 def test_worker_env_from_env() -> None:
-    env = WorkerEnv.from_env({"JOB_COMPLETION_INDEX": "1", "KONDENSE_WORKERS": "2", "KONDENSE_SLOTS": "4",
-                              "KONDENSE_COORDINATOR": "job-0.job", "KONDENSE_PORT": "29501",
-                              "KONDENSE_BACKEND": "horovod", "KONDENSE_HOSTNAME": "pod-1", "KONDENSE_IFACE": "eth1"})
+    env = WorkerEnv.from_env(
+        {
+            "JOB_COMPLETION_INDEX": "1",
+            "KONDENSE_WORKERS": "2",
+            "KONDENSE_SLOTS": "4",
+            "KONDENSE_COORDINATOR": "job-0.job",
+            "KONDENSE_PORT": "29501",
+            "KONDENSE_BACKEND": "horovod",
+            "KONDENSE_HOSTNAME": "pod-1",
+            "KONDENSE_IFACE": "eth1",
+        }
+    )
     assert env == WorkerEnv(1, 2, 4, "job-0.job", 29501, "horovod", "pod-1", "eth1")
     assert (env.size, env.rank(0), env.rank(3)) == (8, 4, 7)
     one = WorkerEnv.from_env({})
-    assert (one.index, one.workers, one.slots, one.coordinator, one.port, one.iface) == (0, 1, 1, "127.0.0.1", 29500, "")
+    assert (one.index, one.workers, one.slots, one.coordinator, one.port, one.iface) == (
+        0,
+        1,
+        1,
+        "127.0.0.1",
+        29500,
+        "",
+    )
     assert one.backend == spec.DEFAULTS["backend"] and one.hostname
 
 
@@ -174,27 +194,41 @@ def test_worker_env_round_trip() -> None:
     assert WorkerEnv.from_env(env.to_env()) == env
     # the operator's pods: no index (Kubernetes sets JOB_COMPLETION_INDEX), no host name (the pod's own)
     pod = WorkerEnv(workers=3, slots=4, coordinator="job-s1-0.job-s1", port=29600, backend="horovod").to_env()
-    assert pod == {"KONDENSE_WORKERS": "3", "KONDENSE_SLOTS": "4", "KONDENSE_COORDINATOR": "job-s1-0.job-s1",
-                   "KONDENSE_PORT": "29600", "KONDENSE_BACKEND": "horovod"}
+    assert pod == {
+        "KONDENSE_WORKERS": "3",
+        "KONDENSE_SLOTS": "4",
+        "KONDENSE_COORDINATOR": "job-s1-0.job-s1",
+        "KONDENSE_PORT": "29600",
+        "KONDENSE_BACKEND": "horovod",
+    }
     back = WorkerEnv.from_env({**pod, "JOB_COMPLETION_INDEX": "2"})
     assert (back.index, back.workers, back.slots, back.backend) == (2, 3, 4, "horovod")
     # an explicit index wins over Kubernetes' one (launch_local's workers)
     assert WorkerEnv.from_env({**pod, "JOB_COMPLETION_INDEX": "2", "KONDENSE_WORKER_INDEX": "1"}).index == 1
 
 
-@pytest.mark.parametrize("environ, message", [
-    ({"KONDENSE_WORKERS": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX"),
-    ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "1"}, "KONDENSE_COORDINATOR"),
-    ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX=2 must be between 0 and 1"),
-    ({"KONDENSE_WORKERS": "2", "JOB_COMPLETION_INDEX": "x", "KONDENSE_COORDINATOR": "h"}, "JOB_COMPLETION_INDEX='x' is not an integer"),
-    ({"KONDENSE_WORKERS": "0"}, "KONDENSE_WORKERS=0 must be at least 1"),
-    ({"KONDENSE_SLOTS": "two"}, "KONDENSE_SLOTS='two' is not an integer"),
-    ({"KONDENSE_SLOTS": "0"}, "KONDENSE_SLOTS=0 must be at least 1"),
-    ({"KONDENSE_PORT": "70000"}, "KONDENSE_PORT=70000 must be between 1 and 65535"),
-    ({"KONDENSE_BACKEND": "mpi"}, "KONDENSE_BACKEND='mpi' is unknown: use one of"),
-    # in-process mode of a run no launcher started; a worker never runs it
-    ({"KONDENSE_BACKEND": "single"}, "KONDENSE_BACKEND='single' is unknown"),
-])
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"KONDENSE_WORKERS": "2", "KONDENSE_COORDINATOR": "h"}, "KONDENSE_WORKER_INDEX"),
+        ({"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "1"}, "KONDENSE_COORDINATOR"),
+        (
+            {"KONDENSE_WORKERS": "2", "KONDENSE_WORKER_INDEX": "2", "KONDENSE_COORDINATOR": "h"},
+            "KONDENSE_WORKER_INDEX=2 must be between 0 and 1",
+        ),
+        (
+            {"KONDENSE_WORKERS": "2", "JOB_COMPLETION_INDEX": "x", "KONDENSE_COORDINATOR": "h"},
+            "JOB_COMPLETION_INDEX='x' is not an integer",
+        ),
+        ({"KONDENSE_WORKERS": "0"}, "KONDENSE_WORKERS=0 must be at least 1"),
+        ({"KONDENSE_SLOTS": "two"}, "KONDENSE_SLOTS='two' is not an integer"),
+        ({"KONDENSE_SLOTS": "0"}, "KONDENSE_SLOTS=0 must be at least 1"),
+        ({"KONDENSE_PORT": "70000"}, "KONDENSE_PORT=70000 must be between 1 and 65535"),
+        ({"KONDENSE_BACKEND": "mpi"}, "KONDENSE_BACKEND='mpi' is unknown: use one of"),
+        # in-process mode of a run no launcher started; a worker never runs it
+        ({"KONDENSE_BACKEND": "single"}, "KONDENSE_BACKEND='single' is unknown"),
+    ],
+)
 def test_worker_env_errors(environ: dict, message: str) -> None:
     with pytest.raises(KondenseError, match=message):
         WorkerEnv.from_env(environ)
@@ -211,10 +245,20 @@ def test_launch_local_refuses_bad_arguments_before_starting_anything() -> None:
 def test_horovod_rank_environ_follows_the_host_plan() -> None:
     env = WorkerEnv(1, 2, 2, "job-0.job", 29501, "horovod", "pod-1", "lo")
     assert rendezvous.rank_environ(env, 1, rendezvous.host_plan(env), 60) == {
-        "HOROVOD_HOSTNAME": "worker-1", "HOROVOD_RANK": "3", "HOROVOD_SIZE": "4",
-        "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2", "HOROVOD_CROSS_RANK": "1", "HOROVOD_CROSS_SIZE": "2",
-        "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "job-0.job",
-        "HOROVOD_GLOO_RENDEZVOUS_PORT": "29501", "HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "HOROVOD_GLOO_IFACE": "lo"}
+        "HOROVOD_HOSTNAME": "worker-1",
+        "HOROVOD_RANK": "3",
+        "HOROVOD_SIZE": "4",
+        "HOROVOD_LOCAL_RANK": "1",
+        "HOROVOD_LOCAL_SIZE": "2",
+        "HOROVOD_CROSS_RANK": "1",
+        "HOROVOD_CROSS_SIZE": "2",
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": "job-0.job",
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": "29501",
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": "60",
+        "HOROVOD_GLOO_IFACE": "lo",
+    }
 
 
 def test_torchrun_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,21 +269,53 @@ def test_torchrun_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     env = WorkerEnv(1, 2, 4, "job-0.job", 29501, "torch", "pod-1", "lo")
     args = parse_args(torchrun_args(env, ["python", "train.py", "--lr", "1"]))
     assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "4")
-    assert (args.master_addr, args.master_port, args.rdzv_backend, args.max_restarts) == ("job-0.job", 29501, "static", 0)
+    assert (args.master_addr, args.master_port, args.rdzv_backend, args.max_restarts) == (
+        "job-0.job",
+        29501,
+        "static",
+        0,
+    )
     assert args.rdzv_conf == "timeout=60"
     assert args.no_python and (args.training_script, args.training_script_args) == ("python", ["train.py", "--lr", "1"])
-    assert rank_environ(env) == {"KONDENSE_BACKEND": "torch", "KONDENSE_TIMEOUT": "60", "GLOO_SOCKET_IFNAME": "lo",
-                                 "NCCL_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 4))}
+    assert rank_environ(env) == {
+        "KONDENSE_BACKEND": "torch",
+        "KONDENSE_TIMEOUT": "60",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "NCCL_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 4)),
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_stops_the_worker_and_its_ranks(backend: str, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": ENGINE, "KONDENSE_SLOTS": "2", "KONDENSE_BACKEND": backend,
-           "KONDENSE_PORT": str(free_port()), "KONDENSE_IFACE": "lo"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": ENGINE,
+        "KONDENSE_SLOTS": "2",
+        "KONDENSE_BACKEND": backend,
+        "KONDENSE_PORT": str(free_port()),
+        "KONDENSE_IFACE": "lo",
+    }
     # rank 9 does not exist: both ranks sleep until stopped
-    worker = subprocess.Popen([sys.executable, "-m", "kondense.launch.worker", "--", sys.executable, str(SCRIPT), backend,
-                               str(tmp_path), "--fail-rank", "9", "--sleep"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kondense.launch.worker",
+            "--",
+            sys.executable,
+            str(SCRIPT),
+            backend,
+            str(tmp_path),
+            "--fail-rank",
+            "9",
+            "--sleep",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not all((tmp_path / f"pid{r}").exists() for r in (0, 1)) and time.monotonic() < deadline:
@@ -258,7 +334,12 @@ def test_sigterm_stops_the_worker_and_its_ranks(backend: str, tmp_path: Path) ->
 
 def test_launcher_module_without_configuration_says_what_is_missing(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "KONDENSE_WORKERS": "2", "PYTHONPATH": ENGINE}
-    result = subprocess.run([sys.executable, "-m", "kondense.launch.worker", "--", "true"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "kondense.launch.worker", "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "KONDENSE_WORKER_INDEX (or JOB_COMPLETION_INDEX) is not set" in result.stderr

@@ -1,4 +1,5 @@
 """The engine on several processes, started through the launcher that pods use."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,13 @@ def horovod_available() -> bool:
     return subprocess.run([sys.executable, "-c", "import horovod.torch"], capture_output=True).returncode == 0
 
 
-BACKENDS = ["torch", pytest.param("horovod", marks=pytest.mark.skipif(not horovod_available(), reason="horovod is not installed (make install builds it)"))]
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "horovod",
+        marks=pytest.mark.skipif(not horovod_available(), reason="horovod is not installed (make install builds it)"),
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +72,9 @@ def test_two_processes_agree_and_match_one(backend: str, single_run: dict, tmp_p
 def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kondense")
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.setdefault("code", launch_local(2, 1, "torch", [*RANK_SCRIPT, str(tmp_path)])))
+    runner = threading.Thread(
+        target=lambda: result.setdefault("code", launch_local(2, 1, "torch", [*RANK_SCRIPT, str(tmp_path)]))
+    )
     runner.start()
     state = tmp_path / "checkpoints" / "state.json"
     deadline = time.monotonic() + 400
@@ -90,11 +99,53 @@ def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path, capl
 def test_compress_command_on_two_workers(tmp_path: Path) -> None:
     """`kondense compress --workers 2` goes through the same launcher."""
     weights = tmp_path / "m.pt"
-    run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "1", "--train-samples", "512",
-            "--val-samples", "64", "--test-samples", "64", "--out", str(weights), check=True)
-    result = run_cli("compress", "--model", str(weights), "--data", "fashion-mnist", "--delta", "10", "--stage", "1",
-                     "--out", str(tmp_path / "out"), "--train-samples", "512", "--val-samples", "128", "--test-samples", "128",
-                     "--ratios", "0.5", "--scan-samples", "64", "--stage1-epochs", "0.5", "--workers", "2", "--json", timeout=600)
+    run_cli(
+        "zoo",
+        "train",
+        "mobilenet_v1",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "512",
+        "--val-samples",
+        "64",
+        "--test-samples",
+        "64",
+        "--out",
+        str(weights),
+        check=True,
+    )
+    result = run_cli(
+        "compress",
+        "--model",
+        str(weights),
+        "--data",
+        "fashion-mnist",
+        "--delta",
+        "10",
+        "--stage",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+        "--train-samples",
+        "512",
+        "--val-samples",
+        "128",
+        "--test-samples",
+        "128",
+        "--ratios",
+        "0.5",
+        "--scan-samples",
+        "64",
+        "--stage1-epochs",
+        "0.5",
+        "--workers",
+        "2",
+        "--json",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["stage1"]["paramsM"] <= report["original"]["paramsM"]
@@ -106,12 +157,29 @@ def test_run_manifest_on_two_workers(backend: str, tmp_path: Path, kondense_home
     import yaml
 
     # the example compresses the zoo's mobilenet_v1: put quickly trained weights where the zoo looks
-    run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", "1", "--train-samples", "512",
-            "--val-samples", "64", "--test-samples", "64", "--out", str(kondense_home / "zoo" / "mobilenet_v1_fashion-mnist_10c_1ch.pt"),
-            check=True)
+    run_cli(
+        "zoo",
+        "train",
+        "mobilenet_v1",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "512",
+        "--val-samples",
+        "64",
+        "--test-samples",
+        "64",
+        "--out",
+        str(kondense_home / "zoo" / "mobilenet_v1_fashion-mnist_10c_1ch.pt"),
+        check=True,
+    )
     manifest = yaml.safe_load((ROOT / "examples" / "local-stage2.yaml").read_text())
     manifest["spec"].update(backend=backend, delta=10, output={"uri": "pvc://models/out"})
-    manifest["spec"]["budget"].update(trainSamples=512, valSamples=128, testSamples=128, scanSamples=64, stage1Epochs=0.5)
+    manifest["spec"]["budget"].update(
+        trainSamples=512, valSamples=128, testSamples=128, scanSamples=64, stage1Epochs=0.5
+    )
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     result = run_cli("run", str(path), "--pvc-root", str(tmp_path / "pvc"), "--json", timeout=900)
@@ -121,8 +189,11 @@ def test_run_manifest_on_two_workers(backend: str, tmp_path: Path, kondense_home
     for stage in ("original", "stage1", "stage2"):
         assert set(status["metrics"][stage]) == {"accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs"}
     assert status["metrics"]["enhancement"]["accuracyDrop"] <= 10
-    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Created", "True"), ("Running", "False"),
-                                                                         ("Succeeded", "True")]
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [
+        ("Created", "True"),
+        ("Running", "False"),
+        ("Succeeded", "True"),
+    ]
     out = tmp_path / "pvc" / "models" / "out"
     assert json.loads((out / "status.json").read_text()) == status
     assert (out / "model.ts").exists() and status["artifacts"]["model"] == "pvc://models/out/model.pt"

@@ -1,4 +1,5 @@
 """kondense.job.status: the CompressionJob's status, the same from `kondense run` and the operator."""
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,37 @@ SIX = {"accuracy": 90.0, "sizeMB": 1.0, "macsG": 0.1, "paramsM": 0.2, "memoryMB"
 
 def report(stage: int) -> dict:
     """A report as kondense.measure.report writes it after `stage`."""
-    out = {"original": SIX, "stage1": {**SIX, "sizeMB": 0.5}, "trainingSamples": 100,
-           "enhancement": {"accuracyDrop": 0.5 * stage, "size": 2.0 * stage, "macs": 2.0, "params": 3.0, "memory": 1.5,
-                           "latency": 1.2}}
+    out = {
+        "original": SIX,
+        "stage1": {**SIX, "sizeMB": 0.5},
+        "trainingSamples": 100,
+        "enhancement": {
+            "accuracyDrop": 0.5 * stage,
+            "size": 2.0 * stage,
+            "macs": 2.0,
+            "params": 3.0,
+            "memory": 1.5,
+            "latency": 1.2,
+        },
+    }
     if stage == 2:
         out["stage2"] = {**SIX, "sizeMB": 0.25}
     return out
 
 
 def job_spec(**spec) -> spec_mod.JobSpec:
-    manifest = {"apiVersion": "kondense.dev/v1alpha1", "kind": "CompressionJob", "metadata": {"name": "j"},
-                "spec": {"model": {"zoo": "resnet18"}, "data": {"dataset": "fashion-mnist"}, "delta": 1.0,
-                         "output": {"uri": "pvc://models/out"}, **spec}}
+    manifest = {
+        "apiVersion": "kondense.dev/v1alpha1",
+        "kind": "CompressionJob",
+        "metadata": {"name": "j"},
+        "spec": {
+            "model": {"zoo": "resnet18"},
+            "data": {"dataset": "fashion-mnist"},
+            "delta": 1.0,
+            "output": {"uri": "pvc://models/out"},
+            **spec,
+        },
+    }
     return spec_mod.parse(manifest).spec
 
 
@@ -45,9 +65,11 @@ def types(status: dict) -> dict[str, str]:
 
 def test_only_the_standard_library():
     """The operator imports it: no torch, and nothing else to install either."""
-    code = ("import json, sys, kondense.job; before = set(sys.modules); import kondense.job.status; "
-            "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))); "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import json, sys, kondense.job; before = set(sys.modules); import kondense.job.status; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))); "
+        "assert 'torch' not in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == ["kondense"]
 
@@ -105,8 +127,10 @@ def test_summary_round_trip_within_the_kubelets_limit():
     summary = st.stage_summary({**report(1), "original": {**SIX, "accuracy": 90.123456789}}, 1, "pvc://m/out")
     text = st.summary_text(summary)
     assert "," in text and ", " not in text
-    assert st.parse_summary(text) == {**summary, "metrics": {**summary["metrics"],
-                                                            "original": {**SIX, "accuracy": 90.12346}}}
+    assert st.parse_summary(text) == {
+        **summary,
+        "metrics": {**summary["metrics"], "original": {**SIX, "accuracy": 90.12346}},
+    }
     error = st.error_summary(2, "x" * 5000)
     assert len(error["error"]) == st.ERROR_LIMIT and len(st.summary_text(error).encode()) <= st.TERMINATION_LIMIT
     huge = {**summary, "metrics": {f"m{i}": SIX for i in range(100)}}
@@ -132,21 +156,41 @@ def test_run_job_writes_the_operators_status_shape(tmp_path: Path, monkeypatch: 
         message = Path(env["KONDENSE_TERMINATION_LOG"])
         message.parent.mkdir(parents=True, exist_ok=True)
         failing = fails and stage == 2
-        summary = st.error_summary(stage, "out of data") if failing else st.stage_summary(report(stage), stage, "pvc://models/out")
+        summary = (
+            st.error_summary(stage, "out of data")
+            if failing
+            else st.stage_summary(report(stage), stage, "pvc://models/out")
+        )
         message.write_text(st.summary_text(summary))
         return 1 if failing else 0
 
     monkeypatch.setattr(worker, "launch_local", launch_local)
     manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "kondense.dev/v1alpha1", "kind": "CompressionJob",
-                                        "metadata": {"name": "local"},
-                                        "spec": {"model": {"zoo": "resnet18"}, "data": {"dataset": "fashion-mnist"},
-                                                 "delta": 1.0, "stage": 2, "output": {"uri": "pvc://models/out"}}}))
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kondense.dev/v1alpha1",
+                "kind": "CompressionJob",
+                "metadata": {"name": "local"},
+                "spec": {
+                    "model": {"zoo": "resnet18"},
+                    "data": {"dataset": "fashion-mnist"},
+                    "delta": 1.0,
+                    "stage": 2,
+                    "output": {"uri": "pvc://models/out"},
+                },
+            }
+        )
+    )
     status = stages.run_job(manifest, tmp_path / "pvc")
     assert json.loads((tmp_path / "pvc" / "models" / "out" / "status.json").read_text()) == status
     assert status["stage"] == 2
     if fails:
-        assert (status["phase"], status["reason"], status["message"]) == (st.FAILED, "WorkerError", "stage 2: out of data")
+        assert (status["phase"], status["reason"], status["message"]) == (
+            st.FAILED,
+            "WorkerError",
+            "stage 2: out of data",
+        )
         assert types(status) == {"Created": "True", "Running": "False", "Failed": "True"}
     else:
         assert status["phase"] == st.SUCCEEDED and status["message"].startswith("compressed 3.0x (params)")

@@ -1,4 +1,5 @@
 """The six metrics against hand-derived counts and the seed paper's reference table."""
+
 from __future__ import annotations
 
 import time
@@ -33,12 +34,12 @@ def test_zoo_matches_reference_table(arch: str) -> None:
 
 def tiny(inplace: bool = False) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),                              # 224 params
-        nn.BatchNorm2d(8),                                          # 16 params
+        nn.Conv2d(3, 8, 3, padding=1),  # 224 params
+        nn.BatchNorm2d(8),  # 16 params
         nn.ReLU(inplace=inplace),
         nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False),  # 72 params
         nn.Flatten(),
-        nn.Linear(8 * 4 * 4, 5),                                    # 645 params
+        nn.Linear(8 * 4 * 4, 5),  # 645 params
     )
 
 
@@ -46,7 +47,7 @@ def test_hand_counted_params_size_macs() -> None:
     model = tiny()
     assert profile.params_m(model) * 1e6 == pytest.approx(957)
     assert profile.size_mb(model) == pytest.approx(957 * 4 / 2**20)
-    conv = 3 * 3 * 3 * 8 * (8 * 8)       # k_h*k_w*C_in*C_out*H_out*W_out
+    conv = 3 * 3 * 3 * 8 * (8 * 8)  # k_h*k_w*C_in*C_out*H_out*W_out
     depthwise = 3 * 3 * 1 * 8 * (4 * 4)  # C_in/groups = 1
     linear = 128 * 5
     assert profile.macs_g(model, (3, 8, 8)) * 1e9 == pytest.approx(conv + depthwise + linear)
@@ -66,7 +67,9 @@ def test_hand_counted_memory() -> None:
     params = 957 * fp32
     assert profile.memory_mb(tiny(), (3, 8, 8)) * 2**20 == pytest.approx(inputs + activations + params)
     # an in-place ReLU writes into its input: one activation fewer
-    assert profile.memory_mb(tiny(inplace=True), (3, 8, 8)) * 2**20 == pytest.approx(inputs + activations + params - 8 * 8 * 8 * fp32)
+    assert profile.memory_mb(tiny(inplace=True), (3, 8, 8)) * 2**20 == pytest.approx(
+        inputs + activations + params - 8 * 8 * 8 * fp32
+    )
 
 
 class Sleeper(nn.Module):
@@ -87,9 +90,9 @@ def test_latency_is_per_sample_median() -> None:
 
 
 def test_accuracy_top1_percent() -> None:
-    x = torch.eye(4).repeat(25, 1)          # 100 one-hot rows
+    x = torch.eye(4).repeat(25, 1)  # 100 one-hot rows
     y = x.argmax(dim=1)
-    y[:10] = (y[:10] + 1) % 4               # 10 of 100 labels wrong
+    y[:10] = (y[:10] + 1) % 4  # 10 of 100 labels wrong
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     model = nn.Linear(4, 4, bias=False)
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """The CompressionJob manifest: parsing, defaults (the CRD's), round trips, error messages, URIs,
 the engine's arguments. Which manifests are accepted at all is tested against the CRD itself, in
 tests/operator/test_crd_schema.py; here, what parse makes of them and how it says no."""
+
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kondense.errors import KondenseError
 from kondense.job import spec as S
 
@@ -19,24 +21,52 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "local-stage2.yaml"
 DESIGN = REPO.parent / "shared" / "DESIGN.md"
 CRD_SPEC = yaml.safe_load((REPO / "crds" / "compressionjob.yaml").read_text())["spec"]["versions"][0]["schema"][
-    "openAPIV3Schema"]["properties"]["spec"]["properties"]
+    "openAPIV3Schema"
+]["properties"]["spec"]["properties"]
 
 
 def minimal() -> dict:
-    return {"apiVersion": S.API_VERSION, "kind": S.KIND, "metadata": {"name": "job"},
-            "spec": {"model": {"zoo": "resnet18"}, "data": {"dataset": "fashion-mnist"}, "delta": 1.0,
-                     "output": {"uri": "pvc://models/out/"}}}
+    return {
+        "apiVersion": S.API_VERSION,
+        "kind": S.KIND,
+        "metadata": {"name": "job"},
+        "spec": {
+            "model": {"zoo": "resnet18"},
+            "data": {"dataset": "fashion-mnist"},
+            "delta": 1.0,
+            "output": {"uri": "pvc://models/out/"},
+        },
+    }
 
 
 def full() -> dict:
     m = minimal()
     m["metadata"]["namespace"] = "team-a"
-    m["spec"].update({"model": {"uri": "pvc://models/m.pt", "arch": "vgg19"}, "data": {"uri": "pvc://data/train.npz"},
-                      "stage": 1, "workers": 3, "slotsPerWorker": 2, "backend": "horovod", "device": "cuda",
-                      "objective": "macs", "suspend": True, "seed": 7,
-                      "budget": {"stage1Epochs": 0.5, "stepEpochs": 2, "maxSteps": 3, "scanSamples": 500,
-                                 "ratios": [0.5, 0.25], "trainSamples": 1000, "valSamples": 200, "testSamples": None},
-                      "resources": {"limits": {"nvidia.com/gpu": 2}}})
+    m["spec"].update(
+        {
+            "model": {"uri": "pvc://models/m.pt", "arch": "vgg19"},
+            "data": {"uri": "pvc://data/train.npz"},
+            "stage": 1,
+            "workers": 3,
+            "slotsPerWorker": 2,
+            "backend": "horovod",
+            "device": "cuda",
+            "objective": "macs",
+            "suspend": True,
+            "seed": 7,
+            "budget": {
+                "stage1Epochs": 0.5,
+                "stepEpochs": 2,
+                "maxSteps": 3,
+                "scanSamples": 500,
+                "ratios": [0.5, 0.25],
+                "trainSamples": 1000,
+                "valSamples": 200,
+                "testSamples": None,
+            },
+            "resources": {"limits": {"nvidia.com/gpu": 2}},
+        }
+    )
     return m
 
 
@@ -67,8 +97,15 @@ def test_example_parses_from_any_cwd(tmp_path, monkeypatch):
     assert (job.name, job.namespace) == ("mobilenet-v1-fmnist-local", "default")
     assert (s.model, s.data) == (S.ModelSource(zoo="mobilenet_v1"), S.DataSource(dataset="fashion-mnist"))
     assert (s.delta, s.stage, s.workers, s.slots_per_worker, s.backend, s.device) == (2.0, 2, 2, 1, "torch", "cpu")
-    assert s.budget == S.BudgetSpec(stage1_epochs=1.0, max_steps=1, scan_samples=200, ratios=(0.5,),
-                                    train_samples=1024, val_samples=300, test_samples=300)
+    assert s.budget == S.BudgetSpec(
+        stage1_epochs=1.0,
+        max_steps=1,
+        scan_samples=200,
+        ratios=(0.5,),
+        train_samples=1024,
+        val_samples=300,
+        test_samples=300,
+    )
     assert Path(s.output_uri) == REPO / "out" / "local-stage2"  # relative to the manifest, not to the cwd
 
 
@@ -82,9 +119,19 @@ def test_defaults_are_the_crds():
     s = S.parse(minimal()).spec
     assert S.DEFAULTS == {k: v["default"] for k, v in CRD_SPEC.items() if "default" in v}
     assert S.DEFAULTS["backend"] == "torch", "one default backend everywhere: torch is always installed"
-    assert {k: getattr(s, a) for k, a in [("stage", "stage"), ("workers", "workers"), ("slotsPerWorker", "slots_per_worker"),
-            ("backend", "backend"), ("device", "device"), ("objective", "objective"), ("suspend", "suspend"),
-            ("seed", "seed")]} == S.DEFAULTS
+    assert {
+        k: getattr(s, a)
+        for k, a in [
+            ("stage", "stage"),
+            ("workers", "workers"),
+            ("slotsPerWorker", "slots_per_worker"),
+            ("backend", "backend"),
+            ("device", "device"),
+            ("objective", "objective"),
+            ("suspend", "suspend"),
+            ("seed", "seed"),
+        ]
+    } == S.DEFAULTS
     for name, key in [("BACKENDS", "backend"), ("DEVICES", "device"), ("OBJECTIVES", "objective")]:
         assert getattr(S, name) == tuple(CRD_SPEC[key]["enum"])
     assert S.DATA_FORMATS == tuple(CRD_SPEC["data"]["properties"]["format"]["enum"])
@@ -103,8 +150,23 @@ def test_cli_flags_default_to_the_crd():
 
 def test_nulls_mean_defaults_and_metadata_and_status_are_kubernetes():
     m = minimal()
-    m["spec"].update({k: None for k in ("stage", "workers", "slotsPerWorker", "backend", "device", "objective",
-                                        "suspend", "seed", "budget", "resources")})
+    m["spec"].update(
+        {
+            k: None
+            for k in (
+                "stage",
+                "workers",
+                "slotsPerWorker",
+                "backend",
+                "device",
+                "objective",
+                "suspend",
+                "seed",
+                "budget",
+                "resources",
+            )
+        }
+    )
     m["metadata"].update({"uid": "1234", "resourceVersion": "5", "labels": {"a": "b"}, "generation": 2})
     m["status"] = {"phase": "Running", "conditions": ["..."]}  # the operator's; the API server ignores it on create
     assert S.parse(m) == S.parse(minimal())
@@ -114,10 +176,20 @@ def test_full_manifest_and_inferred_format():
     job = S.parse(full())
     s = job.spec
     assert job.namespace == "team-a"
-    assert (s.model, s.data) == (S.ModelSource(uri="pvc://models/m.pt", arch="vgg19"),
-                                 S.DataSource(uri="pvc://data/train.npz", format="npz"))
-    assert (s.stage, s.workers, s.slots_per_worker, s.backend, s.device, s.objective, s.suspend, s.seed) == \
-        (1, 3, 2, "horovod", "cuda", "macs", True, 7)
+    assert (s.model, s.data) == (
+        S.ModelSource(uri="pvc://models/m.pt", arch="vgg19"),
+        S.DataSource(uri="pvc://data/train.npz", format="npz"),
+    )
+    assert (s.stage, s.workers, s.slots_per_worker, s.backend, s.device, s.objective, s.suspend, s.seed) == (
+        1,
+        3,
+        2,
+        "horovod",
+        "cuda",
+        "macs",
+        True,
+        7,
+    )
     assert s.budget.ratios == (0.5, 0.25) and s.budget.test_samples is None and s.budget.step_epochs == 2.0
     assert s.resources == {"limits": {"nvidia.com/gpu": 2}}
     for uri, fmt in [("pvc://data/imgs/", "imagefolder"), ("/d/x.npz", "npz"), ("x.npz/", "imagefolder")]:
@@ -133,13 +205,21 @@ def test_parse_does_not_modify_or_share_its_input():
     assert "cpu" not in job.spec.resources["limits"]
 
 
-@pytest.mark.parametrize("job", [S.parse(minimal()), S.parse(full()), S.load(EXAMPLE)], ids=["minimal", "full", "example"])
+@pytest.mark.parametrize(
+    "job", [S.parse(minimal()), S.parse(full()), S.load(EXAMPLE)], ids=["minimal", "full", "example"]
+)
 def test_to_manifest_round_trips(job):
     manifest = S.to_manifest(job)
     assert S.parse(manifest) == job
     assert S.parse(yaml.safe_load(yaml.safe_dump(manifest))) == job  # through YAML, as `kubectl apply` sends it
-    assert {k: manifest["spec"][k] for k in S.DEFAULTS} == {k: getattr(job.spec, a) for k, a in zip(
-        S.DEFAULTS, ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "suspend", "seed"))}
+    assert {k: manifest["spec"][k] for k in S.DEFAULTS} == {
+        k: getattr(job.spec, a)
+        for k, a in zip(
+            S.DEFAULTS,
+            ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "suspend", "seed"),
+            strict=True,
+        )
+    }
     assert None not in manifest["spec"]["budget"].values() and manifest["metadata"]["namespace"] == job.namespace
 
 
@@ -152,17 +232,29 @@ def test_spec_error_is_a_kondense_error_and_pickles():
     assert isinstance(err, KondenseError) and (again.field, str(again)) == (err.field, str(err))
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"apiVersion": "kondense.dev/v1"}, "apiVersion"), ({"apiVersion": None}, "apiVersion"), ({"kind": "Job"}, "kind"),
-    ({"metadata": None}, "metadata.name"), ({"metadata": {}}, "metadata.name"), ({"metadata": []}, "metadata"),
-    ({"metadata": {"name": "Resnet18"}}, "metadata.name"), ({"metadata": {"name": "resnet_18"}}, "metadata.name"),
-    ({"metadata": {"name": "-r"}}, "metadata.name"), ({"metadata": {"name": "r."}}, "metadata.name"),
-    ({"metadata": {"name": ""}}, "metadata.name"), ({"metadata": {"name": 18}}, "metadata.name"),
-    ({"metadata": {"name": "a" * 254}}, "metadata.name"),
-    ({"metadata": {"name": "ok", "namespace": "a.b"}}, "metadata.namespace"),
-    ({"metadata": {"name": "ok", "namespace": "Team_A"}}, "metadata.namespace"), ({"sepc": {}}, "sepc"),
-    ({"spec": None}, "spec"), ({"spec": []}, "spec"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"apiVersion": "kondense.dev/v1"}, "apiVersion"),
+        ({"apiVersion": None}, "apiVersion"),
+        ({"kind": "Job"}, "kind"),
+        ({"metadata": None}, "metadata.name"),
+        ({"metadata": {}}, "metadata.name"),
+        ({"metadata": []}, "metadata"),
+        ({"metadata": {"name": "Resnet18"}}, "metadata.name"),
+        ({"metadata": {"name": "resnet_18"}}, "metadata.name"),
+        ({"metadata": {"name": "-r"}}, "metadata.name"),
+        ({"metadata": {"name": "r."}}, "metadata.name"),
+        ({"metadata": {"name": ""}}, "metadata.name"),
+        ({"metadata": {"name": 18}}, "metadata.name"),
+        ({"metadata": {"name": "a" * 254}}, "metadata.name"),
+        ({"metadata": {"name": "ok", "namespace": "a.b"}}, "metadata.namespace"),
+        ({"metadata": {"name": "ok", "namespace": "Team_A"}}, "metadata.namespace"),
+        ({"sepc": {}}, "sepc"),
+        ({"spec": None}, "spec"),
+        ({"spec": []}, "spec"),
+    ],
+)
 def test_what_the_document_is(change, field):
     m = minimal()
     m.update(change)
@@ -219,40 +311,87 @@ REFUSALS = [
     ({"budget": {"ratios": [0.5, 1.0]}}, "spec.budget.ratios[1]", "in (0, 1), got 1.0", "fraction"),
     ({"budget": [1]}, "spec.budget", "mapping"),
     ({"resources": {"limits": {"cpu": 0.5}}}, "spec.resources.limits.cpu", "an integer or a string, got float 0.5"),
-    ({"resources": {"limits": {"memory": "8 GB"}}}, "spec.resources.limits.memory", "'8 GB' is not allowed", "quantity"),
+    (
+        {"resources": {"limits": {"memory": "8 GB"}}},
+        "spec.resources.limits.memory",
+        "'8 GB' is not allowed",
+        "quantity",
+    ),
     ({"resources": {"limits": {f"r{i}": 1 for i in range(33)}}}, "spec.resources.limits", "at most 32 entries"),
 ]
 
 
-@pytest.mark.parametrize("change,field,words", [(r[0], r[1], r[2:]) for r in REFUSALS],
-                         ids=[f"{r[1]}-{i}" for i, r in enumerate(REFUSALS)])
+@pytest.mark.parametrize(
+    "change,field,words", [(r[0], r[1], r[2:]) for r in REFUSALS], ids=[f"{r[1]}-{i}" for i, r in enumerate(REFUSALS)]
+)
 def test_refusals_name_the_field_and_say_why(change, field, words):
     rejects(with_spec(**change), field, *words)
 
 
-@pytest.mark.parametrize("uri", ["pvc://", "pvc:///x", "pvc://My_Claim/x", "pvc://claim.dots/x", f"pvc://{'a' * 64}/x",
-                                 "pvc://-claim/x", "pvc://m/../etc", "pvc://m/a/%2E%2E/b", "pvc:models/out",
-                                 "file://host/abs", "file:relative", "http://example.com/m.pt"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pvc://",
+        "pvc:///x",
+        "pvc://My_Claim/x",
+        "pvc://claim.dots/x",
+        f"pvc://{'a' * 64}/x",
+        "pvc://-claim/x",
+        "pvc://m/../etc",
+        "pvc://m/a/%2E%2E/b",
+        "pvc:models/out",
+        "file://host/abs",
+        "file:relative",
+        "http://example.com/m.pt",
+    ],
+)
 def test_malformed_uris(uri):
     rejects(with_spec(output={"uri": uri}), "spec.output.uri")
     with pytest.raises(S.SpecError):
         S.local_path(uri, "/mnt/pvc")
 
 
-@pytest.mark.parametrize("uri", ["pvc://models", "pvc://models/", "pvc://m-1/a/b.pt", "pvc://m/a..b/...", "file:///abs/x",
-                                 "/abs/x", "rel/x", "./rel", "../up/x", "~/x"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pvc://models",
+        "pvc://models/",
+        "pvc://m-1/a/b.pt",
+        "pvc://m/a..b/...",
+        "file:///abs/x",
+        "/abs/x",
+        "rel/x",
+        "./rel",
+        "../up/x",
+        "~/x",
+    ],
+)
 def test_good_uris(uri):
     assert S.parse(with_spec(output={"uri": uri})).spec.output_uri == uri
 
 
 def test_check_settings_judges_with_the_crd():
-    S.check_settings(delta=1.0, stage=1, objective="macs", backend="torch", device="cpu", seed=0, workers=2,
-                     slotsPerWorker=1, budget={"maxSteps": 2}, resources=None)
-    for values, field, words in [({"delta": 0}, "spec.delta", "(0, 100]"), ({"stage": 3}, "spec.stage", "1, 2"),
-                                 ({"objective": "latency"}, "spec.objective", "params, macs"),
-                                 ({"workers": 0}, "spec.workers", ">= 1"), ({"seed": 1.5}, "spec.seed", "integer"),
-                                 ({"budget": {"ratios": [2]}}, "spec.budget.ratios[0]", "(0, 1)"),
-                                 ({"delta": 0, "arch": "x"}, "spec.arch", "not a CompressionJob setting")]:
+    S.check_settings(
+        delta=1.0,
+        stage=1,
+        objective="macs",
+        backend="torch",
+        device="cpu",
+        seed=0,
+        workers=2,
+        slotsPerWorker=1,
+        budget={"maxSteps": 2},
+        resources=None,
+    )
+    for values, field, words in [
+        ({"delta": 0}, "spec.delta", "(0, 100]"),
+        ({"stage": 3}, "spec.stage", "1, 2"),
+        ({"objective": "latency"}, "spec.objective", "params, macs"),
+        ({"workers": 0}, "spec.workers", ">= 1"),
+        ({"seed": 1.5}, "spec.seed", "integer"),
+        ({"budget": {"ratios": [2]}}, "spec.budget.ratios[0]", "(0, 1)"),
+        ({"delta": 0, "arch": "x"}, "spec.arch", "not a CompressionJob setting"),
+    ]:
         # an unknown key first, then the CRD's field order
         with pytest.raises(S.SpecError) as info:
             S.check_settings(**values)
@@ -292,9 +431,14 @@ def test_load_errors_name_the_file(tmp_path):
         S.load(p)
     with pytest.raises(S.SpecError, match="directory"):
         S.load(tmp_path)
-    for text, words in [("", "empty"), ("a: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "mapping"),
-                        ("a: 1\n---\nb: 2\n", "2 YAML documents"), ("spec: {delta: 1, delta: 2}\n", "duplicate key"),
-                        (yaml.safe_dump(with_spec(delta=0)), "spec.delta: must be a number")]:
+    for text, words in [
+        ("", "empty"),
+        ("a: [1, 2\n", "not valid YAML"),
+        ("- 1\n- 2\n", "mapping"),
+        ("a: 1\n---\nb: 2\n", "2 YAML documents"),
+        ("spec: {delta: 1, delta: 2}\n", "duplicate key"),
+        (yaml.safe_dump(with_spec(delta=0)), "spec.delta: must be a number"),
+    ]:
         p.write_text(text)
         with pytest.raises(S.SpecError) as info:
             S.load(p)
@@ -336,23 +480,44 @@ def test_engine_arguments(tmp_path):
     from kondense.pipeline.context import Budget
 
     s = S.parse(full()).spec
-    assert S.compress_kwargs(s) == {"delta": 1.0, "stage": 1, "objective": "macs", "device": "cuda", "seed": 7,
-                                    "arch": "vgg19"}
-    assert S.budget_kwargs(s) == {"stage1_epochs": 0.5, "step_epochs": 2.0, "max_steps": 3, "scan_samples": 500,
-                                  "ratios": (0.5, 0.25), "train_samples": 1000, "val_samples": 200}
+    assert S.compress_kwargs(s) == {
+        "delta": 1.0,
+        "stage": 1,
+        "objective": "macs",
+        "device": "cuda",
+        "seed": 7,
+        "arch": "vgg19",
+    }
+    assert S.budget_kwargs(s) == {
+        "stage1_epochs": 0.5,
+        "step_epochs": 2.0,
+        "max_steps": 3,
+        "scan_samples": 500,
+        "ratios": (0.5, 0.25),
+        "train_samples": 1000,
+        "val_samples": 200,
+    }
     Budget(**S.budget_kwargs(s))  # every key is a Budget field
     assert set(S.compress_kwargs(s)) <= set(inspect.signature(compress).parameters)
     assert set(S.OBJECTIVES) == set(COSTS)  # the engine can cost every objective the CRD allows
-    assert (S.model_argument(s, tmp_path), S.data_argument(s, tmp_path)) == \
-        (str(tmp_path / "models" / "m.pt"), str(tmp_path / "data" / "train.npz"))
+    assert (S.model_argument(s, tmp_path), S.data_argument(s, tmp_path)) == (
+        str(tmp_path / "models" / "m.pt"),
+        str(tmp_path / "data" / "train.npz"),
+    )
     d = S.parse(minimal()).spec
-    assert (S.model_argument(d, tmp_path), S.data_argument(d, tmp_path), S.budget_kwargs(d)) == \
-        ("zoo:resnet18", "fashion-mnist", {})
+    assert (S.model_argument(d, tmp_path), S.data_argument(d, tmp_path), S.budget_kwargs(d)) == (
+        "zoo:resnet18",
+        "fashion-mnist",
+        {},
+    )
 
 
 def test_import_does_not_load_torch():
-    code = ("import sys, kondense.job.spec as s; s.load(sys.argv[1]); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
-    result = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True, timeout=60,
-                            check=False)
+    code = (
+        "import sys, kondense.job.spec as s; s.load(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr

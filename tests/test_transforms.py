@@ -1,7 +1,9 @@
 """Per-layer transforms: low-rank factorisation and structured pruning, and replaying them."""
+
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 
 import pytest
@@ -86,7 +88,7 @@ def test_lowrank_error_shrinks_as_the_ratio_grows(case: str) -> None:
         apply(model, "1", "lowrank", ratio, x)
         assert n_params(model[1]) <= ratio * params
         errors.append((run(model, x) - reference).norm().item() / reference.norm().item())
-    assert all(a >= b - 1e-9 for a, b in zip(errors, errors[1:])), errors
+    assert all(a >= b - 1e-9 for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] < errors[0]
 
 
@@ -264,21 +266,34 @@ def test_errors_say_what_is_wrong() -> None:
         apply(depthwise, "0", "lowrank", 0.5, torch.randn(1, 4, 6, 6))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     assert apply(model, "mid", "lowrank", 1.0, x) is model
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()) and len(state) == len(model.state_dict())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()) and len(state) == len(
+        model.state_dict()
+    )
 
 
 def test_layer_costs_match_hand_counts() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).train()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).train()
     x = torch.randn(2, 3, 32, 32)
     costs = layer_costs(model, x)  # (params, MACs) for one sample
-    assert costs == {"0": (8 * 3 * 9 + 8, 9 * 3 * 8 * 16 * 16), "1": (8 * 9, 9 * 1 * 8 * 16 * 16), "4": (8 * 5 + 5, 8 * 5)}
+    assert costs == {
+        "0": (8 * 3 * 9 + 8, 9 * 3 * 8 * 16 * 16),
+        "1": (8 * 9, 9 * 1 * 8 * 16 * 16),
+        "4": (8 * 5 + 5, 8 * 5),
+    }
     assert model.training and all(m.training for m in model.modules())  # measuring leaves the mode alone
     apply(model, "0", "lowrank", 0.5, x)  # a factorised layer costs what its parts cost
     r1, r2 = model[0][0].out_channels, model[0][1].out_channels
     # the stride sits on the middle conv, so the first 1x1 runs at full resolution
-    assert cost_under(layer_costs(model, x), "0") == (3 * r1 + r1 * r2 * 9 + r2 * 8 + 8,
-                                                      3 * r1 * 32 * 32 + (r1 * r2 * 9 + r2 * 8) * 16 * 16)
+    assert cost_under(layer_costs(model, x), "0") == (
+        3 * r1 + r1 * r2 * 9 + r2 * 8 + 8,
+        3 * r1 * 32 * 32 + (r1 * r2 * 9 + r2 * 8) * 16 * 16,
+    )
 
 
 def test_a_layer_that_runs_twice_costs_twice() -> None:

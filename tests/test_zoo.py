@@ -1,4 +1,5 @@
 """Zoo architectures and the weights files they are cached in."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_weights_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     weights.save(path, model, "mobilenet_v1", 10, 1, {"test_accuracy": 1.0})
     fresh = weights.load_into(zoo.build("mobilenet_v1", 10, 1), path, "mobilenet_v1", 10, 1)
-    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert weights.read_meta(path)["test_accuracy"] == 1.0
 

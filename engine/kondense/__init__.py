@@ -9,6 +9,7 @@ The public API is `__all__`. Importing the package is light: torch loads only wh
 engine's names is first used, so the torch-free job layer (kondense.job) can be shared with the
 operator.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -1,4 +1,5 @@
 """`kondense.compress`: the whole run, spec -> plan -> stages -> report, as one call."""
+
 from __future__ import annotations
 
 import copy
@@ -96,14 +97,25 @@ def compress(
     _refuse_overwriting_input(source, out)
     # logged once the inputs are known good, so that a user error stays the one line a user sees
     if budget.train_samples or budget.val_samples or budget.test_samples:
-        logger.info(f"using a subset of {splits.name}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test samples")
+        logger.info(
+            f"using a subset of {splits.name}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test samples"
+        )
     # a copy: the user's module is never modified, not even moved to another device
     original = copy.deepcopy(original).to(dev).to(memory_format=torch.channels_last).eval()
     example = torch.zeros(2, *splits.input_shape, device=dev)
     evaluate = eval_fn or accuracy
-    fingerprint = {"model": source, "data": splits.name, "delta": delta, "objective": objective, "seed": seed,
-                   "budget": budget.to_dict(), "train": len(splits.train), "val": len(splits.val),
-                   "batch": finetune.batch_size, "lr": finetune.lr}
+    fingerprint = {
+        "model": source,
+        "data": splits.name,
+        "delta": delta,
+        "objective": objective,
+        "seed": seed,
+        "budget": budget.to_dict(),
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "batch": finetune.batch_size,
+        "lr": finetune.lr,
+    }
     run = RunDir(out, fingerprint, writer=comm.is_root)
     if run.resumed:
         logger.info(f"resuming the run in {out}")
@@ -111,20 +123,43 @@ def compress(
     logger.info(f"original: measuring on {len(splits.test)} test samples")
     test_loader = DataLoader(comm.shard(splits.test), batch_size=256)
     metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
-    judge = Judge(recal=DataLoader(splits.train, batch_size=finetune.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-                  scan=DataLoader(comm.shard(Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))), batch_size=256),
-                  val=DataLoader(comm.shard(splits.val), batch_size=256), eval_fn=evaluate, recal_samples=budget.recal_samples,
-                  scan_precision=resolve_precision(finetune.precision, dev), comm=comm)
+    judge = Judge(
+        recal=DataLoader(
+            splits.train, batch_size=finetune.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        ),
+        scan=DataLoader(
+            comm.shard(Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))), batch_size=256
+        ),
+        val=DataLoader(comm.shard(splits.val), batch_size=256),
+        eval_fn=evaluate,
+        recal_samples=budget.recal_samples,
+        scan_precision=resolve_precision(finetune.precision, dev),
+        comm=comm,
+    )
     original_val = run.state.get("originalVal")
     if original_val is None:
         original_val = evaluate_sharded(original, judge.val, evaluate, comm)
         run.state["originalVal"] = original_val
     train_shard = comm.shard(splits.train, even=True)
-    logger.info(f"teacher: caching the original's outputs on {len(train_shard)} training samples"
-                + (f" per rank, {comm.size} ranks" if comm.size > 1 else ""))
-    ctx = Context(original=original, example=example, delta=delta, objective=objective, protected=_classifier(original),
-                  judge=judge, finetune=finetune, teacher_data=cache_teacher(original, train_shard), budget=budget,
-                  run=run, original_val=original_val, seed=seed, comm=comm)
+    logger.info(
+        f"teacher: caching the original's outputs on {len(train_shard)} training samples"
+        + (f" per rank, {comm.size} ranks" if comm.size > 1 else "")
+    )
+    ctx = Context(
+        original=original,
+        example=example,
+        delta=delta,
+        objective=objective,
+        protected=_classifier(original),
+        judge=judge,
+        finetune=finetune,
+        teacher_data=cache_teacher(original, train_shard),
+        budget=budget,
+        run=run,
+        original_val=original_val,
+        seed=seed,
+        comm=comm,
+    )
 
     stage1 = explore(ctx)
     metrics["stage1"] = _metrics(stage1.model, splits.input_shape, test_loader, evaluate, comm)
@@ -135,12 +170,21 @@ def compress(
 
     plan = Plan(objective, final.steps)
     plan.account(original, final.model, example)
-    report = report_mod.build_report(metrics, delta=delta, stage=stage, objective=objective, trainingSamples=ctx.samples,
-                                     validation={"original": original_val, "stage1": stage1.val_accuracy,
-                                                 **({"stage2": final.val_accuracy} if stage == 2 else {})},
-                                     annealing=history, data={"name": splits.name, "train": len(splits.train),
-                                                              "val": len(splits.val), "test": len(splits.test)},
-                                     seconds=time.perf_counter() - began)
+    report = report_mod.build_report(
+        metrics,
+        delta=delta,
+        stage=stage,
+        objective=objective,
+        trainingSamples=ctx.samples,
+        validation={
+            "original": original_val,
+            "stage1": stage1.val_accuracy,
+            **({"stage2": final.val_accuracy} if stage == 2 else {}),
+        },
+        annealing=history,
+        data={"name": splits.name, "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        seconds=time.perf_counter() - began,
+    )
     if comm.is_root:
         save_state(out / "model.pt", final.model, final.steps, base=base, input_shape=splits.input_shape)
         save_torchscript(out / "model.ts", final.model, example)
@@ -148,7 +192,9 @@ def compress(
         save_json(report, out / "report.json")
         report_mod.write_markdown(report, out / "report.md")
         if history:
-            report_mod.plot_annealing(history, metrics["original"].sizeMB, original_val, delta, ctx.accept_floor, out / "annealing.png")
+            report_mod.plot_annealing(
+                history, metrics["original"].sizeMB, original_val, delta, ctx.accept_floor, out / "annealing.png"
+            )
     comm.barrier()
     return Result(out, final.model.eval(), plan, report)
 
@@ -163,12 +209,18 @@ class _Splits:
     input_shape: tuple[int, ...]
 
 
-def _splits(data: str | Path | data_mod.DataBundle | None, loaders: tuple[DataLoader, DataLoader, DataLoader] | None, seed: int,
-            budget: Budget) -> _Splits:
+def _splits(
+    data: str | Path | data_mod.DataBundle | None,
+    loaders: tuple[DataLoader, DataLoader, DataLoader] | None,
+    seed: int,
+    budget: Budget,
+) -> _Splits:
     limits = (budget.train_samples, budget.val_samples, budget.test_samples)
     if any(limits) and (loaders is not None or isinstance(data, data_mod.DataBundle)):
-        raise KondenseError("budget.train_samples, val_samples and test_samples take subsets of a data set given by name or "
-                            "path; a DataBundle or your own loaders are used as they are: subset those yourself")
+        raise KondenseError(
+            "budget.train_samples, val_samples and test_samples take subsets of a data set given by name or "
+            "path; a DataBundle or your own loaders are used as they are: subset those yourself"
+        )
     if loaders is not None:
         if len(loaders) != 3 or any(not isinstance(loader, DataLoader) for loader in loaders):
             raise KondenseError("loaders must be three DataLoaders, (train, val, test); or pass None and a data set")
@@ -176,21 +228,38 @@ def _splits(data: str | Path | data_mod.DataBundle | None, loaders: tuple[DataLo
             raise KondenseError("give either data or loaders, not both")
         train_loader, val_loader, test_loader = loaders
         if not hasattr(train_loader.dataset, "__getitem__"):
-            raise KondenseError("train_loader must read a map-style data set (with __getitem__): the teacher's outputs are cached per sample")
+            raise KondenseError(
+                "train_loader must read a map-style data set (with __getitem__): the teacher's outputs are cached per sample"
+            )
         x, _ = next(iter(val_loader))
-        return _Splits("user loaders", train_loader.dataset, val_loader.dataset, test_loader.dataset, None, tuple(x.shape[1:]))
+        return _Splits(
+            "user loaders", train_loader.dataset, val_loader.dataset, test_loader.dataset, None, tuple(x.shape[1:])
+        )
     if data is None:
         raise KondenseError("give data: a data set name or path, a DataBundle, or your own loaders")
     if isinstance(data, data_mod.DataBundle):
         bundle = data
     else:
-        bundle = data_mod.load(str(data), seed=seed, train_samples=budget.train_samples, val_samples=budget.val_samples,
-                               test_samples=budget.test_samples)
-    return _Splits(bundle.name if isinstance(data, data_mod.DataBundle) else str(data), bundle.train, bundle.val, bundle.test,
-                   bundle.num_classes, bundle.input_shape)
+        bundle = data_mod.load(
+            str(data),
+            seed=seed,
+            train_samples=budget.train_samples,
+            val_samples=budget.val_samples,
+            test_samples=budget.test_samples,
+        )
+    return _Splits(
+        bundle.name if isinstance(data, data_mod.DataBundle) else str(data),
+        bundle.train,
+        bundle.val,
+        bundle.test,
+        bundle.num_classes,
+        bundle.input_shape,
+    )
 
 
-def _metrics(model: nn.Module, input_shape: tuple[int, ...], test_loader: DataLoader, evaluate: EvalFn, comm: Comm) -> Metrics:
+def _metrics(
+    model: nn.Module, input_shape: tuple[int, ...], test_loader: DataLoader, evaluate: EvalFn, comm: Comm
+) -> Metrics:
     """The six metrics: test accuracy over all ranks' shards; the rest measured by rank 0 alone
     (so that other ranks do not compete for the cores while latency is timed) and shared."""
     m = copy.deepcopy(model).eval()

@@ -6,6 +6,7 @@ input shape. Rebuilding = take the original architecture, replay the steps (shap
 nothing else), load the weights. Files load with weights_only=True; no code runs. TorchScript
 (model.ts) is written here too.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,13 +24,22 @@ from kondense.pipeline.plan import Step, replay, steps_from_json, steps_to_json
 FORMAT = "kondense.compressed/v1"
 
 
-def save_state(path: str | Path, model: nn.Module, steps: list[Step], *, base: dict | None = None,
-               input_shape: tuple[int, ...] | None = None) -> Path:
+def save_state(
+    path: str | Path,
+    model: nn.Module,
+    steps: list[Step],
+    *,
+    base: dict | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Path:
     """Write `model`'s weights and the `steps` that shaped it. model.pt adds `base`, naming the
     original ({'arch', 'num_classes', 'in_channels'} for zoo models, {} for a user's module), and
     `input_shape`, so that load_compressed can rebuild it alone."""
-    content = {"format": FORMAT, "steps": steps_to_json(steps),
-               "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
+    content = {
+        "format": FORMAT,
+        "steps": steps_to_json(steps),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
     if base is not None:
         content.update(base=base, input_shape=list(input_shape or ()))
     return save_torch(content, path)
@@ -52,13 +62,17 @@ def load_compressed(path: str | Path, base_model: nn.Module | None = None) -> nn
     content = _read(path)
     base = content.get("base")
     if base is None:
-        raise KondenseError(f"'{path}' is a run checkpoint, not a finished model: load the model.pt of the run's output directory")
+        raise KondenseError(
+            f"'{path}' is a run checkpoint, not a finished model: load the model.pt of the run's output directory"
+        )
     if base_model is not None:
         model = copy.deepcopy(base_model).cpu()
     elif base.get("arch"):
         model = zoo.build(base["arch"], base["num_classes"], base["in_channels"])
     else:
-        raise KondenseError(f"'{path}' was compressed from a user's own model: pass that model as base_model to rebuild it")
+        raise KondenseError(
+            f"'{path}' was compressed from a user's own model: pass that model as base_model to rebuild it"
+        )
     example = torch.zeros(1, *content["input_shape"])
     return _rebuild(model, steps_from_json(content["steps"]), content["state_dict"], example).eval()
 

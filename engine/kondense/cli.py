@@ -1,4 +1,5 @@
 """The `kondense` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,8 @@ from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES
 
 def _profile(args: argparse.Namespace) -> None:
     from kondense import data, zoo
-    from kondense.measure import profile, report
     from kondense.device import resolve
+    from kondense.measure import profile, report
     from kondense.zoo import weights
 
     bundle = None
@@ -22,7 +23,9 @@ def _profile(args: argparse.Namespace) -> None:
         bundle = data.load(args.data, input_shape=input_shape, test_samples=args.test_samples)
         input_shape = input_shape or bundle.input_shape
         if args.num_classes is not None and args.num_classes != bundle.num_classes:
-            raise KondenseError(f"--num-classes {args.num_classes} does not match the {bundle.num_classes} classes of '{args.data}'")
+            raise KondenseError(
+                f"--num-classes {args.num_classes} does not match the {bundle.num_classes} classes of '{args.data}'"
+            )
     if input_shape is None:
         raise KondenseError("give --input-shape C,H,W (or --data, to take it from the data set)")
     num_classes = args.num_classes or (bundle.num_classes if bundle else None)
@@ -37,26 +40,39 @@ def _profile(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(metrics.to_dict()))
     else:
-        report.print_table(report.metrics_table({args.arch: metrics}, title=f"{args.arch}, input {input_shape}, {num_classes} classes"))
+        report.print_table(
+            report.metrics_table({args.arch: metrics}, title=f"{args.arch}, input {input_shape}, {num_classes} classes")
+        )
 
 
 def _zoo_list(args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    from kondense.measure import report
     from kondense import zoo
+    from kondense.measure import report
     from kondense.zoo import weights
 
     cached = sorted((weights.home() / "zoo").glob("*.pt")) if (weights.home() / "zoo").exists() else []
     metas = [weights.read_meta(p) or {} for p in cached]
     if args.json:
-        print(json.dumps({"archs": zoo.list_archs(), "trained": [dict(m, path=str(p)) for p, m in zip(cached, metas)]}))
+        print(
+            json.dumps(
+                {
+                    "archs": zoo.list_archs(),
+                    "trained": [dict(m, path=str(p)) for p, m in zip(cached, metas, strict=True)],
+                }
+            )
+        )
         return
     table = Table(title=f"kondense zoo (weights under {weights.home() / 'zoo'})")
     for col in ("arch", "trained weights (dataset: test acc, epochs)"):
         table.add_column(col)
     for arch in zoo.list_archs():
-        trained = [f"{m.get('dataset')}: {m.get('test_accuracy')}%, {m.get('epochs')} ep" for m in metas if m.get("arch") == arch]
+        trained = [
+            f"{m.get('dataset')}: {m.get('test_accuracy')}%, {m.get('epochs')} ep"
+            for m in metas
+            if m.get("arch") == arch
+        ]
         table.add_row(arch, "; ".join(trained) or "-")
     report.print_table(table)
 
@@ -66,30 +82,72 @@ def _zoo_train(args: argparse.Namespace) -> None:
     from kondense.zoo.training import train_zoo
 
     build(args.arch)  # an unknown arch fails here, before any data is read
-    result = train_zoo(args.arch, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       device=args.device, precision=args.precision, train_samples=args.train_samples,
-                       val_samples=args.val_samples, test_samples=args.test_samples, out=args.out)
+    result = train_zoo(
+        args.arch,
+        args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        train_samples=args.train_samples,
+        val_samples=args.val_samples,
+        test_samples=args.test_samples,
+        out=args.out,
+    )
     if args.json:
-        print(json.dumps({"path": str(result.path), "arch": result.arch, "dataset": result.dataset, "epochs": result.epochs,
-                          "testAccuracy": result.test_accuracy, "wallSeconds": result.wall_seconds}))
+        print(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "arch": result.arch,
+                    "dataset": result.dataset,
+                    "epochs": result.epochs,
+                    "testAccuracy": result.test_accuracy,
+                    "wallSeconds": result.wall_seconds,
+                }
+            )
+        )
 
 
 def _compress(args: argparse.Namespace) -> None:
-    from kondense.measure import report
     from kondense.api import compress
+    from kondense.measure import report
     from kondense.pipeline.context import Budget
 
     if args.workers > 1 and getattr(args, "comm", None) is None:
         _compress_on_workers(args)
         return
-    budget = Budget(**{k: v for k, v in {
-        "stage1_epochs": args.stage1_epochs, "step_epochs": args.step_epochs, "max_steps": args.max_steps,
-        "scan_samples": args.scan_samples, "ratios": tuple(args.ratios) if args.ratios else None,
-        "train_samples": args.train_samples, "val_samples": args.val_samples, "test_samples": args.test_samples,
-    }.items() if v is not None})
-    result = compress(args.model, args.data, delta=args.delta, stage=args.stage, out=args.out, arch=args.arch,
-                      objective=args.objective, device=args.device, seed=args.seed, budget=budget,
-                      comm=getattr(args, "comm", None))
+    budget = Budget(
+        **{
+            k: v
+            for k, v in {
+                "stage1_epochs": args.stage1_epochs,
+                "step_epochs": args.step_epochs,
+                "max_steps": args.max_steps,
+                "scan_samples": args.scan_samples,
+                "ratios": tuple(args.ratios) if args.ratios else None,
+                "train_samples": args.train_samples,
+                "val_samples": args.val_samples,
+                "test_samples": args.test_samples,
+            }.items()
+            if v is not None
+        }
+    )
+    result = compress(
+        args.model,
+        args.data,
+        delta=args.delta,
+        stage=args.stage,
+        out=args.out,
+        arch=args.arch,
+        objective=args.objective,
+        device=args.device,
+        seed=args.seed,
+        budget=budget,
+        comm=getattr(args, "comm", None),
+    )
     if getattr(args, "comm", None) is not None and not args.comm.is_root:
         return
     if args.json:
@@ -115,8 +173,10 @@ def _compress_on_workers(args: argparse.Namespace) -> None:
             argv.append(item)
     code = launch_local(args.workers, 1, args.backend, rank_command(*argv))
     if code != 0:
-        raise KondenseError(f"the {args.workers}-process run failed (exit code {code}); the lines above name the rank; "
-                            f"run the same command again to resume from the last checkpoint")
+        raise KondenseError(
+            f"the {args.workers}-process run failed (exit code {code}); the lines above name the rank; "
+            f"run the same command again to resume from the last checkpoint"
+        )
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -135,17 +195,18 @@ def _worker(args: argparse.Namespace) -> None:
     from kondense.launch.stages import rank_command
     from kondense.launch.worker import run_worker
 
-    code = run_worker(WorkerEnv.from_env(os.environ),
-                      rank_command("job", args.job, "--stage", str(args.stage), "--pvc-root", args.pvc_root))
+    code = run_worker(
+        WorkerEnv.from_env(os.environ),
+        rank_command("job", args.job, "--stage", str(args.stage), "--pvc-root", args.pvc_root),
+    )
     if code != 0:
         sys.exit(code)
 
 
 def _job_stage(args: argparse.Namespace) -> None:
+    from kondense.distributed import SingleComm
     from kondense.job import spec
     from kondense.launch.stages import fail_message, run_stage
-
-    from kondense.distributed import SingleComm
 
     comm = getattr(args, "comm", None) or SingleComm()
     try:
@@ -164,7 +225,9 @@ def _rank(args: argparse.Namespace) -> None:
     from kondense import distributed
 
     inner = build_parser().parse_args([a for a in args.command if a != "--"])
-    inner.comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device=getattr(inner, "device", "auto"))
+    inner.comm = distributed.init(
+        os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device=getattr(inner, "device", "auto")
+    )
     try:
         inner.func(inner)
     finally:
@@ -185,7 +248,9 @@ HIDDEN_COMMANDS = ("job", "_rank")  # started by the launcher, not by users
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kondense", description="Compress trained PyTorch models within an accuracy budget.")
+    parser = argparse.ArgumentParser(
+        prog="kondense", description="Compress trained PyTorch models within an accuracy budget."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="the six metrics of a zoo model")
@@ -204,10 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--arch", help="the architecture of a plain state-dict file")
     c.add_argument("--data", required=True, help="data set name (fashion-mnist) or path (ImageFolder directory, .npz)")
     c.add_argument("--delta", type=float, required=True, help="allowed top-1 accuracy drop, percentage points")
-    c.add_argument("--stage", type=int, default=DEFAULTS["stage"], choices=[1, 2],
-                   help=f"1: exploration; 2: exploration then annealing (default {DEFAULTS['stage']})")
+    c.add_argument(
+        "--stage",
+        type=int,
+        default=DEFAULTS["stage"],
+        choices=[1, 2],
+        help=f"1: exploration; 2: exploration then annealing (default {DEFAULTS['stage']})",
+    )
     c.add_argument("--out", required=True, help="output directory; running again with it resumes a killed run")
-    c.add_argument("--objective", default=DEFAULTS["objective"], choices=OBJECTIVES, help=f"what to minimise (default {DEFAULTS['objective']})")
+    c.add_argument(
+        "--objective",
+        default=DEFAULTS["objective"],
+        choices=OBJECTIVES,
+        help=f"what to minimise (default {DEFAULTS['objective']})",
+    )
     c.add_argument("--device", default=DEFAULTS["device"], help=f"cpu, cuda or auto (default {DEFAULTS['device']})")
     c.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"(default {DEFAULTS['seed']})")
     c.add_argument("--train-samples", type=_positive, help="fine-tune on the first N training samples only")
@@ -217,11 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--step-epochs", type=float, help="fine-tuning epochs per annealing step (default 1)")
     c.add_argument("--max-steps", type=_positive, help="annealing steps at most (default 8)")
     c.add_argument("--scan-samples", type=_positive, help="validation samples of the sensitivity scan (default 2000)")
-    c.add_argument("--ratios", type=float, nargs="+", help="layer sizes tried in the stage 1 scan (default 0.75 0.5 0.25 0.125)")
+    c.add_argument(
+        "--ratios", type=float, nargs="+", help="layer sizes tried in the stage 1 scan (default 0.75 0.5 0.25 0.125)"
+    )
     c.add_argument("--workers", type=_positive, default=1, help="processes on this machine (default 1)")
-    c.add_argument("--backend", default=DEFAULTS["backend"], choices=BACKENDS,
-                   help=f"how the processes talk (default {DEFAULTS['backend']})")
-    c.add_argument("--json", action="store_true", help="print report.json instead of the table (the log goes to stderr, always)")
+    c.add_argument(
+        "--backend",
+        default=DEFAULTS["backend"],
+        choices=BACKENDS,
+        help=f"how the processes talk (default {DEFAULTS['backend']})",
+    )
+    c.add_argument(
+        "--json", action="store_true", help="print report.json instead of the table (the log goes to stderr, always)"
+    )
     c.set_defaults(func=_compress)
 
     r = sub.add_parser("run", help="run a CompressionJob manifest on this machine, stage after stage")
@@ -230,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the final status as one line of JSON")
     r.set_defaults(func=_run)
 
-    w = sub.add_parser("worker", help="a pod's entry point: this worker's ranks of one stage (reads KONDENSE_* variables)")
+    w = sub.add_parser(
+        "worker", help="a pod's entry point: this worker's ranks of one stage (reads KONDENSE_* variables)"
+    )
     w.add_argument("--job", required=True, help="the CompressionJob manifest")
     w.add_argument("--stage", type=int, required=True, choices=[1, 2])
     w.add_argument("--pvc-root", default="/mnt/pvc", help="where PersistentVolumeClaims are mounted (default /mnt/pvc)")
@@ -256,10 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--dataset", required=True, help="data set name (fashion-mnist) or path")
     zt.add_argument("--epochs", type=_positive, default=3)
     zt.add_argument("--batch-size", type=_positive, default=128)
-    zt.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 0.1; 0.05 for vgg19)")
+    zt.add_argument(
+        "--lr", type=float, help="peak learning rate of the one-cycle schedule (default 0.1; 0.05 for vgg19)"
+    )
     zt.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     zt.add_argument("--train-samples", type=_positive, help="train on the first N samples of the train split only")
-    zt.add_argument("--val-samples", type=_positive, help="validate on the first N samples of the validation split only")
+    zt.add_argument(
+        "--val-samples", type=_positive, help="validate on the first N samples of the validation split only"
+    )
     zt.add_argument("--test-samples", type=_positive, help="report accuracy on the first N test samples only")
     zt.add_argument("--out", help="write the weights here instead of the zoo cache ($KONDENSE_HOME/zoo)")
     zt.add_argument("--device", default=DEFAULTS["device"], help=f"cpu, cuda or auto (default {DEFAULTS['device']})")

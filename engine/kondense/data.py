@@ -5,6 +5,7 @@ ImageFolder layout, or an `.npz` file with arrays `x` and `y`. The validation sp
 carved from the training data with a seeded permutation, so every run and every process
 sees the same split; the test split is only ever used to report.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -41,11 +42,19 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, int, int]  # C, H, W as the model sees it
 
-    def loaders(self, batch_size: int = 128, seed: int = 0, eval_batch_size: int = 256) -> tuple[DataLoader, DataLoader, DataLoader]:
+    def loaders(
+        self, batch_size: int = 128, seed: int = 0, eval_batch_size: int = 256
+    ) -> tuple[DataLoader, DataLoader, DataLoader]:
         """Train (shuffled with a seeded generator), validation and test loaders."""
         generator = torch.Generator().manual_seed(seed)
         return (
-            DataLoader(self.train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=len(self.train) > batch_size),
+            DataLoader(
+                self.train,
+                batch_size=batch_size,
+                shuffle=True,
+                generator=generator,
+                drop_last=len(self.train) > batch_size,
+            ),
             DataLoader(self.val, batch_size=eval_batch_size),
             DataLoader(self.test, batch_size=eval_batch_size),
         )
@@ -96,7 +105,9 @@ def load(
         elif path.suffix == ".npz":
             train_all, test, num_classes, shape = _npz(path, seed)
         else:
-            raise KondenseError(f"data file '{source}' has an unknown format: expected an .npz file or an ImageFolder directory")
+            raise KondenseError(
+                f"data file '{source}' has an unknown format: expected an .npz file or an ImageFolder directory"
+            )
 
     if input_shape is not None:
         if input_shape[0] != shape[0]:
@@ -133,7 +144,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -173,7 +184,9 @@ def _carve_test(x: torch.Tensor, y: torch.Tensor, seed: int, fraction: float = 0
 def _npz(path: Path, seed: int):
     with np.load(path, allow_pickle=False) as arrays:
         if "x" not in arrays or "y" not in arrays:
-            raise KondenseError(f"{path} holds arrays {sorted(arrays.files)}; expected at least 'x' (images) and 'y' (labels)")
+            raise KondenseError(
+                f"{path} holds arrays {sorted(arrays.files)}; expected at least 'x' (images) and 'y' (labels)"
+            )
         x, y = _to_nchw(arrays["x"], path), torch.from_numpy(arrays["y"].astype(np.int64)).view(-1)
         if "x_test" in arrays and "y_test" in arrays:
             train = (x, y)
@@ -196,12 +209,16 @@ def _image_folder(path: Path, seed: int):
     try:
         probe = datasets.ImageFolder(str(split_dirs[0] if has_splits else path))
     except (FileNotFoundError, RuntimeError) as e:
-        raise KondenseError(f"{path} is not an ImageFolder directory (one sub-directory of images per class, optionally under train/ and test/): {e}") from None
+        raise KondenseError(
+            f"{path} is not an ImageFolder directory (one sub-directory of images per class, optionally under train/ and test/): {e}"
+        ) from None
     # every image becomes the first image's mode and size, so batches stack
     first = probe[0][0]
     mode = "L" if first.mode in ("L", "1", "I", "I;16") else "RGB"
     height_width = (first.size[1], first.size[0])
-    to_tensor = transforms.Compose([transforms.Lambda(lambda im: im.convert(mode)), transforms.Resize(height_width), transforms.ToTensor()])
+    to_tensor = transforms.Compose(
+        [transforms.Lambda(lambda im: im.convert(mode)), transforms.Resize(height_width), transforms.ToTensor()]
+    )
     picks = torch.randperm(len(probe), generator=torch.Generator().manual_seed(seed))[:256].tolist()
     sample = torch.stack([to_tensor(probe[i][0]) for i in picks])
     mean, std = sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()

@@ -1,8 +1,9 @@
 """Where, in which precision and in which mode (train/eval) a model runs: one place decides for the whole engine."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -1,11 +1,13 @@
 """Atomic writes: an output is either complete or absent, never half-written."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

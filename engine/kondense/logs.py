@@ -5,6 +5,7 @@ print. The entry point (`kondense` command, a rank process, a test) calls `setup
 run of several ranks only rank 0 speaks at INFO and below, so that N processes do not print
 every line N times; warnings and errors of any rank get through, marked with the rank.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ is not a terminal, a line is logged at most every `every_s` seconds:
 `stage 1 fine-tune: 120/626 batches (19%), loss 0.412, ETA 3m10s`. Other ranks than 0 stay
 quiet through the rank filter of kondense.logs, as every other INFO line does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,11 @@ class Progress:
         self.began = self.last = time.monotonic()
         # a bar bypasses logging, and so its rank filter: only rank 0 draws one
         tty = sys.stderr.isatty() and logger.isEnabledFor(logging.INFO) and env_rank() == 0
-        self.bar = tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr) if tty else None
+        self.bar = (
+            tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
+            if tty
+            else None
+        )
 
     def update(self, n: int = 1, **postfix: float | str) -> None:
         self.done += n
@@ -54,14 +59,16 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         extra = f", {self.postfix}" if self.postfix else ""
         plural = self.unit + ("es" if self.unit.endswith(("ch", "sh", "s", "x")) else "s")
-        logger.info(f"  {self.description}: {self.done}/{self.total} {plural} ({100 * self.done / max(self.total, 1):.0f}%)"
-                    f"{extra}, ETA {_clock(eta)}")
+        logger.info(
+            f"  {self.description}: {self.done}/{self.total} {plural} ({100 * self.done / max(self.total, 1):.0f}%)"
+            f"{extra}, ETA {_clock(eta)}"
+        )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,7 +1,8 @@
 """Training loops shared by the zoo and the compression stages."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,8 +24,12 @@ def augment(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
     dx = torch.randint(0, 2 * pad + 1, (n,))
     rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
     cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
-    out = padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1),
-                 rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    out = padded[
+        torch.arange(n, device=x.device).view(n, 1, 1, 1),
+        torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1),
+        rows.view(n, 1, h, 1),
+        cols.view(n, 1, 1, w),
+    ]
     flip = (torch.rand(n, device=x.device) < 0.5).view(n, 1, 1, 1)
     return torch.where(flip, out.flip(3), out)
 
@@ -88,5 +93,5 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, samples: int = 1
                 if seen >= samples:
                     break
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

@@ -5,6 +5,7 @@ its builders apart from its controller), so the reconcile loop and the tests sha
 Names are deterministic (derived from the CompressionJob's name and the stage): that is how a
 restarted operator finds what it created before, and why creating twice is harmless.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ import hashlib
 import re
 
 import yaml
+
 from kondense.job import spec as spec_mod
 from kondense.job.worker_env import WorkerEnv
 
@@ -50,7 +52,7 @@ def base_name(name: str) -> str:
     s = name.replace(".", "-")
     if not s[0].isalpha():
         s = "cj-" + s
-    s = s[:_BASE_MAX - 7].rstrip("-")
+    s = s[: _BASE_MAX - 7].rstrip("-")
     return f"{s}-{_hash(name)}"
 
 
@@ -69,21 +71,36 @@ def selector(name: str, stage: int) -> dict[str, str]:
 
 
 def labels(name: str, stage: int) -> dict[str, str]:
-    return {LABEL_NAME: "kondense", LABEL_COMPONENT: "worker", LABEL_MANAGED_BY: "kondense-operator",
-            **selector(name, stage)}
+    return {
+        LABEL_NAME: "kondense",
+        LABEL_COMPONENT: "worker",
+        LABEL_MANAGED_BY: "kondense-operator",
+        **selector(name, stage),
+    }
 
 
 def owner_reference(body: dict) -> dict:
     """Makes the CompressionJob the controller of a child: deleting it deletes the child."""
     meta = body["metadata"]
-    return {"apiVersion": body.get("apiVersion", spec_mod.API_VERSION), "kind": body.get("kind", spec_mod.KIND),
-            "name": meta["name"], "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": body.get("apiVersion", spec_mod.API_VERSION),
+        "kind": body.get("kind", spec_mod.KIND),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _metadata(body: dict, stage: int) -> dict:
     meta = body["metadata"]
-    return {"name": child_name(meta["name"], stage), "namespace": meta["namespace"], "labels": labels(meta["name"], stage),
-            "annotations": {"kondense.dev/compressionjob": meta["name"]}, "ownerReferences": [owner_reference(body)]}
+    return {
+        "name": child_name(meta["name"], stage),
+        "namespace": meta["namespace"],
+        "labels": labels(meta["name"], stage),
+        "annotations": {"kondense.dev/compressionjob": meta["name"]},
+        "ownerReferences": [owner_reference(body)],
+    }
 
 
 def coordinator(name: str, stage: int) -> str:
@@ -93,10 +110,17 @@ def coordinator(name: str, stage: int) -> str:
 
 def build_service(body: dict, stage: int, cfg: WorkerConfig) -> dict:
     """Headless, publishing not-ready pods too: the ranks must find each other while starting."""
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(body, stage),
-            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                     "selector": selector(body["metadata"]["name"], stage),
-                     "ports": [{"name": "rendezvous", "port": cfg.port, "targetPort": cfg.port, "protocol": "TCP"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(body, stage),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector(body["metadata"]["name"], stage),
+            "ports": [{"name": "rendezvous", "port": cfg.port, "targetPort": cfg.port, "protocol": "TCP"}],
+        },
+    }
 
 
 def build_configmap(body: dict, job: spec_mod.CompressionJob, stage: int) -> dict:
@@ -107,8 +131,10 @@ def build_configmap(body: dict, job: spec_mod.CompressionJob, stage: int) -> dic
 
 def _resources(job: spec_mod.CompressionJob, cfg: WorkerConfig) -> dict:
     """The admin's defaults, the job's own requests/limits over them, and one GPU per slot for cuda."""
-    out: dict = {"requests": dict((cfg.resources or {}).get("requests") or {}),
-                 "limits": dict((cfg.resources or {}).get("limits") or {})}
+    out: dict = {
+        "requests": dict((cfg.resources or {}).get("requests") or {}),
+        "limits": dict((cfg.resources or {}).get("limits") or {}),
+    }
     for key in ("requests", "limits"):
         out[key].update((job.spec.resources or {}).get(key) or {})
     if job.spec.device == "cuda":
@@ -122,24 +148,36 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
     s = job.spec
     name = child_name(job.name, stage)
     # index=None: the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
-    contract = WorkerEnv(index=None, workers=s.workers, slots=s.slots_per_worker, coordinator=coordinator(job.name, stage),
-                         port=cfg.port, backend=s.backend).to_env()
-    env = [{"name": k, "value": v} for k, v in {
-        **contract,
-        "KONDENSE_HOME": KONDENSE_HOME,
-        "HOME": "/tmp",  # the root file system is read-only
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }.items()]
-    mounts = [{"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
-              {"name": "tmp", "mountPath": "/tmp"},
-              {"name": "dshm", "mountPath": "/dev/shm"},
-              {"name": "home", "mountPath": KONDENSE_HOME}]
+    contract = WorkerEnv(
+        index=None,
+        workers=s.workers,
+        slots=s.slots_per_worker,
+        coordinator=coordinator(job.name, stage),
+        port=cfg.port,
+        backend=s.backend,
+    ).to_env()
+    env = [
+        {"name": k, "value": v}
+        for k, v in {
+            **contract,
+            "KONDENSE_HOME": KONDENSE_HOME,
+            "HOME": "/tmp",  # the root file system is read-only
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }.items()
+    ]
+    mounts = [
+        {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "home", "mountPath": KONDENSE_HOME},
+    ]
     volumes: list[dict] = [
         {"name": "job", "configMap": {"name": name, "items": [{"key": "job.yaml", "path": "job.yaml"}]}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # gloo / NCCL / data loaders use shared memory
-        {"name": "home", "persistentVolumeClaim": {"claimName": cfg.zoo_cache_claim}} if cfg.zoo_cache_claim
+        {"name": "home", "persistentVolumeClaim": {"claimName": cfg.zoo_cache_claim}}
+        if cfg.zoo_cache_claim
         else {"name": "home", "emptyDir": {}},
     ]
     for i, claim in enumerate(spec_mod.claims(s)):
@@ -157,8 +195,12 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         # rank 0 leaves its stage summary here; if a pod dies before writing it, the log's tail
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
     resources = _resources(job, cfg)
     if resources:
@@ -174,8 +216,13 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         "subdomain": name,  # with the headless Service: pods resolve as <job>-<index>.<service>
         "automountServiceAccountToken": False,  # pods report through the termination message, not the API
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": volumes,
     }
@@ -188,15 +235,19 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
 
     meta = _metadata(body, stage)
     return {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
         "spec": {
             "completionMode": "Indexed",
             "completions": s.workers,
             "parallelism": s.workers,
             "backoffLimit": cfg.backoff_limit,
             "suspend": s.suspend,
-            "template": {"metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
-                         "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
+                "spec": pod_spec,
+            },
         },
     }
 

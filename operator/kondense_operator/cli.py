@@ -8,6 +8,7 @@ Environment alternatives: KONDENSE_WATCH_NAMESPACES (comma-separated), KONDENSE_
 KONDENSE_WORKER_IMAGE; flags win. kopf runs standalone (no peering objects) with CRD and
 namespace scanning off, so the operator needs only the rights listed in rbac.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,26 +16,56 @@ import logging
 import os
 import sys
 
-from .config import (DEFAULT_HEALTH_PORT, DEFAULT_METRICS_PORT, KEYS, ConfigError, OperatorConfig, WorkerConfig,
-                     load_worker_config, namespaces_from_env)
+from .config import (
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_METRICS_PORT,
+    KEYS,
+    ConfigError,
+    OperatorConfig,
+    WorkerConfig,
+    load_worker_config,
+    namespaces_from_env,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kondense-operator",
-                                description="Runs kondense CompressionJobs as Indexed Jobs of `kondense worker` pods.")
+    p = argparse.ArgumentParser(
+        prog="kondense-operator", description="Runs kondense CompressionJobs as Indexed Jobs of `kondense worker` pods."
+    )
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
-                       help="watch this namespace (repeatable); default: all (or $KONDENSE_WATCH_NAMESPACES)")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable); default: all (or $KONDENSE_WATCH_NAMESPACES)",
+    )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    p.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
-                   help=f"Prometheus /metrics port; 0 = off (default {DEFAULT_METRICS_PORT})")
-    p.add_argument("--health-port", type=_port, default=DEFAULT_HEALTH_PORT,
-                   help=f"liveness endpoint http://0.0.0.0:PORT/healthz; 0 = off (default {DEFAULT_HEALTH_PORT})")
-    p.add_argument("--worker-config", default=os.environ.get("KONDENSE_WORKER_CONFIG") or None, metavar="PATH",
-                   help=f"YAML with the worker pods' {', '.join(KEYS)} (default $KONDENSE_WORKER_CONFIG)")
-    p.add_argument("--worker-image", default=os.environ.get("KONDENSE_WORKER_IMAGE") or None, metavar="IMAGE",
-                   help="the worker image, over the config's "
-                        f"(default $KONDENSE_WORKER_IMAGE, else {WorkerConfig().image})")
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=DEFAULT_METRICS_PORT,
+        help=f"Prometheus /metrics port; 0 = off (default {DEFAULT_METRICS_PORT})",
+    )
+    p.add_argument(
+        "--health-port",
+        type=_port,
+        default=DEFAULT_HEALTH_PORT,
+        help=f"liveness endpoint http://0.0.0.0:PORT/healthz; 0 = off (default {DEFAULT_HEALTH_PORT})",
+    )
+    p.add_argument(
+        "--worker-config",
+        default=os.environ.get("KONDENSE_WORKER_CONFIG") or None,
+        metavar="PATH",
+        help=f"YAML with the worker pods' {', '.join(KEYS)} (default $KONDENSE_WORKER_CONFIG)",
+    )
+    p.add_argument(
+        "--worker-image",
+        default=os.environ.get("KONDENSE_WORKER_IMAGE") or None,
+        metavar="IMAGE",
+        help=f"the worker image, over the config's (default $KONDENSE_WORKER_IMAGE, else {WorkerConfig().image})",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -58,14 +89,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argpars
         worker = load_worker_config(args.worker_config, args.worker_image)
     except ConfigError as e:
         parser.exit(2, f"kondense-operator: {e}\n")
-    return OperatorConfig(namespaces=namespaces, metrics_port=args.metrics_port, health_port=args.health_port,
-                          worker=worker), args
+    return OperatorConfig(
+        namespaces=namespaces, metrics_port=args.metrics_port, health_port=args.health_port, worker=worker
+    ), args
 
 
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_config(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     import kopf
 
@@ -74,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     metrics.serve(config.metrics_port)
     memo = kopf.Memo(config=config)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
-    kopf.run(standalone=True, clusterwide=config.clusterwide, namespaces=list(config.namespaces),
-             liveness_endpoint=liveness, memo=memo)
+    kopf.run(
+        standalone=True,
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=liveness,
+        memo=memo,
+    )
 
 
 if __name__ == "__main__":

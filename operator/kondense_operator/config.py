@@ -7,6 +7,7 @@ worker-config.schema.json, next to this file, declares it once: its keys, their 
 defaults. The Helm chart's values.schema.json copies its definitions (scripts/sync-values-schema.py).
 Unknown keys are errors, so a typo in the Helm values fails the operator at start, loudly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -105,8 +106,14 @@ def _check(data: Any, where: str) -> None:
         raise ConfigError(f"{where}: " + "; ".join(_explain(e) for e in errors))
 
 
-_TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "object": "a mapping",
-               "array": "a list", "boolean": "true or false"}
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "object": "a mapping",
+    "array": "a list",
+    "boolean": "true or false",
+}
 
 
 def _explain(error: jsonschema.ValidationError) -> str:
@@ -117,8 +124,11 @@ def _explain(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         known = list(schema.get("properties", {}))
         where = f"{path}: " if path else ""
-        return "; ".join(f"{where}unknown key {k!r}{_did_you_mean(k, known)}; known: {', '.join(known)}"
-                         for k in value if k not in known)
+        return "; ".join(
+            f"{where}unknown key {k!r}{_did_you_mean(k, known)}; known: {', '.join(known)}"
+            for k in value
+            if k not in known
+        )
     if not path and error.validator == "type":
         return f"must be a mapping of {', '.join(KEYS)}, got {value!r}"
     if "description" in schema:
@@ -141,7 +151,7 @@ def _did_you_mean(word: Any, choices: list) -> str:
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    namespaces: tuple[str, ...] = ()   # empty: all namespaces
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
     metrics_port: int = DEFAULT_METRICS_PORT
     health_port: int = DEFAULT_HEALTH_PORT
     worker: WorkerConfig = field(default_factory=WorkerConfig)

@@ -9,6 +9,7 @@ CompressionJob; what to do is reconcile.reconcile's one level-triggered pass.
 Handlers are sync (run in kopf's thread pool) because the kubernetes client is; no handler
 needs a finalizer (no on.delete, no timers or daemons), so deleting never waits on the operator.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,12 +45,16 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
     # kopf's bookkeeping in annotations, never in the status (whose schema is the user's view)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kondense.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kondense.dev", key="last-handled-configuration")
+        prefix="kondense.dev", key="last-handled-configuration"
+    )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300  # re-list now and then: a missed event is caught up
     memo.context = Context(kube=kube_mod.Kube(kube_mod.load_config()), worker=cfg.worker, event=_post_event)
-    logger.info("kondense operator: worker image %s, %s", cfg.worker.image,
-                "all namespaces" if cfg.clusterwide else "namespaces " + ", ".join(cfg.namespaces))
+    logger.info(
+        "kondense operator: worker image %s, %s",
+        cfg.worker.image,
+        "all namespaces" if cfg.clusterwide else "namespaces " + ", ".join(cfg.namespaces),
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=5)

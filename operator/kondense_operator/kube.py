@@ -5,6 +5,7 @@ incompletely filled in (e.g. an owner reference without uid), and its generated 
 methods pick JSON Patch for a dict body; so requests go through its ApiClient (which
 brings kubeconfig / in-cluster authentication) but bodies stay raw JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,15 +49,17 @@ class Kube:
     def __init__(self, api_client: k8s.ApiClient):
         self.api = api_client
 
-    def request(self, method: str, path: str, body: Any = None, content_type: str | None = None,
-                query: dict | None = None) -> dict:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str | None = None, query: dict | None = None
+    ) -> dict:
         if query:
             path = f"{path}?{urlencode(query)}"
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        _, url, headers, body, _ = self.api.param_serialize(method, path, header_params=headers, body=body,
-                                                            auth_settings=["BearerToken"])
+        _, url, headers, body, _ = self.api.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
         response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
         data = response.read()
         text = data.decode() if isinstance(data, bytes) else (data or "")
@@ -80,10 +83,12 @@ class Kube:
 
     @staticmethod
     def child_path(kind: str, namespace: str, name: str = "") -> str:
-        base = {"Job": f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs",
-                "Service": f"/api/v1/namespaces/{quote(namespace)}/services",
-                "ConfigMap": f"/api/v1/namespaces/{quote(namespace)}/configmaps",
-                "Pod": f"/api/v1/namespaces/{quote(namespace)}/pods"}[kind]
+        base = {
+            "Job": f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs",
+            "Service": f"/api/v1/namespaces/{quote(namespace)}/services",
+            "ConfigMap": f"/api/v1/namespaces/{quote(namespace)}/configmaps",
+            "Pod": f"/api/v1/namespaces/{quote(namespace)}/pods",
+        }[kind]
         return f"{base}/{quote(name)}" if name else base
 
     def create_or_get(self, obj: dict) -> tuple[dict, bool]:
@@ -114,11 +119,16 @@ class Kube:
             raise
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> dict:
-        return self.request("PATCH", self.child_path("Job", namespace, name), {"spec": {"suspend": suspend}}, MERGE_PATCH)
+        return self.request(
+            "PATCH", self.child_path("Job", namespace, name), {"spec": {"suspend": suspend}}, MERGE_PATCH
+        )
 
     def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
         items = self.request("GET", self.child_path("Pod", namespace), query=query).get("items") or []
         # filtered here as well: a server (or emulator) that ignores labelSelector must not mix jobs up
-        return [p for p in items if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v
-                                        for k, v in selector.items())]
+        return [
+            p
+            for p in items
+            if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in selector.items())
+        ]

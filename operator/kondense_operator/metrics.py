@@ -2,6 +2,7 @@
 
 Labels stay low-cardinality: no job names, only reasons, stages, backends and phases.
 """
+
 from __future__ import annotations
 
 import threading
@@ -11,17 +12,36 @@ from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-JOBS_CREATED = Counter("kondense_jobs_created_total", "CompressionJobs accepted (status initialised)", registry=REGISTRY)
-JOBS_SUCCEEDED = Counter("kondense_jobs_succeeded_total", "CompressionJobs that reached phase Succeeded", registry=REGISTRY)
-JOBS_FAILED = Counter("kondense_jobs_failed_total", "CompressionJobs that reached phase Failed, by reason",
-                      ["reason"], registry=REGISTRY)
-STAGE_DURATION = Histogram("kondense_stage_duration_seconds", "Wall time of a succeeded stage's Job", ["stage"],
-                           buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400, float("inf")),
-                           registry=REGISTRY)
+JOBS_CREATED = Counter(
+    "kondense_jobs_created_total", "CompressionJobs accepted (status initialised)", registry=REGISTRY
+)
+JOBS_SUCCEEDED = Counter(
+    "kondense_jobs_succeeded_total", "CompressionJobs that reached phase Succeeded", registry=REGISTRY
+)
+JOBS_FAILED = Counter(
+    "kondense_jobs_failed_total", "CompressionJobs that reached phase Failed, by reason", ["reason"], registry=REGISTRY
+)
+STAGE_DURATION = Histogram(
+    "kondense_stage_duration_seconds",
+    "Wall time of a succeeded stage's Job",
+    ["stage"],
+    buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400, float("inf")),
+    registry=REGISTRY,
+)
 
 # Known failure reasons; anything else is counted as "Other" to keep the label set bounded.
-FAILURE_REASONS = ("InvalidSpec", "WorkerError", "OOMKilled", "ImagePullBackOff", "CreateContainerConfigError",
-                   "CreateContainerError", "BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy", "JobFailed")
+FAILURE_REASONS = (
+    "InvalidSpec",
+    "WorkerError",
+    "OOMKilled",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "BackoffLimitExceeded",
+    "DeadlineExceeded",
+    "PodFailurePolicy",
+    "JobFailed",
+)
 
 
 def failed(reason: str) -> None:
@@ -46,8 +66,11 @@ class _JobInfo:
             self._jobs.pop(uid, None)
 
     def collect(self):
-        family = GaugeMetricFamily("kondense_job_info", "CompressionJobs by backend, current stage and phase",
-                                   labels=["backend", "stage", "phase"])
+        family = GaugeMetricFamily(
+            "kondense_job_info",
+            "CompressionJobs by backend, current stage and phase",
+            labels=["backend", "stage", "phase"],
+        )
         counts: dict[tuple[str, str, str], int] = {}
         with self._lock:
             for key in self._jobs.values():

@@ -14,6 +14,7 @@ this list complete and minimal):
   stage children (Services, ConfigMaps, Jobs) and patches Jobs (spec.suspend); lists and watches
   Jobs and Pods (read only) to follow the stages.
 """
+
 from __future__ import annotations
 
 NAMESPACED_RULES: list[dict] = [

@@ -6,12 +6,13 @@ the status says which stage is current, the children are found by their determin
 rank 0's termination message says how a stage ended. Nothing lives only in this process, so a
 restarted operator picks up where the last one stopped without creating anything twice.
 """
+
 from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from kondense.job import spec as spec_mod
 from kondense.job.spec import parse_for_kubernetes  # re-exported: the operator's validation lives there
@@ -60,8 +61,12 @@ def reconcile(ctx: Context, namespace: str, name: str) -> dict | None:
                     patch[key] = None
             ctx.kube.patch_cj_status(namespace, name, patch)
         backend = str((body.get("spec") or {}).get("backend") or spec_mod.DEFAULTS["backend"])
-        metrics.JOB_INFO.set(body["metadata"].get("uid") or f"{namespace}/{name}", backend, int(new.get("stage") or 0),
-                             str(new.get("phase") or st.PENDING))
+        metrics.JOB_INFO.set(
+            body["metadata"].get("uid") or f"{namespace}/{name}",
+            backend,
+            int(new.get("stage") or 0),
+            str(new.get("phase") or st.PENDING),
+        )
         return new
 
 
@@ -134,11 +139,20 @@ def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, sta
         obj, created = ctx.kube.create_or_get(child)
         owners = [o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")]
         if not created and uid not in owners:
-            ctx.event(body, "Warning", "NameTaken", f"{child['kind']} {child['metadata']['name']} exists and belongs to "
-                                                     "someone else; waiting for it to go")
+            ctx.event(
+                body,
+                "Warning",
+                "NameTaken",
+                f"{child['kind']} {child['metadata']['name']} exists and belongs to someone else; waiting for it to go",
+            )
             return None
         if created:
-            ctx.event(body, "Normal", f"{child['kind']}Created", f"stage {stage}: created {child['kind']} {child['metadata']['name']}")
+            ctx.event(
+                body,
+                "Normal",
+                f"{child['kind']}Created",
+                f"stage {stage}: created {child['kind']} {child['metadata']['name']}",
+            )
         if child["kind"] == "Job":
             k8s_job = obj
     return k8s_job
@@ -150,8 +164,15 @@ def _set_suspend(ctx: Context, k8s_job: dict, suspend: bool) -> None:
     k8s_job.setdefault("spec", {})["suspend"] = suspend
 
 
-def _running(ctx: Context, body: dict, status: dict, job: spec_mod.CompressionJob, stage: int,
-             outcome: st.StageOutcome, generation: int) -> dict:
+def _running(
+    ctx: Context,
+    body: dict,
+    status: dict,
+    job: spec_mod.CompressionJob,
+    stage: int,
+    outcome: st.StageOutcome,
+    generation: int,
+) -> dict:
     """Suspended, running or still pending: the phase, its condition, an Event when the phase changes."""
     before = status.get("phase")
     conds = status.get("conditions") or []
@@ -160,7 +181,9 @@ def _running(ctx: Context, body: dict, status: dict, job: spec_mod.CompressionJo
         conds = st.set_condition(conds, "Suspended", True, "Suspended", message, generation)
         if st.condition(conds, "Running"):
             conds = st.set_condition(conds, "Running", False, "Suspended", message, generation)
-        status.update(phase=st.SUSPENDED, stage=stage, reason=f"Stage{stage}Suspended", message=message, conditions=conds)
+        status.update(
+            phase=st.SUSPENDED, stage=stage, reason=f"Stage{stage}Suspended", message=message, conditions=conds
+        )
     else:
         if st.condition(conds, "Suspended"):
             conds = st.set_condition(conds, "Suspended", False, "Resumed", "spec.suspend is false", generation)
@@ -169,8 +192,12 @@ def _running(ctx: Context, body: dict, status: dict, job: spec_mod.CompressionJo
         if outcome.state == "running" or stage > 1 or before in (st.RUNNING, st.SUSPENDED):
             status = st.running(status, stage, job.spec, generation)
         else:
-            status.update(phase=st.PENDING, stage=stage, reason=f"Stage{stage}Pending",
-                          message=f"stage {stage}: waiting for {job.spec.workers} worker pod(s) to start")
+            status.update(
+                phase=st.PENDING,
+                stage=stage,
+                reason=f"Stage{stage}Pending",
+                message=f"stage {stage}: waiting for {job.spec.workers} worker pod(s) to start",
+            )
     if status["phase"] != before:
         ctx.event(body, "Normal", status["phase"], status["message"])
     return status

@@ -5,12 +5,28 @@ is kondense.job.status, shared with `kondense run`; it is imported here so that 
 loop reads one module. Everything here is pure (dicts in, dicts out), so the rules are tested
 without an API server.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kondense.job.status import (PENDING, RUNNING, SUSPENDED, TERMINAL, accepted, apply_summary, condition, failed, now,
-                                 parse_summary, parse_time, running, set_condition, stage_message, succeeded)
+from kondense.job.status import (
+    PENDING,
+    RUNNING,
+    SUSPENDED,
+    TERMINAL,
+    accepted,
+    apply_summary,
+    condition,
+    failed,
+    now,
+    parse_summary,
+    parse_time,
+    running,
+    set_condition,
+    stage_message,
+    succeeded,
+)
 
 from .children import CONTAINER, INDEX_ANNOTATION, INDEX_LABEL
 
@@ -24,10 +40,10 @@ NEVER_STARTS = ("ImagePullBackOff",) + CONFIG_REASONS  # the reasons failure() g
 class StageOutcome:
     """What one stage's Job and pods add up to."""
 
-    state: str                 # pending | running | succeeded | failed
+    state: str  # pending | running | succeeded | failed
     reason: str = ""
     message: str = ""
-    summary: dict = field(default_factory=dict)   # rank 0's termination message, parsed
+    summary: dict = field(default_factory=dict)  # rank 0's termination message, parsed
     duration_s: float | None = None
 
 
@@ -85,6 +101,8 @@ def rank0_summary(pods: list[dict]) -> dict | None:
         if summary is not None and "error" not in summary:
             return summary
     return None
+
+
 def failure(job: dict, pods: list[dict]) -> tuple[str, str] | None:
     """(reason, message) if the stage failed or cannot start; the most actionable reason wins:
     a worker's own error, then OOMKilled, then the pod that cannot start, then the Job's reason."""
@@ -99,16 +117,20 @@ def failure(job: dict, pods: list[dict]) -> tuple[str, str] | None:
     for pod in pods:
         for t in _terminations(pod):
             if t.get("reason") == "OOMKilled":
-                return "OOMKilled", (f"worker {pod_index(pod)} (pod {pod['metadata'].get('name')}) ran out of memory: "
-                                     "raise spec.resources.limits.memory or lower the batch/sample budget")
+                return "OOMKilled", (
+                    f"worker {pod_index(pod)} (pod {pod['metadata'].get('name')}) ran out of memory: "
+                    "raise spec.resources.limits.memory or lower the batch/sample budget"
+                )
     # 3. a pod that can never start as specified; a Job would wait for it forever
     for pod in pods:
         for cs in _container_statuses(pod):
             w = (cs.get("state") or {}).get("waiting") or {}
             if w.get("reason") in IMAGE_REASONS + CONFIG_REASONS:
                 reason = "ImagePullBackOff" if w["reason"] in IMAGE_REASONS else w["reason"]
-                return reason, (f"worker {pod_index(pod)} (pod {pod['metadata'].get('name')}) cannot start: "
-                                f"{w['reason']}: {w.get('message') or 'check the image and imagePullSecrets'}")
+                return reason, (
+                    f"worker {pod_index(pod)} (pod {pod['metadata'].get('name')}) cannot start: "
+                    f"{w['reason']}: {w.get('message') or 'check the image and imagePullSecrets'}"
+                )
     if job_failed is None:
         return None
     # 4. the Job gave up; with the log tail of a failed worker if there is one
@@ -135,8 +157,13 @@ def observe_stage(job: dict, pods: list[dict]) -> StageOutcome:
         duration = (end - start).total_seconds() if start and end else None
         summary = rank0_summary(pods)
         if summary is None:
-            return StageOutcome("succeeded", "NoSummary", "the stage succeeded, but worker 0's termination message "
-                                "held no summary; metrics for it are missing", {}, duration)
+            return StageOutcome(
+                "succeeded",
+                "NoSummary",
+                "the stage succeeded, but worker 0's termination message held no summary; metrics for it are missing",
+                {},
+                duration,
+            )
         return StageOutcome("succeeded", "StageSucceeded", "", summary, duration)
     if (st.get("active") or 0) > 0 or (st.get("ready") or 0) > 0 or st.get("succeeded"):
         return StageOutcome("running")
@@ -144,6 +171,26 @@ def observe_stage(job: dict, pods: list[dict]) -> StageOutcome:
 
 
 # with the shared names of kondense.job.status, so that the reconcile loop reads one module
-__all__ = ["PENDING", "RUNNING", "SUSPENDED", "TERMINAL", "accepted", "apply_summary", "condition", "failed", "now",
-           "parse_time", "running", "set_condition", "stage_message", "succeeded",
-           "NEVER_STARTS", "StageOutcome", "failure", "observe_stage", "pod_index", "rank0_summary", "termination_message"]
+__all__ = [
+    "PENDING",
+    "RUNNING",
+    "SUSPENDED",
+    "TERMINAL",
+    "accepted",
+    "apply_summary",
+    "condition",
+    "failed",
+    "now",
+    "parse_time",
+    "running",
+    "set_condition",
+    "stage_message",
+    "succeeded",
+    "NEVER_STARTS",
+    "StageOutcome",
+    "failure",
+    "observe_stage",
+    "pod_index",
+    "rank0_summary",
+    "termination_message",
+]

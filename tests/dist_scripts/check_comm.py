@@ -5,6 +5,7 @@ OUT_DIR/rank<R>.json, for the test to compare across ranks.
     --fail-rank R: rank R exits 3 mid-run while the others wait in a collective (--sleep: in time.sleep)
 Each rank first writes its pid to OUT_DIR/pid<R>, for tests that signal or look for it.
 """
+
 import json
 import os
 import sys
@@ -23,9 +24,15 @@ torch.set_num_threads(1)
 comm = distributed.init(backend, device="cpu")
 with open(os.path.join(out_dir, f"pid{comm.rank}"), "w") as f:
     f.write(str(os.getpid()))
-result = {"rank": comm.rank, "size": comm.size, "local_rank": comm.local_rank, "backend": comm.backend,
-          "is_root": comm.is_root, "device": str(comm.device("cpu")),
-          "env_local_world_size": os.environ.get("LOCAL_WORLD_SIZE")}
+result = {
+    "rank": comm.rank,
+    "size": comm.size,
+    "local_rank": comm.local_rank,
+    "backend": comm.backend,
+    "is_root": comm.is_root,
+    "device": str(comm.device("cpu")),
+    "env_local_world_size": os.environ.get("LOCAL_WORLD_SIZE"),
+}
 
 if fail_rank is not None:
     if comm.rank == fail_rank:
@@ -60,11 +67,11 @@ model = nn.Linear(4, 2)
 comm.broadcast_module(model)
 reference.load_state_dict(model.state_dict())
 mine = comm.shard(data, even=True)
-x, y = (torch.stack(t) for t in zip(*[mine[i] for i in range(len(mine))]))
+x, y = (torch.stack(t) for t in zip(*[mine[i] for i in range(len(mine))], strict=True))
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
 loss_fn = nn.MSELoss()
-for step in range(3):  # explicit average_gradients
+for _ in range(3):  # explicit average_gradients
     opt.zero_grad()
     loss_fn(model(x), y).backward()
     comm.average_gradients(model)
@@ -75,7 +82,7 @@ for step in range(3):  # explicit average_gradients
 result["params_avg"] = [p.tolist() for p in model.parameters()]
 opt = comm.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model)
 ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
-for step in range(3):  # wrapped optimizer: step() averages
+for _ in range(3):  # wrapped optimizer: step() averages
     opt.zero_grad()
     loss_fn(model(x), y).backward()
     opt.step()
@@ -83,7 +90,10 @@ for step in range(3):  # wrapped optimizer: step() averages
     loss_fn(reference(data.tensors[0]), data.tensors[1]).backward()
     ref_opt.step()
 result["params_wrapped"] = [p.tolist() for p in model.parameters()]
-result["max_diff_to_full_batch"] = max(float((p - q).abs().max()) for p, q in zip(model.state_dict().values(), reference.state_dict().values()))
+result["max_diff_to_full_batch"] = max(
+    float((p - q).abs().max())
+    for p, q in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+)
 
 comm.barrier()
 with open(os.path.join(out_dir, f"rank{comm.rank}.json"), "w") as f:

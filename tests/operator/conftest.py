@@ -1,6 +1,7 @@
 """Shared fixtures: a Kubernetes API emulator (kmock) on localhost over real HTTP, a kubeconfig
 pointing at it, the operator as a separate process started the way a user starts it, and
 helpers that play the Job controller and the kubelet (Job and Pod status)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,8 +17,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import kmock
 import pytest
@@ -43,7 +45,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.log: list[tuple[str, str, str]] = []   # (token, method, path)
+        self.log: list[tuple[str, str, str]] = []  # (token, method, path)
         self._versions = itertools.count(1000)
 
     async def _handle(self, request):  # type: ignore[override]
@@ -85,7 +87,7 @@ class ApiServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="kmock")
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError("kmock did not start")
@@ -98,10 +100,15 @@ class ApiServer:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         async with Emulator() as k, kmock.Server(k) as server:
-            k.resources.load_bundled()   # without the built-in kinds kopf waits forever
-            k.resources[CJ_RESOURCE] = {"kind": "CompressionJob", "namespaced": True, "singular": "compressionjob",
-                                        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                                        "shortnames": ["cpj"], "subresources": ["status"]}
+            k.resources.load_bundled()  # without the built-in kinds kopf waits forever
+            k.resources[CJ_RESOURCE] = {
+                "kind": "CompressionJob",
+                "namespaced": True,
+                "singular": "compressionjob",
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                "shortnames": ["cpj"],
+                "subresources": ["status"],
+            }
             self.emulator = k
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -166,8 +173,12 @@ class Api:
         self.raw.request("DELETE", self.raw.child_path(kind, namespace, name))
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict) -> dict:
-        return self.raw.request("PATCH", self.raw.child_path(kind, namespace, name) + "/status", {"status": status},
-                                "application/merge-patch+json")
+        return self.raw.request(
+            "PATCH",
+            self.raw.child_path(kind, namespace, name) + "/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
 
     # ---- playing the Job controller and the kubelet
 
@@ -177,29 +188,57 @@ class Api:
         pods = []
         for i in range(spec["completions"]):
             tpl = json.loads(json.dumps(spec["template"]))
-            labels = {**tpl["metadata"].get("labels", {}), "batch.kubernetes.io/job-completion-index": str(i),
-                      "job-name": meta["name"]}
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": f"{meta['name']}-{i}-abcde", "namespace": meta["namespace"], "labels": labels,
-                                "annotations": {**tpl["metadata"].get("annotations", {}),
-                                                "batch.kubernetes.io/job-completion-index": str(i)},
-                                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
-                                                     "uid": meta["uid"], "controller": True}]},
-                   "spec": {**tpl["spec"], "hostname": f"{meta['name']}-{i}"}}
+            labels = {
+                **tpl["metadata"].get("labels", {}),
+                "batch.kubernetes.io/job-completion-index": str(i),
+                "job-name": meta["name"],
+            }
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{meta['name']}-{i}-abcde",
+                    "namespace": meta["namespace"],
+                    "labels": labels,
+                    "annotations": {
+                        **tpl["metadata"].get("annotations", {}),
+                        "batch.kubernetes.io/job-completion-index": str(i),
+                    },
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "batch/v1",
+                            "kind": "Job",
+                            "name": meta["name"],
+                            "uid": meta["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {**tpl["spec"], "hostname": f"{meta['name']}-{i}"},
+            }
             pods.append(self.raw.create_or_get(pod)[0])
         return pods
 
     def set_pod(self, pod: dict, phase: str, state: dict) -> None:
-        self.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"],
-                          {"phase": phase, "containerStatuses": [{"name": "worker", "ready": False, "restartCount": 0,
-                                                                  "image": "x", "imageID": "", "state": state}]})
+        self.patch_status(
+            "Pod",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            {
+                "phase": phase,
+                "containerStatuses": [
+                    {"name": "worker", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": state}
+                ],
+            },
+        )
 
     def start_job(self, job: dict) -> list[dict]:
         pods = self.make_pods(job)
         for pod in pods:
             self.set_pod(pod, "Running", {"running": {"startedAt": _now()}})
-        self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
-                          {"active": len(pods), "startTime": _now()})
+        self.patch_status(
+            "Job", job["metadata"]["namespace"], job["metadata"]["name"], {"active": len(pods), "startTime": _now()}
+        )
         return pods
 
     def succeed_job(self, job: dict, pods: list[dict], summary: dict | str) -> None:
@@ -210,17 +249,43 @@ class Api:
                 term["message"] = summary if isinstance(summary, str) else json.dumps(summary)
             self.set_pod(pod, "Succeeded", {"terminated": term})
         n = len(pods)
-        self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
-                          {"active": 0, "succeeded": n, "completedIndexes": f"0-{n - 1}" if n > 1 else "0",
-                           "completionTime": _now(),
-                           "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}]})
+        self.patch_status(
+            "Job",
+            job["metadata"]["namespace"],
+            job["metadata"]["name"],
+            {
+                "active": 0,
+                "succeeded": n,
+                "completedIndexes": f"0-{n - 1}" if n > 1 else "0",
+                "completionTime": _now(),
+                "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}],
+            },
+        )
 
-    def fail_job(self, job: dict, reason: str = "BackoffLimitExceeded",
-                 message: str = "Job has reached the specified backoff limit") -> None:
-        self.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"],
-                          {"active": 0, "failed": 1,
-                           "conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": message,
-                                           "lastTransitionTime": _now()}]})
+    def fail_job(
+        self,
+        job: dict,
+        reason: str = "BackoffLimitExceeded",
+        message: str = "Job has reached the specified backoff limit",
+    ) -> None:
+        self.patch_status(
+            "Job",
+            job["metadata"]["namespace"],
+            job["metadata"]["name"],
+            {
+                "active": 0,
+                "failed": 1,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": reason,
+                        "message": message,
+                        "lastTransitionTime": _now(),
+                    }
+                ],
+            },
+        )
 
 
 def _server_of(kubeconfig: Path) -> str:
@@ -256,21 +321,34 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log_path: Path, args: list[str] | None = None):
         # its own token, so the API server's log tells its requests from the tests' own
-        self.kubeconfig = write_kubeconfig(log_path.with_name("operator-kubeconfig"),
-                                           _server_of(kubeconfig), token="operator-token")
+        self.kubeconfig = write_kubeconfig(
+            log_path.with_name("operator-kubeconfig"), _server_of(kubeconfig), token="operator-token"
+        )
         self.log_path = log_path
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.args = args if args is not None else ["--all-namespaces"]
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         env.pop("KONDENSE_WATCH_NAMESPACES", None)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(OPERATOR_BIN), *self.args, "--metrics-port", str(self.metrics_port),
-                                      "--health-port", str(self.health_port), "--verbose"],
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                str(OPERATOR_BIN),
+                *self.args,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+                "--verbose",
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(self.healthy, timeout=60, message=f"the operator's /healthz (log: {self.log_path})")
         return self
 
@@ -323,20 +401,42 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 
 
 def cj_manifest(name: str, namespace: str, **spec: Any) -> dict:
-    base = {"model": {"uri": "pvc://models/tiny.pt", "arch": "tinynet"}, "data": {"dataset": "fashion-mnist"},
-            "delta": 2.0, "stage": 2, "workers": 2, "slotsPerWorker": 1, "backend": "torch", "device": "cpu",
-            "output": {"uri": "pvc://models/out/" + name}}
+    base = {
+        "model": {"uri": "pvc://models/tiny.pt", "arch": "tinynet"},
+        "data": {"dataset": "fashion-mnist"},
+        "delta": 2.0,
+        "stage": 2,
+        "workers": 2,
+        "slotsPerWorker": 1,
+        "backend": "torch",
+        "device": "cpu",
+        "output": {"uri": "pvc://models/out/" + name},
+    }
     base.update(spec)
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CompressionJob",
-            "metadata": {"name": name, "namespace": namespace}, "spec": base}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CompressionJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
 
 
 def summary(stage: int) -> dict:
     """What rank 0 of `stage` leaves in its termination message: the engine's summary of a report."""
     six = {"accuracy": 90.0, "sizeMB": 1.0, "macsG": 0.1, "paramsM": 0.2, "memoryMB": 2.0, "latencyMs": 0.5}
-    report = {"original": six, "stage1": {**six, "accuracy": 89.5, "sizeMB": 0.5}, "trainingSamples": 100,
-              "enhancement": {"accuracyDrop": 1.0 if stage == 2 else 0.5, "size": 4.0 if stage == 2 else 2.0, "macs": 2.0,
-                              "params": 3.0, "memory": 1.5, "latency": 1.2}}
+    report = {
+        "original": six,
+        "stage1": {**six, "accuracy": 89.5, "sizeMB": 0.5},
+        "trainingSamples": 100,
+        "enhancement": {
+            "accuracyDrop": 1.0 if stage == 2 else 0.5,
+            "size": 4.0 if stage == 2 else 2.0,
+            "macs": 2.0,
+            "params": 3.0,
+            "memory": 1.5,
+            "latency": 1.2,
+        },
+    }
     if stage == 2:
         report["stage2"] = {**six, "accuracy": 89.0, "sizeMB": 0.25}
     return stage_summary(report, stage, "pvc://models/out")

@@ -1,4 +1,5 @@
 """The pure builders and status rules, and the operator's command line: no API server."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,8 @@ import pytest
 import yaml
 
 from kondense.job import spec as spec_mod
-from kondense_operator import children, status as st
+from kondense_operator import children
+from kondense_operator import status as st
 from kondense_operator.cli import parse_config
 from kondense_operator.config import ConfigError, WorkerConfig, worker_config_from_dict
 
@@ -42,13 +44,25 @@ def test_child_names_are_dns1035_labels(name):
 def test_job_pod_spec():
     b = body(device="cuda", slotsPerWorker=4, resources={"limits": {"memory": "8Gi"}})
     job = spec_mod.parse(b)
-    cfg = WorkerConfig(image="img:1", gpu_node_selector={"gpu": "yes"}, gpu_tolerations=[{"key": "gpu"}],
-                       node_selector={"pool": "ml"}, resources={"requests": {"cpu": "2"}})
+    cfg = WorkerConfig(
+        image="img:1",
+        gpu_node_selector={"gpu": "yes"},
+        gpu_tolerations=[{"key": "gpu"}],
+        node_selector={"pool": "ml"},
+        resources={"requests": {"cpu": "2"}},
+    )
     svc, cm, k8s_job = children.build_children(b, job, 2, cfg)
     for child in (svc, cm, k8s_job):
-        assert child["metadata"]["ownerReferences"] == [{"apiVersion": "kondense.dev/v1alpha1", "kind": "CompressionJob",
-                                                         "name": "job", "uid": "uid-1", "controller": True,
-                                                         "blockOwnerDeletion": True}]
+        assert child["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "kondense.dev/v1alpha1",
+                "kind": "CompressionJob",
+                "name": "job",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         labels = child["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "kondense" and labels["app.kubernetes.io/component"] == "worker"
         assert labels["kondense.dev/job"] == "job" and labels["kondense.dev/stage"] == "2"
@@ -63,15 +77,32 @@ def test_job_pod_spec():
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["nodeSelector"] == {"pool": "ml", "gpu": "yes"} and pod["tolerations"] == [{"key": "gpu"}]
     (c,) = pod["containers"]
-    assert c["command"] == ["kondense", "worker", "--job", "/etc/kondense/job.yaml", "--stage", "2", "--pvc-root", "/mnt/pvc"]
+    assert c["command"] == [
+        "kondense",
+        "worker",
+        "--job",
+        "/etc/kondense/job.yaml",
+        "--stage",
+        "2",
+        "--pvc-root",
+        "/mnt/pvc",
+    ]
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert c["resources"] == {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": 4}}
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["KONDENSE_COORDINATOR"] == f"{k8s_job['metadata']['name']}-0.{svc['metadata']['name']}"
-    assert (env["KONDENSE_WORKERS"], env["KONDENSE_SLOTS"], env["KONDENSE_BACKEND"], env["KONDENSE_PORT"]) == \
-        ("2", "4", "torch", "29500")
+    assert (env["KONDENSE_WORKERS"], env["KONDENSE_SLOTS"], env["KONDENSE_BACKEND"], env["KONDENSE_PORT"]) == (
+        "2",
+        "4",
+        "torch",
+        "29500",
+    )
     assert env["KONDENSE_HOME"] == "/var/cache/kondense"
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -90,11 +121,19 @@ def test_zoo_cache_claim_service_account_and_cpu():
 
 
 def test_failure_priority():
-    job = {"spec": {"completions": 2}, "status": {"conditions": [{"type": "Failed", "status": "True",
-                                                                  "reason": "BackoffLimitExceeded", "message": "limit"}]}}
+    job = {
+        "spec": {"completions": 2},
+        "status": {
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "limit"}]
+        },
+    }
+
     def pod(i, state):
-        return {"metadata": {"name": f"p{i}", "labels": {children.INDEX_LABEL: str(i)}},
-                "status": {"containerStatuses": [{"name": "worker", "state": state}]}}
+        return {
+            "metadata": {"name": f"p{i}", "labels": {children.INDEX_LABEL: str(i)}},
+            "status": {"containerStatuses": [{"name": "worker", "state": state}]},
+        }
+
     assert st.observe_stage(job, []).reason == "BackoffLimitExceeded"
     oom = pod(1, {"terminated": {"reason": "OOMKilled", "exitCode": 137}})
     assert st.observe_stage(job, [oom]).reason == "OOMKilled"
@@ -133,9 +172,11 @@ def test_cli_contract(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         parse_config(["--all-namespaces", "--namespace", "a"])
     path = tmp_path / "worker.yaml"
-    path.write_text("image: reg/kondense:1\nimagePullPolicy: Always\nzooCacheClaim: zoo\nport: 23456\n"
-                    "nodeSelector: {a: b}\ntolerations: []\ngpuNodeSelector: {}\ngpuTolerations: []\nresources: {}\n"
-                    "serviceAccountName: ''\n")
+    path.write_text(
+        "image: reg/kondense:1\nimagePullPolicy: Always\nzooCacheClaim: zoo\nport: 23456\n"
+        "nodeSelector: {a: b}\ntolerations: []\ngpuNodeSelector: {}\ngpuTolerations: []\nresources: {}\n"
+        "serviceAccountName: ''\n"
+    )
     cfg, _ = parse_config(["--worker-config", str(path)])
     assert (cfg.worker.image, cfg.worker.image_pull_policy, cfg.worker.port) == ("reg/kondense:1", "Always", 23456)
     assert parse_config(["--worker-config", str(path), "--worker-image", "other:2"])[0].worker.image == "other:2"

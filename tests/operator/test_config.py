@@ -1,5 +1,6 @@
 """The worker config file (--worker-config): worker-config.schema.json declares it, config.py
 validates against it and maps it onto WorkerConfig. No API server, no helm."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,19 @@ from kondense_operator.cli import parse_config
 from kondense_operator.config import ConfigError, WorkerConfig, load_worker_config, worker_config_from_dict
 
 FULL = {
-    "image": "reg.example.com:5000/kondense:1.2", "imagePullPolicy": "Always", "serviceAccountName": "ml-worker",
-    "zooCacheClaim": "zoo-weights", "nodeSelector": {"pool": "cpu"},
+    "image": "reg.example.com:5000/kondense:1.2",
+    "imagePullPolicy": "Always",
+    "serviceAccountName": "ml-worker",
+    "zooCacheClaim": "zoo-weights",
+    "nodeSelector": {"pool": "cpu"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
     "gpuNodeSelector": {"nvidia.com/gpu.present": "true"},
-    "gpuTolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule",
-                        "tolerationSeconds": 60}],
+    "gpuTolerations": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60}
+    ],
     "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": 4, "memory": "8Gi"}},
-    "port": 23456, "backoffLimit": 2,
+    "port": 23456,
+    "backoffLimit": 2,
 }
 
 
@@ -52,40 +58,58 @@ def test_every_key_reaches_its_attribute():
     assert cfg.image_pull_policy == "Always" and cfg.gpu_tolerations[0]["tolerationSeconds"] == 60
 
 
-@pytest.mark.parametrize("patch,expected", [
-    ({"imagee": "x"}, "unknown key 'imagee' (did you mean 'image'?); known: image, imagePullPolicy,"),
-    ({"PORT": 1}, "unknown key 'PORT' (did you mean 'port'?)"),
-    ({"replicas": 2}, "unknown key 'replicas'; known: image,"),
-    ({"port": 0}, "port must be a TCP port, 1 to 65535, got 0"),
-    ({"port": 65536}, "port must be a TCP port, 1 to 65535, got 65536"),
-    ({"port": "29500"}, "port must be a TCP port, 1 to 65535, got '29500'"),
-    ({"port": True}, "port must be a TCP port, 1 to 65535, got True"),
-    ({"backoffLimit": -1}, "backoffLimit must be an integer >= 0, got -1"),
-    ({"backoffLimit": 1.5}, "backoffLimit must be an integer >= 0, got 1.5"),
-    ({"image": ""}, "image must be a non-empty image reference"),
-    ({"image": "a b"}, "image must be a non-empty image reference without spaces, e.g. "),
-    ({"image": 3}, "image must be a non-empty image reference"),
-    ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy must be an image pull policy: Always, IfNotPresent or Never, "
-                                       "got 'Sometimes'"),
-    ({"imagePullPolicy": "ifnotpresent"}, "got 'ifnotpresent' (did you mean 'IfNotPresent'?)"),
-    ({"serviceAccountName": "ML_Worker"}, "serviceAccountName must be an object name (DNS-1123 subdomain"),
-    ({"zooCacheClaim": ["zoo"]}, "zooCacheClaim must be an object name"),
-    ({"nodeSelector": ["a"]}, "nodeSelector must be a mapping of strings to strings"),
-    ({"gpuNodeSelector": {"nvidia.com/gpu.present": True}},
-     "gpuNodeSelector.nvidia.com/gpu.present must be a string, got True"),
-    ({"tolerations": {"key": "x"}}, "tolerations must be a list of tolerations, got {'key': 'x'}"),
-    ({"gpuTolerations": [{"key": "g", "operator": "Exist"}]},
-     "gpuTolerations[0].operator must be one of 'Exists', 'Equal', got 'Exist' (did you mean 'Exists'?)"),
-    ({"tolerations": [{"key": "g", "efect": "NoSchedule"}]},
-     "tolerations[0]: unknown key 'efect' (did you mean 'effect'?)"),
-    ({"tolerations": ["gpu"]}, "tolerations[0] must be a toleration: key, operator, value, effect, tolerationSeconds"),
-    ({"resources": {"request": {"cpu": "1"}}}, "resources: unknown key 'request' (did you mean 'requests'?); "
-                                                "known: requests, limits"),
-    ({"resources": {"requests": {"cpu": "lots"}}}, "resources.requests.cpu must be a resource quantity such as 500m, "
-                                                   "2Gi or 4, got 'lots'"),
-    ({"resources": {"limits": {"memory": -1}}}, "resources.limits.memory must be a resource quantity"),
-    ({"resources": "big"}, "resources must be a container's resources: requests and limits, got 'big'"),
-])
+@pytest.mark.parametrize(
+    "patch,expected",
+    [
+        ({"imagee": "x"}, "unknown key 'imagee' (did you mean 'image'?); known: image, imagePullPolicy,"),
+        ({"PORT": 1}, "unknown key 'PORT' (did you mean 'port'?)"),
+        ({"replicas": 2}, "unknown key 'replicas'; known: image,"),
+        ({"port": 0}, "port must be a TCP port, 1 to 65535, got 0"),
+        ({"port": 65536}, "port must be a TCP port, 1 to 65535, got 65536"),
+        ({"port": "29500"}, "port must be a TCP port, 1 to 65535, got '29500'"),
+        ({"port": True}, "port must be a TCP port, 1 to 65535, got True"),
+        ({"backoffLimit": -1}, "backoffLimit must be an integer >= 0, got -1"),
+        ({"backoffLimit": 1.5}, "backoffLimit must be an integer >= 0, got 1.5"),
+        ({"image": ""}, "image must be a non-empty image reference"),
+        ({"image": "a b"}, "image must be a non-empty image reference without spaces, e.g. "),
+        ({"image": 3}, "image must be a non-empty image reference"),
+        (
+            {"imagePullPolicy": "Sometimes"},
+            "imagePullPolicy must be an image pull policy: Always, IfNotPresent or Never, got 'Sometimes'",
+        ),
+        ({"imagePullPolicy": "ifnotpresent"}, "got 'ifnotpresent' (did you mean 'IfNotPresent'?)"),
+        ({"serviceAccountName": "ML_Worker"}, "serviceAccountName must be an object name (DNS-1123 subdomain"),
+        ({"zooCacheClaim": ["zoo"]}, "zooCacheClaim must be an object name"),
+        ({"nodeSelector": ["a"]}, "nodeSelector must be a mapping of strings to strings"),
+        (
+            {"gpuNodeSelector": {"nvidia.com/gpu.present": True}},
+            "gpuNodeSelector.nvidia.com/gpu.present must be a string, got True",
+        ),
+        ({"tolerations": {"key": "x"}}, "tolerations must be a list of tolerations, got {'key': 'x'}"),
+        (
+            {"gpuTolerations": [{"key": "g", "operator": "Exist"}]},
+            "gpuTolerations[0].operator must be one of 'Exists', 'Equal', got 'Exist' (did you mean 'Exists'?)",
+        ),
+        (
+            {"tolerations": [{"key": "g", "efect": "NoSchedule"}]},
+            "tolerations[0]: unknown key 'efect' (did you mean 'effect'?)",
+        ),
+        (
+            {"tolerations": ["gpu"]},
+            "tolerations[0] must be a toleration: key, operator, value, effect, tolerationSeconds",
+        ),
+        (
+            {"resources": {"request": {"cpu": "1"}}},
+            "resources: unknown key 'request' (did you mean 'requests'?); known: requests, limits",
+        ),
+        (
+            {"resources": {"requests": {"cpu": "lots"}}},
+            "resources.requests.cpu must be a resource quantity such as 500m, 2Gi or 4, got 'lots'",
+        ),
+        ({"resources": {"limits": {"memory": -1}}}, "resources.limits.memory must be a resource quantity"),
+        ({"resources": "big"}, "resources must be a container's resources: requests and limits, got 'big'"),
+    ],
+)
 def test_bad_value_is_named(patch, expected):
     with pytest.raises(ConfigError) as e:
         worker_config_from_dict({**FULL, **patch}, "--worker-config /etc/w.yaml")
@@ -95,7 +119,9 @@ def test_bad_value_is_named(patch, expected):
 
 @pytest.mark.parametrize("data", [["image: x"], "image: x", 3])
 def test_not_a_mapping(data):
-    with pytest.raises(ConfigError, match=r"^worker config: must be a mapping of image, imagePullPolicy, .*, backoffLimit"):
+    with pytest.raises(
+        ConfigError, match=r"^worker config: must be a mapping of image, imagePullPolicy, .*, backoffLimit"
+    ):
         worker_config_from_dict(data)
 
 
@@ -117,11 +143,14 @@ def test_load_worker_config_file(tmp_path):
     assert load_worker_config(path) == WorkerConfig()
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("port: 70000\n", "port must be a TCP port, 1 to 65535, got 70000"),
-    ("port: [\n", "not valid YAML"),
-    (None, "cannot read it"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("port: 70000\n", "port must be a TCP port, 1 to 65535, got 70000"),
+        ("port: [\n", "not valid YAML"),
+        (None, "cannot read it"),
+    ],
+)
 def test_load_worker_config_errors_name_the_file(tmp_path, text, expected):
     path = tmp_path / "worker.yaml"
     if text is not None:

@@ -6,6 +6,7 @@ with jsonschema (OpenAPI 3.0 = draft 4 here: boolean exclusiveMinimum) with unkn
 refused (kubectl's strict field validation), then the x-kubernetes-validations CEL rules under
 cel-python with self (and oldSelf on updates). kondense.job.spec must give the same verdict on
 every manifest below, except SEMANTIC_ONLY: what no schema can say."""
+
 from __future__ import annotations
 
 import copy
@@ -18,6 +19,7 @@ import celpy
 import jsonschema
 import pytest
 import yaml
+
 from kondense.job import schema as schema_mod
 from kondense.job import spec as spec_mod
 
@@ -91,11 +93,30 @@ def with_spec(**change: Any) -> dict:
     return manifest
 
 
-FULL = {"model": {"zoo": "resnet18"}, "data": {"uri": "pvc://data/x.npz", "format": "npz"}, "delta": 100, "stage": 1,
-        "workers": 4, "slotsPerWorker": 8, "backend": "horovod", "device": "cuda", "objective": "macs", "seed": 3,
-        "suspend": True, "resources": {"limits": {"memory": "8Gi", "cpu": 4}, "requests": {"cpu": "500m", "x": "1e3"}},
-        "budget": {"stage1Epochs": 0.5, "stepEpochs": 1, "maxSteps": 2, "scanSamples": 10, "ratios": [0.25, 0.5],
-                   "trainSamples": 100, "valSamples": 10, "testSamples": 10}}
+FULL = {
+    "model": {"zoo": "resnet18"},
+    "data": {"uri": "pvc://data/x.npz", "format": "npz"},
+    "delta": 100,
+    "stage": 1,
+    "workers": 4,
+    "slotsPerWorker": 8,
+    "backend": "horovod",
+    "device": "cuda",
+    "objective": "macs",
+    "seed": 3,
+    "suspend": True,
+    "resources": {"limits": {"memory": "8Gi", "cpu": 4}, "requests": {"cpu": "500m", "x": "1e3"}},
+    "budget": {
+        "stage1Epochs": 0.5,
+        "stepEpochs": 1,
+        "maxSteps": 2,
+        "scanSamples": 10,
+        "ratios": [0.25, 0.5],
+        "trainSamples": 100,
+        "valSamples": 10,
+        "testSamples": 10,
+    },
+}
 
 # The shared table: (spec change, accepted?). "drift:" marks what kondense and the CRD used to disagree on.
 CASES = {
@@ -176,10 +197,55 @@ def test_semantic_refusals(change):
     assert not kondense_accepts(manifest) and api_server_errors(manifest) == []
 
 
-ODD = [None, True, False, 0, -1, 1, 2, 3, 1.5, 0.5, 100, 100.5, 2**40, float("nan"), float("inf"), "", " ", "x", "1",
-       "500m", "8Gi", "1e3", "torch", "cuda", "macs", "npz", "imagefolder", "r" * 254, "o" * 1025, "pvc://m/x.npz",
-       "pvc://m/../x", "pvc://m/%2e%2E/x", "pvc://Bad/x", "pvc:m/x", "file://h/x", "file:///x", "s3://b/x", "rel/x.npz",
-       [], [0.5], [0.5, 1.0], [0.5] * 65, {}, {"zoo": "r"}, {"uri": "pvc://m/x"}, {"cpu": 1}, {"a": {"b": 1}}]
+ODD = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2,
+    3,
+    1.5,
+    0.5,
+    100,
+    100.5,
+    2**40,
+    float("nan"),
+    float("inf"),
+    "",
+    " ",
+    "x",
+    "1",
+    "500m",
+    "8Gi",
+    "1e3",
+    "torch",
+    "cuda",
+    "macs",
+    "npz",
+    "imagefolder",
+    "r" * 254,
+    "o" * 1025,
+    "pvc://m/x.npz",
+    "pvc://m/../x",
+    "pvc://m/%2e%2E/x",
+    "pvc://Bad/x",
+    "pvc:m/x",
+    "file://h/x",
+    "file:///x",
+    "s3://b/x",
+    "rel/x.npz",
+    [],
+    [0.5],
+    [0.5, 1.0],
+    [0.5] * 65,
+    {},
+    {"zoo": "r"},
+    {"uri": "pvc://m/x"},
+    {"cpu": 1},
+    {"a": {"b": 1}},
+]
 
 
 def _paths(value: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -225,8 +291,11 @@ def test_generated_manifests_get_the_same_verdict():
     verdicts = []
     for i in range(300):
         manifest = cj_manifest("job", "ns")
-        base = FULL if i % 2 else {**FULL, "model": {"uri": "pvc://m/m.pt", "arch": "r"},
-                                   "data": {"uri": "/d", "format": "imagefolder"}}
+        base = (
+            FULL
+            if i % 2
+            else {**FULL, "model": {"uri": "pvc://m/m.pt", "arch": "r"}, "data": {"uri": "/d", "format": "imagefolder"}}
+        )
         manifest["spec"] = mutate({**manifest["spec"], **copy.deepcopy(base)}, rng)
         ours, theirs = kondense_accepts(manifest), api_server_errors(manifest) == []
         if any(isinstance(v, float) and not math.isfinite(v) for _, v in _paths(manifest["spec"])):  # SEMANTIC_ONLY
@@ -238,8 +307,12 @@ def test_generated_manifests_get_the_same_verdict():
 
 
 def test_examples_validate():
-    jobs = [d for p in sorted((REPO / "examples").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
-            if d and d.get("kind") == "CompressionJob"]
+    jobs = [
+        d
+        for p in sorted((REPO / "examples").glob("*.yaml"))
+        for d in yaml.safe_load_all(p.read_text())
+        if d and d.get("kind") == "CompressionJob"
+    ]
     assert len(jobs) >= 5
     for doc in jobs:
         assert api_server_errors(doc) == [] and spec_mod.parse(doc).name == doc["metadata"]["name"]
@@ -259,19 +332,29 @@ def test_the_copies_are_the_package_crd():
 def test_crd_identity_and_printer_columns():
     assert CRD["apiVersion"] == "apiextensions.k8s.io/v1" and CRD["metadata"]["name"] == "compressionjobs.kondense.dev"
     names = CRD["spec"]["names"]
-    assert (names["kind"], names["plural"], names["singular"], names["shortNames"]) == \
-        ("CompressionJob", "compressionjobs", "compressionjob", ["cpj"])
+    assert (names["kind"], names["plural"], names["singular"], names["shortNames"]) == (
+        "CompressionJob",
+        "compressionjobs",
+        "compressionjob",
+        ["cpj"],
+    )
     assert (VERSION["name"], VERSION["served"], VERSION["storage"]) == ("v1alpha1", True, True)
     assert VERSION["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
-    assert columns == {"Phase": ".status.phase", "Stage": ".status.stage", "Delta": ".spec.delta",
-                       "Size x": ".status.metrics.enhancement.size", "Acc drop": ".status.metrics.enhancement.accuracyDrop",
-                       "Age": ".metadata.creationTimestamp"}
+    assert columns == {
+        "Phase": ".status.phase",
+        "Stage": ".status.stage",
+        "Delta": ".spec.delta",
+        "Size x": ".status.metrics.enhancement.size",
+        "Acc drop": ".status.metrics.enhancement.accuracyDrop",
+        "Age": ".metadata.creationTimestamp",
+    }
 
 
 def test_schema_is_structural():
     """What apiextensions/v1 requires: a type on every node (int-or-string aside), no
     additionalProperties next to properties, no types inside oneOf/anyOf."""
+
     def walk(node: dict, where: str, in_junctor: bool = False) -> None:
         if in_junctor:
             assert not {"type", "properties", "default", "additionalProperties", "description"} & set(node), where
@@ -287,6 +370,7 @@ def test_schema_is_structural():
             for sub in node.get(junctor) or []:
                 if not node.get("x-kubernetes-int-or-string"):
                     walk(sub, f"{where}/{junctor}", in_junctor=True)
+
     walk(SCHEMA, "")
     for rule in _rules(SCHEMA):  # what a rule may say; fieldPath as the API server parses it
         assert set(rule) <= {"rule", "message", "fieldPath"} and rule["message"], rule
@@ -305,11 +389,18 @@ def test_spec_is_immutable_but_suspend():
     paused = copy.deepcopy(old)
     paused["spec"]["suspend"] = True
     assert api_server_errors(old, old) == api_server_errors(paused, old) == api_server_errors(old, paused) == []
-    for change, word in [({"delta": 3.0}, "spec.delta"), ({"workers": 4}, "spec.workers"), ({"stage": 1}, "spec.stage"),
-                         ({"model": {"zoo": "resnet18"}}, "spec.model"), ({"output": {"uri": "pvc://x/y"}}, "spec.output"),
-                         ({"budget": {"trainSamples": 200}}, "spec.budget"), ({"seed": 7}, "spec.seed"),
-                         ({"resources": {"limits": {"cpu": 2}}}, "spec.resources"), ({"backend": "horovod"}, "spec.backend"),
-                         ({"budget": None}, "spec.budget")]:
+    for change, word in [
+        ({"delta": 3.0}, "spec.delta"),
+        ({"workers": 4}, "spec.workers"),
+        ({"stage": 1}, "spec.stage"),
+        ({"model": {"zoo": "resnet18"}}, "spec.model"),
+        ({"output": {"uri": "pvc://x/y"}}, "spec.output"),
+        ({"budget": {"trainSamples": 200}}, "spec.budget"),
+        ({"seed": 7}, "spec.seed"),
+        ({"resources": {"limits": {"cpu": 2}}}, "spec.resources"),
+        ({"backend": "horovod"}, "spec.backend"),
+        ({"budget": None}, "spec.budget"),
+    ]:
         new = copy.deepcopy(old)
         new["spec"].update(change)
         errors = " ".join(api_server_errors(new, old))
@@ -321,10 +412,20 @@ def test_status_schema_accepts_what_the_operator_writes():
     from kondense.job import status as st
 
     conds = st.set_condition([], "Created", True, "Created", "accepted", 1)
-    status = {"phase": "Succeeded", "stage": 2, "startTime": st.now(), "completionTime": st.now(), "stageStartTime": st.now(),
-              "observedGeneration": 1, "reason": "Succeeded", "message": "ok", "trainingSamples": 5, "conditions": conds,
-              "metrics": {"original": {"accuracy": 1.0}, "enhancement": {"size": 2.0}},
-              "artifacts": {"model": "pvc://m/out/model.pt"}}
+    status = {
+        "phase": "Succeeded",
+        "stage": 2,
+        "startTime": st.now(),
+        "completionTime": st.now(),
+        "stageStartTime": st.now(),
+        "observedGeneration": 1,
+        "reason": "Succeeded",
+        "message": "ok",
+        "trainingSamples": 5,
+        "conditions": conds,
+        "metrics": {"original": {"accuracy": 1.0}, "enhancement": {"size": 2.0}},
+        "artifacts": {"model": "pvc://m/out/model.pt"},
+    }
     manifest = with_spec()
     manifest["status"] = status
     assert api_server_errors(manifest) == [] and kondense_accepts(manifest)

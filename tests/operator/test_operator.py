@@ -1,5 +1,6 @@
 """The operator end to end: `kondense-operator --all-namespaces` in its own process against the
 kmock API emulator over real HTTP; the tests play the Job controller and the kubelet."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def stage_job(api, ns: str, name: str, stage: int, timeout: float = 20) -> dict:
 
 def test_two_stages_to_succeeded_with_metrics(api, operator, namespace):
     before = operator.metrics()
-    api.create_cj(namespace, cj_manifest("resnet.fmnist", namespace))   # a name with a dot: children get a DNS-1035 name
+    api.create_cj(namespace, cj_manifest("resnet.fmnist", namespace))  # a name with a dot: children get a DNS-1035 name
     name = "resnet.fmnist"
     job1 = stage_job(api, namespace, name, 1)
     assert job1["spec"]["completionMode"] == "Indexed" and job1["spec"]["completions"] == 2
@@ -69,24 +70,37 @@ def test_two_stages_to_succeeded_with_metrics(api, operator, namespace):
         assert set(c) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
 
     # Events on the CompressionJob for the transitions
-    reasons = wait_for(lambda: {e["reason"] for e in api.list("Event", namespace)} >= {"Created", "Succeeded"} and
-                       {e["reason"] for e in api.list("Event", namespace)}, 10)
+    reasons = wait_for(
+        lambda: (
+            {e["reason"] for e in api.list("Event", namespace)} >= {"Created", "Succeeded"}
+            and {e["reason"] for e in api.list("Event", namespace)}
+        ),
+        10,
+    )
     assert {"Stage1Succeeded", "Stage2Succeeded", "JobCreated"} <= reasons
     stage1 = next(e for e in api.list("Event", namespace) if e["reason"] == "Stage1Succeeded")
     assert stage1["message"] == "stage 1 succeeded: 3.0x (params), 2.0x (size) at 0.50 points"
 
     after = operator.metrics()
     assert metric_value(after, "kondense_jobs_created_total") == metric_value(before, "kondense_jobs_created_total") + 1
-    assert metric_value(after, "kondense_jobs_succeeded_total") == metric_value(before, "kondense_jobs_succeeded_total") + 1
+    assert (
+        metric_value(after, "kondense_jobs_succeeded_total")
+        == metric_value(before, "kondense_jobs_succeeded_total") + 1
+    )
     assert metric_value(after, "kondense_stage_duration_seconds_count", {"stage": "2"}) >= 1
     assert metric_value(after, "kondense_job_info", {"backend": "torch", "stage": "2", "phase": "Succeeded"}) >= 1
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as r:
         assert r.status == 200
 
 
-@pytest.mark.parametrize("spec, field", [({"output": {"uri": "/tmp/out"}}, "spec.output.uri"),
-                                         ({"delta": 0}, "spec.delta"),
-                                         ({"model": {"zoo": "resnet18", "uri": "pvc://m/x.pt"}}, "spec.model")])
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"output": {"uri": "/tmp/out"}}, "spec.output.uri"),
+        ({"delta": 0}, "spec.delta"),
+        ({"model": {"zoo": "resnet18", "uri": "pvc://m/x.pt"}}, "spec.model"),
+    ],
+)
 def test_invalid_spec_fails_without_children(api, operator, namespace, spec, field):
     before = metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": "InvalidSpec"})
     api.create_cj(namespace, cj_manifest("bad", namespace, **spec))
@@ -124,10 +138,16 @@ def _image(api, job, pods):
     api.set_pod(pods[0], "Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}})
 
 
-@pytest.mark.parametrize("fail, reason, words", [(_oom, "OOMKilled", "memory"), (_worker_error, "WorkerError", "not found"),
-                                                 (_backoff, "BackoffLimitExceeded", "backoff limit"),
-                                                 (_deadline, "DeadlineExceeded", "deadline"),
-                                                 (_image, "ImagePullBackOff", "ImagePullBackOff")])
+@pytest.mark.parametrize(
+    "fail, reason, words",
+    [
+        (_oom, "OOMKilled", "memory"),
+        (_worker_error, "WorkerError", "not found"),
+        (_backoff, "BackoffLimitExceeded", "backoff limit"),
+        (_deadline, "DeadlineExceeded", "deadline"),
+        (_image, "ImagePullBackOff", "ImagePullBackOff"),
+    ],
+)
 def test_failed_stage_has_its_reason(api, operator, namespace, fail, reason, words):
     before = metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": reason})
     status = failed_stage(api, namespace, "failing", fail)
@@ -178,8 +198,12 @@ def suspend_resume_succeed(api, ns: str, name: str) -> None:
     assert job2["spec"]["suspend"] is False
     api.succeed_job(job2, api.start_job(job2), summary(2))
     status = wait_phase(api, ns, name, "Succeeded")
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Created": "True", "Suspended": "False",
-                                                                      "Running": "False", "Succeeded": "True"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Created": "True",
+        "Suspended": "False",
+        "Running": "False",
+        "Succeeded": "True",
+    }
 
 
 def test_deletion_leaves_children_to_the_garbage_collector(api, operator, namespace):
@@ -240,12 +264,23 @@ def test_rbac_rules_cover_exactly_what_the_operator_calls(own_cluster: Cluster):
         group, resource, verb = _rbac_request(method, path)
         if resource is None:
             continue  # discovery (/api, /apis/...): open to every authenticated user
-        rule = next((r for r in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
-                     if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]), None)
+        rule = next(
+            (
+                r
+                for r in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
+                if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+            ),
+            None,
+        )
         assert rule is not None, f"{method} {path} ({group}/{resource} {verb}) is not in rbac.py"
         used.add((group, resource, verb))
-    granted = {(g, r, v) for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
-               for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    granted = {
+        (g, r, v)
+        for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
     assert granted == used, f"granted but never used: {granted - used}"
     for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"]
@@ -268,8 +303,9 @@ def _rbac_request(method: str, path: str) -> tuple[str, str | None, str]:
         return group, None, ""
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     named = len(rest) > 1
-    verb = {"GET": "get" if named else "list", "POST": "create", "PATCH": "patch", "PUT": "update",
-            "DELETE": "delete"}[method]
+    verb = {"GET": "get" if named else "list", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[
+        method
+    ]
     if method == "GET" and "watch=" in path:
         verb = "watch"
     return group, resource, verb

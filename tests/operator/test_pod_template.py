@@ -2,6 +2,7 @@
 run its container command with its env as one local process per completion index (the cluster's
 names and paths mapped onto this machine), and feed rank 0's termination message back into the
 pod status. Two workers over torch.distributed, a tiny budget, both stages."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
     spec = job["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    claims = {v["persistentVolumeClaim"]["claimName"]: mounts[v["name"]] for v in spec["volumes"]
-              if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: mounts[v["name"]]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"models": f"{children.PVC_ROOT}/models"}, "each claim mounted at /mnt/pvc/CLAIM"
     job_file = work / "job.yaml"
     job_file.write_text(configmap["data"]["job.yaml"])
@@ -47,12 +51,17 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
     command = list(container["command"])
     assert command[0] == "kondense"
     command[0] = str(KONDENSE_BIN)
-    command[command.index("--job") + 1] = str(job_file)                  # the ConfigMap's mount
-    command[command.index("--pvc-root") + 1] = str(pvc_root)             # /mnt/pvc
+    command[command.index("--job") + 1] = str(job_file)  # the ConfigMap's mount
+    command[command.index("--pvc-root") + 1] = str(pvc_root)  # /mnt/pvc
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["KONDENSE_COORDINATOR"] == f"{job['metadata']['name']}-0.{spec['subdomain']}"
-    env.update(KONDENSE_COORDINATOR="127.0.0.1", KONDENSE_PORT=str(free_port()), KONDENSE_HOME=str(home),
-               HOME=str(work), KONDENSE_TIMEOUT="120")
+    env.update(
+        KONDENSE_COORDINATOR="127.0.0.1",
+        KONDENSE_PORT=str(free_port()),
+        KONDENSE_HOME=str(home),
+        HOME=str(work),
+        KONDENSE_TIMEOUT="120",
+    )
     procs, messages = [], []
     for index in range(job["spec"]["completions"]):
         message = work / f"termination-{index}"
@@ -60,8 +69,11 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
         penv = {**os.environ, **env, "JOB_COMPLETION_INDEX": str(index), "KONDENSE_TERMINATION_LOG": str(message)}
         penv.pop("KONDENSE_WORKER_INDEX", None)
         # its own process group: a failed test must not leave ranks behind
-        procs.append(subprocess.Popen(command, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                command, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
+        )
     outputs = []
     try:
         for p in procs:
@@ -69,11 +81,11 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
     finally:
         for p in procs:
             try:
-                os.killpg(p.pid, signal.SIGKILL)   # the worker's ranks too
+                os.killpg(p.pid, signal.SIGKILL)  # the worker's ranks too
             except ProcessLookupError:
                 pass
             p.wait()
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-4000:]
     return outputs, messages[0].read_text()
 
@@ -82,17 +94,52 @@ def test_generated_pods_run_both_stages(apiserver, api, operator, tmp_path, kond
     pvc = tmp_path / "pvc"
     (pvc / "models").mkdir(parents=True)
     # a quickly trained zoo network (LeNet-5: seconds to train and scan) as the user's state dict on the claim
-    subprocess.run([str(KONDENSE_BIN), "zoo", "train", "lenet5", "--dataset", "fashion-mnist", "--epochs", "2",
-                    "--train-samples", "2000", "--val-samples", "200", "--test-samples", "200",
-                    "--out", str(pvc / "models" / "m.pt")], check=True, capture_output=True, timeout=300)
-    manifest = cj_manifest(NAME, NS, model={"uri": "pvc://models/m.pt", "arch": "lenet5"},
-                           data={"dataset": "fashion-mnist"}, delta=10, output={"uri": "pvc://models/out"},
-                           budget={"trainSamples": 1000, "valSamples": 300, "testSamples": 300, "scanSamples": 200,
-                                   "ratios": [0.5], "stage1Epochs": 1, "maxSteps": 1})
+    subprocess.run(
+        [
+            str(KONDENSE_BIN),
+            "zoo",
+            "train",
+            "lenet5",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "2",
+            "--train-samples",
+            "2000",
+            "--val-samples",
+            "200",
+            "--test-samples",
+            "200",
+            "--out",
+            str(pvc / "models" / "m.pt"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    manifest = cj_manifest(
+        NAME,
+        NS,
+        model={"uri": "pvc://models/m.pt", "arch": "lenet5"},
+        data={"dataset": "fashion-mnist"},
+        delta=10,
+        output={"uri": "pvc://models/out"},
+        budget={
+            "trainSamples": 1000,
+            "valSamples": 300,
+            "testSamples": 300,
+            "scanSamples": 200,
+            "ratios": [0.5],
+            "stage1Epochs": 1,
+            "maxSteps": 1,
+        },
+    )
     api.create_cj(NS, manifest)
 
     for stage in (1, 2):
-        job = wait_for(lambda: api.get("Job", NS, child_name(NAME, stage)), 30, message=f"stage {stage} Job")
+        job = wait_for(
+            lambda stage=stage: api.get("Job", NS, child_name(NAME, stage)), 30, message=f"stage {stage} Job"
+        )
         configmap = api.get("ConfigMap", NS, child_name(NAME, stage))
         assert yaml.safe_load(configmap["data"]["job.yaml"])["spec"]["budget"]["trainSamples"] == 1000
         pods = api.start_job(job)

@@ -14,13 +14,18 @@ torchrun, which sets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK, Horovod
 variables of kondense.launch.rendezvous. The user-facing backends are kondense.job.spec.BACKENDS; SINGLE
 is the in-process mode of a run that no launcher started. Horovod is imported only when chosen.
 """
+
 from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from kondense.errors import KondenseError
 from kondense.job.spec import BACKENDS
+
+if TYPE_CHECKING:  # the classes themselves import torch; __getattr__ hands them out on first use
+    from kondense.distributed.base import Comm
 
 # Importing this package is light (no torch): the launcher uses timeout() only.
 SINGLE = "single"
@@ -62,8 +67,10 @@ def init(backend: str = SINGLE, *, device: str = "auto") -> Comm:
         return SingleComm()
     if backend == "torch":
         from kondense.distributed.torch_backend import TorchComm
+
         return TorchComm(device)
     if backend == "horovod":
         from kondense.distributed.horovod_backend import HorovodComm
+
         return HorovodComm(device)
     raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join((SINGLE, *BACKENDS))}")

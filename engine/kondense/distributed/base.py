@@ -1,4 +1,5 @@
 """The interface every backend implements, and the one-process backend."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -31,7 +32,7 @@ def state_tensors(module: nn.Module) -> list[torch.Tensor]:
     return [p.data for p in module.parameters()] + [b for b in module.buffers()]
 
 
-def average_before_step(comm: "Comm", optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:
+def average_before_step(comm: Comm, optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:
     """The same optimizer object with a step pre-hook that averages the gradients first. It stays a real
     torch.optim.Optimizer, so LR schedulers, GradScaler and state_dict() keep working. Idempotent."""
     if getattr(optimizer, "_kondense_averaging", False):
@@ -39,8 +40,10 @@ def average_before_step(comm: "Comm", optimizer: torch.optim.Optimizer, module: 
 
     def average_first(opt, args, kwargs):  # args: (optimizer, *step's positional arguments)
         if (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None:
-            raise KondenseError("optimizer.step(closure) is not supported with distributed training: "
-                                "call backward() yourself, then step()")
+            raise KondenseError(
+                "optimizer.step(closure) is not supported with distributed training: "
+                "call backward() yourself, then step()"
+            )
         comm.average_gradients(module)
 
     optimizer.register_step_pre_hook(average_first)

@@ -1,4 +1,5 @@
 """Horovod (horovod.torch) over Gloo. Horovod is imported here only, when this backend is chosen."""
+
 from __future__ import annotations
 
 import os
@@ -7,17 +8,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from kondense.errors import KondenseError
 from kondense.distributed import timeout
 from kondense.distributed.base import Comm, average_before_step, grad_tensors, state_tensors
+from kondense.errors import KondenseError
 
 
 def import_horovod():
     try:
         import horovod.torch as hvd
     except ImportError as e:
-        raise KondenseError(f"the horovod backend needs Horovod, which does not import here ({e}); "
-                            f"build and install it with scripts/build-horovod.sh, or use --backend torch") from None
+        raise KondenseError(
+            f"the horovod backend needs Horovod, which does not import here ({e}); "
+            f"build and install it with scripts/build-horovod.sh, or use --backend torch"
+        ) from None
     return hvd
 
 
@@ -28,8 +31,10 @@ class HorovodComm(Comm):
         if not os.environ.get("HOROVOD_RANK") or not os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"):
             size = os.environ.get("HOROVOD_SIZE", "1")
             if size != "1":
-                raise KondenseError("HOROVOD_RANK or HOROVOD_GLOO_RENDEZVOUS_ADDR is not set: start Horovod "
-                                    "ranks with `kondense worker` (or kondense.launch.worker), which sets them")
+                raise KondenseError(
+                    "HOROVOD_RANK or HOROVOD_GLOO_RENDEZVOUS_ADDR is not set: start Horovod "
+                    "ranks with `kondense worker` (or kondense.launch.worker), which sets them"
+                )
         # Horovod reads its Gloo timeout (rendezvous and collectives) from the environment at init().
         os.environ.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(max(1, int(timeout().total_seconds()))))
         self._hvd = hvd = import_horovod()
@@ -48,7 +53,7 @@ class HorovodComm(Comm):
         handles = [start(t, f"{name}.{i}") for i, t in enumerate(wire)]
         for h in handles:
             hvd.synchronize(h)
-        for t, w in zip(tensors, wire):
+        for t, w in zip(tensors, wire, strict=True):
             if w is not t:
                 t.copy_(w)
 
@@ -58,8 +63,11 @@ class HorovodComm(Comm):
     def broadcast_module(self, module: nn.Module, root: int = 0) -> None:
         hvd = self._hvd
         with torch.no_grad():
-            self._inplace(lambda t, name: hvd.broadcast_async_(t, root_rank=root, name=name),
-                          state_tensors(module), "kondense.state")
+            self._inplace(
+                lambda t, name: hvd.broadcast_async_(t, root_rank=root, name=name),
+                state_tensors(module),
+                "kondense.state",
+            )
 
     def allreduce_sum(self, values: list[float]) -> list[float]:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -70,8 +78,11 @@ class HorovodComm(Comm):
             return
         hvd = self._hvd
         with torch.no_grad():
-            self._inplace(lambda t, name: hvd.allreduce_async_(t, op=hvd.Average, name=name),
-                          grad_tensors(module), "kondense.grad")
+            self._inplace(
+                lambda t, name: hvd.allreduce_async_(t, op=hvd.Average, name=name),
+                grad_tensors(module),
+                "kondense.grad",
+            )
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:
         # Not hvd.DistributedOptimizer: its gradient hooks hand Horovod the raw gradients, which are

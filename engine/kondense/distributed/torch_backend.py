@@ -1,4 +1,5 @@
 """torch.distributed: gloo for CPU tensors, plus NCCL for CUDA tensors when this rank uses a GPU."""
+
 from __future__ import annotations
 
 import os
@@ -9,9 +10,9 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from kondense.errors import KondenseError
 from kondense.distributed import timeout
 from kondense.distributed.base import Comm, average_before_step, grad_tensors, state_tensors
+from kondense.errors import KondenseError
 from kondense.job.worker_env import env_int
 
 _CPU = torch.device("cpu")
@@ -31,8 +32,10 @@ class TorchComm(Comm):
     def __init__(self, device: str = "auto") -> None:
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(name):
-                raise KondenseError(f"{name} is not set: start torch ranks with `kondense worker` "
-                                    f"(or kondense.launch.worker), which sets it")
+                raise KondenseError(
+                    f"{name} is not set: start torch ranks with `kondense worker` "
+                    f"(or kondense.launch.worker), which sets it"
+                )
         self.rank = env_int(os.environ, "RANK")
         self.size = env_int(os.environ, "WORLD_SIZE", low=1)
         self.local_rank = env_int(os.environ, "LOCAL_RANK", 0)
@@ -43,8 +46,9 @@ class TorchComm(Comm):
         # this rank computes on a GPU its tensors (gradients, parameters) go over NCCL.
         self._pg_backend = "cpu:gloo,cuda:nccl" if self._device.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend=self._pg_backend, init_method="env://", rank=self.rank,
-                                    world_size=self.size, timeout=timeout())
+            dist.init_process_group(
+                backend=self._pg_backend, init_method="env://", rank=self.rank, world_size=self.size, timeout=timeout()
+            )
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         box = [obj if self.rank == root else None]
@@ -56,7 +60,7 @@ class TorchComm(Comm):
             for bucket in _buckets(state_tensors(module)):
                 flat = _flatten_dense_tensors(bucket)
                 dist.broadcast(flat, src=root)
-                for t, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                for t, value in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
                     t.copy_(value)
 
     def allreduce_sum(self, values: list[float]) -> list[float]:
@@ -72,7 +76,7 @@ class TorchComm(Comm):
                 flat = _flatten_dense_tensors(bucket)
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
                 flat.div_(self.size)
-                for g, value in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                for g, value in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
                     g.copy_(value)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.optim.Optimizer:

@@ -13,6 +13,7 @@ hold. `validate` does what the API server does on create, in its order:
 The first problem wins: schema errors ordered by field (parents first, then the schema's field
 order), then CEL rules in the same order. Torch-free, like all of kondense.job.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -30,8 +31,14 @@ from kondense.errors import KondenseError
 
 CRD_FILE = Path(__file__).with_name("compressionjob.crd.yaml")
 
-_TYPE_NAMES = {"object": "a mapping", "string": "a string", "integer": "an integer", "number": "a number",
-               "boolean": "true or false", "array": "a list"}
+_TYPE_NAMES = {
+    "object": "a mapping",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+}
 # at one field: what the value is, then which keys it has, then everything else
 _RANK = {"type": 0, "additionalProperties": 1, "required": 2, "oneOf": 3, "anyOf": 3}
 
@@ -83,8 +90,9 @@ def validate(value: Any, schema: Mapping | None = None, where: str = "") -> Any:
     _check_json(value, where)
     errors = list(_validator(schema).iter_errors(value))
     if errors:
-        first = min(errors, key=lambda e: (_order(value, schema, list(e.absolute_path)), _RANK.get(e.validator, 4),
-                                           e.message))
+        first = min(
+            errors, key=lambda e: (_order(value, schema, list(e.absolute_path)), _RANK.get(e.validator, 4), e.message)
+        )
         raise _problem(first, _join(where, *first.absolute_path))
     for problem in _rule_problems(value, schema, where):
         raise problem
@@ -200,8 +208,9 @@ def _problem(error: jsonschema.ValidationError, field: str) -> SpecError:
     if kind == "oneOf":
         keys = [branch["required"][0] for branch in error.validator_value]
         given = [k for k in keys if k in instance]
-        return SpecError(field, _explained(f"give exactly one of {' and '.join(keys)}, got "
-                                           f"{'both' if given else 'neither'}", schema))
+        return SpecError(
+            field, _explained(f"give exactly one of {' and '.join(keys)}, got {'both' if given else 'neither'}", schema)
+        )
     if kind == "anyOf":
         types = " or ".join(_TYPE_NAMES[branch["type"]] for branch in error.validator_value)
         return SpecError(field, _explained(f"must be {types}, got {kind_of(instance)}", schema))
@@ -211,11 +220,14 @@ def _problem(error: jsonschema.ValidationError, field: str) -> SpecError:
         allowed = ", ".join(map(str, error.validator_value))
         return SpecError(field, _explained(f"must be one of {allowed}, got {show(instance)}", schema))
     if kind in ("minimum", "maximum"):
-        return SpecError(field, _explained(f"must be {_TYPE_NAMES[schema['type']]} {_bounds(schema)}, got "
-                                           f"{show(instance)}", schema))
+        return SpecError(
+            field, _explained(f"must be {_TYPE_NAMES[schema['type']]} {_bounds(schema)}, got {show(instance)}", schema)
+        )
     if kind in ("minLength", "maxLength", "minItems", "maxItems", "maxProperties"):
         unit = "characters" if kind.endswith("Length") else "entries"
-        return SpecError(field, _explained(f"must have {_size_bounds(schema, kind)} {unit}, got {len(instance)}", schema))
+        return SpecError(
+            field, _explained(f"must have {_size_bounds(schema, kind)} {unit}, got {len(instance)}", schema)
+        )
     if kind == "pattern":
         return SpecError(field, _explained(f"{show(instance)} is not allowed", schema))
     return SpecError(field, _explained(error.message, schema))
@@ -224,8 +236,10 @@ def _problem(error: jsonschema.ValidationError, field: str) -> SpecError:
 def _bounds(schema: Mapping) -> str:
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None and high is not None:
-        return (f"in {'(' if schema.get('exclusiveMinimum') else '['}{low}, "
-                f"{high}{')' if schema.get('exclusiveMaximum') else ']'}")
+        return (
+            f"in {'(' if schema.get('exclusiveMinimum') else '['}{low}, "
+            f"{high}{')' if schema.get('exclusiveMaximum') else ']'}"
+        )
     if low is not None:
         return f"{'>' if schema.get('exclusiveMinimum') else '>='} {low}"
     return f"{'<' if schema.get('exclusiveMaximum') else '<='} {high}"

@@ -13,6 +13,7 @@ engine. Torch-free: the operator imports it.
 
 Errors are `SpecError`s naming the field (`spec.budget.ratios[1]`) and saying what is allowed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -191,8 +192,11 @@ def parse_for_kubernetes(body: Mapping[str, Any]) -> CompressionJob:
     from stage 1's files there and pods share nothing else."""
     job = parse(body)
     if uris.claim(job.spec.output_uri) is None:
-        raise SpecError("spec.output.uri", f"must be pvc://CLAIM/path on Kubernetes, got '{job.spec.output_uri}': "
-                                           "stage 2 continues from stage 1's files there, and pods share nothing else")
+        raise SpecError(
+            "spec.output.uri",
+            f"must be pvc://CLAIM/path on Kubernetes, got '{job.spec.output_uri}': "
+            "stage 2 continues from stage 1's files there, and pods share nothing else",
+        )
     return job
 
 
@@ -204,19 +208,26 @@ def _metadata(meta: Any) -> tuple[str, str]:
     if name is None:
         raise SpecError("metadata.name", "missing; every CompressionJob needs a name")
     if not isinstance(name, str) or len(name) > 253 or not all(_DNS1123_LABEL.fullmatch(p) for p in name.split(".")):
-        raise SpecError("metadata.name", f"{schema.show(name)} is not a DNS-1123 subdomain: at most 253 lowercase "
-                                         "letters, digits, '-' and '.', starting and ending with a letter or digit")
+        raise SpecError(
+            "metadata.name",
+            f"{schema.show(name)} is not a DNS-1123 subdomain: at most 253 lowercase "
+            "letters, digits, '-' and '.', starting and ending with a letter or digit",
+        )
     namespace = meta.get("namespace")
     if namespace is None:
         return name, DEFAULT_NAMESPACE
     if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS1123_LABEL.fullmatch(namespace):
-        raise SpecError("metadata.namespace", f"{schema.show(namespace)} is not a DNS-1123 label: at most 63 "
-                                              "lowercase letters, digits and '-', starting and ending with a letter or digit")
+        raise SpecError(
+            "metadata.namespace",
+            f"{schema.show(namespace)} is not a DNS-1123 label: at most 63 "
+            "lowercase letters, digits and '-', starting and ending with a letter or digit",
+        )
     return name, namespace
 
 
 def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
     """The dataclasses of a spec the schema accepted, defaults applied."""
+
     def where(uri: str | None) -> str | None:
         return uris.absolute(uri, base_dir) if uri is not None and base_dir is not None else uri
 
@@ -226,14 +237,26 @@ def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
     if data_format is None and "uri" in data:
         data_format = "npz" if data["uri"].endswith(".npz") else "imagefolder"
     kinds = {key: sub["type"] for key, sub in _PROPERTIES["budget"]["properties"].items()}
-    values = {BUDGET_KEYS[key]: tuple(map(float, v)) if kinds[key] == "array" else float(v) if kinds[key] == "number"
-              else v for key, v in budget.items()}
-    return JobSpec(model=ModelSource(zoo=model.get("zoo"), uri=where(model.get("uri")), arch=model.get("arch")),
-                   data=DataSource(dataset=data.get("dataset"), uri=where(data.get("uri")), format=data_format),
-                   delta=float(spec["delta"]), output_uri=where(spec["output"]["uri"]), stage=spec["stage"],
-                   workers=spec["workers"], slots_per_worker=spec["slotsPerWorker"], backend=spec["backend"],
-                   device=spec["device"], objective=spec["objective"], suspend=spec["suspend"], seed=spec["seed"],
-                   budget=BudgetSpec(**values), resources=spec.get("resources", {}))
+    values = {
+        BUDGET_KEYS[key]: tuple(map(float, v)) if kinds[key] == "array" else float(v) if kinds[key] == "number" else v
+        for key, v in budget.items()
+    }
+    return JobSpec(
+        model=ModelSource(zoo=model.get("zoo"), uri=where(model.get("uri")), arch=model.get("arch")),
+        data=DataSource(dataset=data.get("dataset"), uri=where(data.get("uri")), format=data_format),
+        delta=float(spec["delta"]),
+        output_uri=where(spec["output"]["uri"]),
+        stage=spec["stage"],
+        workers=spec["workers"],
+        slots_per_worker=spec["slotsPerWorker"],
+        backend=spec["backend"],
+        device=spec["device"],
+        objective=spec["objective"],
+        suspend=spec["suspend"],
+        seed=spec["seed"],
+        budget=BudgetSpec(**values),
+        resources=spec.get("resources", {}),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,18 +270,36 @@ def to_manifest(job: CompressionJob) -> dict:
     """
     s = job.spec
     model = {k: v for k, v in (("zoo", s.model.zoo), ("uri", s.model.uri), ("arch", s.model.arch)) if v is not None}
-    data = {k: v for k, v in (("dataset", s.data.dataset), ("uri", s.data.uri), ("format", s.data.format)) if v is not None}
+    data = {
+        k: v for k, v in (("dataset", s.data.dataset), ("uri", s.data.uri), ("format", s.data.format)) if v is not None
+    }
     budget = {}
     for key, attr in BUDGET_KEYS.items():
         v = getattr(s.budget, attr)
         if v is not None:
             budget[key] = list(v) if attr == "ratios" else v
-    spec = {"model": model, "data": data, "delta": s.delta, "stage": s.stage, "workers": s.workers,
-            "slotsPerWorker": s.slots_per_worker, "backend": s.backend, "device": s.device, "objective": s.objective,
-            "output": {"uri": s.output_uri}, "suspend": s.suspend, "seed": s.seed, "budget": budget,
-            "resources": copy.deepcopy(s.resources)}
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": job.name, "namespace": job.namespace},
-            "spec": spec}
+    spec = {
+        "model": model,
+        "data": data,
+        "delta": s.delta,
+        "stage": s.stage,
+        "workers": s.workers,
+        "slotsPerWorker": s.slots_per_worker,
+        "backend": s.backend,
+        "device": s.device,
+        "objective": s.objective,
+        "output": {"uri": s.output_uri},
+        "suspend": s.suspend,
+        "seed": s.seed,
+        "budget": budget,
+        "resources": copy.deepcopy(s.resources),
+    }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": job.name, "namespace": job.namespace},
+        "spec": spec,
+    }
 
 
 def claims(spec: JobSpec) -> tuple[str, ...]:
@@ -269,8 +310,14 @@ def claims(spec: JobSpec) -> tuple[str, ...]:
 
 def compress_kwargs(spec: JobSpec) -> dict:
     """Keyword arguments for kondense.compress besides model, data, out and budget."""
-    return {"delta": spec.delta, "stage": spec.stage, "objective": spec.objective, "device": spec.device,
-            "seed": spec.seed, "arch": spec.model.arch}
+    return {
+        "delta": spec.delta,
+        "stage": spec.stage,
+        "objective": spec.objective,
+        "device": spec.device,
+        "seed": spec.seed,
+        "arch": spec.model.arch,
+    }
 
 
 def budget_kwargs(spec: JobSpec) -> dict:
@@ -315,7 +362,8 @@ class _StrictLoader(yaml.SafeLoader):
                 continue
             if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
         return super().construct_mapping(node, deep=deep)
 
 

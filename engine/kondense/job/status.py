@@ -6,6 +6,7 @@ the transitions between phases, the stage summary that rank 0 leaves in its term
 (written and read back here), and the one wording of a result. Standard library only: the
 operator imports this module and must never import torch.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,7 @@ PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
 TERMINAL = (SUCCEEDED, FAILED)
 
 TERMINATION_LIMIT = 4096  # bytes the kubelet keeps of a termination message
-ERROR_LIMIT = 3000        # characters of an error a summary keeps: within TERMINATION_LIMIT once quoted
+ERROR_LIMIT = 3000  # characters of an error a summary keeps: within TERMINATION_LIMIT once quoted
 ARTIFACTS = {"model": "model.pt", "torchscript": "model.ts", "report": "report.json", "plan": "plan.json"}
 
 
@@ -43,8 +44,9 @@ def parse_time(value: str | None) -> dt.datetime | None:
 # conditions
 
 
-def set_condition(conditions: list[dict], type_: str, status: bool, reason: str, message: str,
-                  generation: int) -> list[dict]:
+def set_condition(
+    conditions: list[dict], type_: str, status: bool, reason: str, message: str, generation: int
+) -> list[dict]:
     """metav1.Condition semantics: one entry per type; lastTransitionTime moves only when the
     status flips, so `kubectl wait --for=condition=Succeeded` and dashboards see real transitions."""
     value = "True" if status else "False"
@@ -55,8 +57,16 @@ def set_condition(conditions: list[dict], type_: str, status: bool, reason: str,
                 c["lastTransitionTime"] = now()
             c.update(status=value, reason=reason, message=message, observedGeneration=generation)
             return out
-    out.append({"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now(),
-                "observedGeneration": generation})
+    out.append(
+        {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now(),
+            "observedGeneration": generation,
+        }
+    )
     return out
 
 
@@ -70,7 +80,7 @@ def condition(conditions: list[dict] | None, type_: str) -> dict | None:
 
 
 def workers_text(spec: JobSpec) -> str:
-    """"2 worker(s) x 1 torch process(es)": where a stage runs, in status messages and the log."""
+    """ "2 worker(s) x 1 torch process(es)": where a stage runs, in status messages and the log."""
     return f"{spec.workers} worker(s) x {spec.slots_per_worker} {spec.backend} process(es)"
 
 
@@ -78,8 +88,14 @@ def accepted(spec: JobSpec, generation: int = 1) -> dict:
     """A new status: the job is accepted and stage 1 comes first."""
     message = f"accepted: stage {spec.stage} on {workers_text(spec)}"
     start = now()
-    return {"phase": PENDING, "stage": 1, "startTime": start, "stageStartTime": start, "observedGeneration": generation,
-            "conditions": set_condition([], "Created", True, "Created", message, generation)}
+    return {
+        "phase": PENDING,
+        "stage": 1,
+        "startTime": start,
+        "stageStartTime": start,
+        "observedGeneration": generation,
+        "conditions": set_condition([], "Created", True, "Created", message, generation),
+    }
 
 
 def running(status: dict, stage: int, spec: JobSpec, generation: int) -> dict:
@@ -103,7 +119,9 @@ def succeeded(status: dict, generation: int) -> dict:
 
 def failed(status: dict, reason: str, message: str, generation: int) -> dict:
     """Phase and condition Failed with the reason; final (nothing moves a failed job on)."""
-    out = dict(status, phase=FAILED, reason=reason, message=message, completionTime=now(), observedGeneration=generation)
+    out = dict(
+        status, phase=FAILED, reason=reason, message=message, completionTime=now(), observedGeneration=generation
+    )
     if not out.get("startTime"):  # failed before it was accepted (an invalid spec)
         out["startTime"] = out["completionTime"]
     conds = out.get("conditions") or []
@@ -120,11 +138,13 @@ def failed(status: dict, reason: str, message: str, generation: int) -> dict:
 def stage_summary(report: dict, stage: int, output_uri: str) -> dict:
     """A finished stage: its metrics so far, the enhancement, where the artifacts are."""
     base = output_uri.rstrip("/")
-    return {"stage": stage,
-            "metrics": {k: report[k] for k in ("original", "stage1", "stage2") if k in report},
-            "enhancement": report["enhancement"],
-            "trainingSamples": report.get("trainingSamples", 0),
-            "artifacts": {key: f"{base}/{name}" for key, name in ARTIFACTS.items()}}
+    return {
+        "stage": stage,
+        "metrics": {k: report[k] for k in ("original", "stage1", "stage2") if k in report},
+        "enhancement": report["enhancement"],
+        "trainingSamples": report.get("trainingSamples", 0),
+        "artifacts": {key: f"{base}/{name}" for key, name in ARTIFACTS.items()},
+    }
 
 
 def error_summary(stage: int, error: str) -> dict:
@@ -180,7 +200,7 @@ def _rounded(value: Any) -> Any:
 
 
 def enhancement_text(enhancement: dict | None) -> str:
-    """"3.0x (params), 4.0x (size) at 1.00 points", or "" when the enhancement is incomplete."""
+    """ "3.0x (params), 4.0x (size) at 1.00 points", or "" when the enhancement is incomplete."""
     e = enhancement or {}
     try:
         return f"{float(e['params']):.1f}x (params), {float(e['size']):.1f}x (size) at {float(e['accuracyDrop']):.2f} points"

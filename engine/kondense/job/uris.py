@@ -6,6 +6,7 @@
 
 What a valid URI is, the CRD says (the rules on spec.output.uri, shared by every URI field).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,7 @@ def claim(uri: str | None) -> str | None:
     """The claim a pvc:// URI names; None for anything else."""
     if not uri or not uri.startswith(PVC):
         return None
-    return uri[len(PVC):].partition("/")[0]
+    return uri[len(PVC) :].partition("/")[0]
 
 
 def local_path(uri: str, pvc_root: str | Path, base_dir: str | Path | None = None) -> Path:
@@ -56,10 +57,10 @@ def local_path(uri: str, pvc_root: str | Path, base_dir: str | Path | None = Non
     """
     check(uri)
     if uri.startswith(PVC):
-        name, _, path = uri[len(PVC):].partition("/")
+        name, _, path = uri[len(PVC) :].partition("/")
         return Path(pvc_root) / name / unquote(path)
     if uri.startswith(FILE):
-        return Path(unquote(uri[len(FILE):]))
+        return Path(unquote(uri[len(FILE) :]))
     path = Path(uri).expanduser()
     if base_dir is not None and not path.is_absolute():
         return Path(base_dir) / path

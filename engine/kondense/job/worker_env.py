@@ -9,11 +9,12 @@ The operator cannot know a pod's index: an Indexed Job sets JOB_COMPLETION_INDEX
 `index=None` leaves KONDENSE_WORKER_INDEX out and the worker falls back to JOB_COMPLETION_INDEX.
 Standard library only: the operator imports this module and must not import torch.
 """
+
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from kondense.errors import KondenseError
 from kondense.job.spec import BACKENDS, DEFAULTS
@@ -32,22 +33,30 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 29500
 
 
-def env_int(environ: Mapping[str, str], name: str, default: int | None = None, low: int | None = None,
-            high: int | None = None) -> int:
+def env_int(
+    environ: Mapping[str, str], name: str, default: int | None = None, low: int | None = None, high: int | None = None
+) -> int:
     """The integer in variable `name`; `default` when it is unset or empty (an error if there is none)."""
     raw = environ.get(name, "")
     if raw == "":
         if default is None:
-            raise KondenseError(f"{name} is not set: start the processes with `kondense worker` "
-                                "(or kondense.launch.worker), which sets it")
+            raise KondenseError(
+                f"{name} is not set: start the processes with `kondense worker` "
+                "(or kondense.launch.worker), which sets it"
+            )
         return default
     try:
         value = int(raw)
     except ValueError:
         raise KondenseError(f"{name}={raw!r} is not an integer") from None
     if (low is not None and value < low) or (high is not None and value > high):
-        bound = f"between {low} and {high}" if low is not None and high is not None else \
-            f"at least {low}" if low is not None else f"at most {high}"
+        bound = (
+            f"between {low} and {high}"
+            if low is not None and high is not None
+            else f"at least {low}"
+            if low is not None
+            else f"at most {high}"
+        )
         raise KondenseError(f"{name}={value} must be {bound}")
     return value
 
@@ -56,24 +65,29 @@ def env_int(environ: Mapping[str, str], name: str, default: int | None = None, l
 class WorkerEnv:
     """One worker of a run of `workers` x `slots` ranks; ranks meet at coordinator:port."""
 
-    index: int | None = None      # None: from JOB_COMPLETION_INDEX (the operator's pods)
+    index: int | None = None  # None: from JOB_COMPLETION_INDEX (the operator's pods)
     workers: int = 1
     slots: int = 1
-    coordinator: str = LOOPBACK   # worker 0's host name
+    coordinator: str = LOOPBACK  # worker 0's host name
     port: int = DEFAULT_PORT
     backend: str = DEFAULTS["backend"]
-    hostname: str = ""            # only for messages; "" means this machine's host name
-    iface: str = ""               # the network interface gloo / NCCL / Horovod use; "" lets them choose
+    hostname: str = ""  # only for messages; "" means this machine's host name
+    iface: str = ""  # the network interface gloo / NCCL / Horovod use; "" lets them choose
 
     def to_env(self) -> dict[str, str]:
-        out = {WORKERS: str(self.workers), SLOTS: str(self.slots), COORDINATOR: self.coordinator,
-               PORT: str(self.port), BACKEND: self.backend}
+        out = {
+            WORKERS: str(self.workers),
+            SLOTS: str(self.slots),
+            COORDINATOR: self.coordinator,
+            PORT: str(self.port),
+            BACKEND: self.backend,
+        }
         optional = {INDEX: "" if self.index is None else str(self.index), HOSTNAME: self.hostname, IFACE: self.iface}
         out.update((name, value) for name, value in optional.items() if value)
         return out
 
     @staticmethod
-    def from_env(environ: Mapping[str, str]) -> "WorkerEnv":
+    def from_env(environ: Mapping[str, str]) -> WorkerEnv:
         workers = env_int(environ, WORKERS, 1, 1)
         slots = env_int(environ, SLOTS, 1, 1)
         index_name = INDEX if environ.get(INDEX, "") != "" else JOB_INDEX

@@ -2,6 +2,7 @@
 rendezvous server on worker 0 at a fixed port (no ssh, no horovodrun), and each local process's
 HOROVOD_* variables. The processes themselves are started and supervised by kondense.launch.worker.
 """
+
 from __future__ import annotations
 
 import socket
@@ -18,8 +19,10 @@ def host_plan(env: WorkerEnv) -> list:
     try:
         from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
     except ImportError as e:
-        raise KondenseError(f"the horovod backend needs Horovod, which does not import here ({e}); "
-                            "build and install it with scripts/build-horovod.sh, or use the torch backend") from None
+        raise KondenseError(
+            f"the horovod backend needs Horovod, which does not import here ({e}); "
+            "build and install it with scripts/build-horovod.sh, or use the torch backend"
+        ) from None
     hosts = ",".join(f"worker-{i}:{env.slots}" for i in range(env.workers))
     return get_host_assignments(parse_hosts(hosts), env.size)
 
@@ -59,12 +62,20 @@ def wait_for_server(env: WorkerEnv, seconds: float, stop: threading.Event) -> bo
 def rank_environ(env: WorkerEnv, local: int, plan: list, timeout_s: int) -> dict[str, str]:
     """The HOROVOD_* variables of local process `local`, as horovodrun would set them."""
     slot = next(s for s in plan if s.hostname == f"worker-{env.index or 0}" and s.local_rank == local)
-    out = {"HOROVOD_HOSTNAME": slot.hostname, "HOROVOD_RANK": str(slot.rank), "HOROVOD_SIZE": str(slot.size),
-           "HOROVOD_LOCAL_RANK": str(slot.local_rank), "HOROVOD_LOCAL_SIZE": str(slot.local_size),
-           "HOROVOD_CROSS_RANK": str(slot.cross_rank), "HOROVOD_CROSS_SIZE": str(slot.cross_size),
-           "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
-           "HOROVOD_GLOO_RENDEZVOUS_ADDR": env.coordinator, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(env.port),
-           "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout_s)}
+    out = {
+        "HOROVOD_HOSTNAME": slot.hostname,
+        "HOROVOD_RANK": str(slot.rank),
+        "HOROVOD_SIZE": str(slot.size),
+        "HOROVOD_LOCAL_RANK": str(slot.local_rank),
+        "HOROVOD_LOCAL_SIZE": str(slot.local_size),
+        "HOROVOD_CROSS_RANK": str(slot.cross_rank),
+        "HOROVOD_CROSS_SIZE": str(slot.cross_size),
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": env.coordinator,
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": str(env.port),
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout_s),
+    }
     if env.iface:
         out["HOROVOD_GLOO_IFACE"] = env.iface
     return out

@@ -7,6 +7,7 @@ Kubernetes the kubelet copies it into the pod status, where the operator reads i
 `kondense run` reads it from the file. Both build the status with kondense.job.status, so
 status.json has the shape of the CompressionJob's status on a cluster.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,15 @@ def run_stage(job: spec_mod.CompressionJob, stage: int, pvc_root: str | Path, co
     s = job.spec
     kwargs = {k: v for k, v in spec_mod.compress_kwargs(s).items() if k not in ("stage",)}
     out = spec_mod.local_path(s.output_uri, pvc_root)
-    result = compress(spec_mod.model_argument(s, pvc_root), spec_mod.data_argument(s, pvc_root), stage=stage, out=out,
-                      budget=Budget(**spec_mod.budget_kwargs(s)), comm=comm, **kwargs)
+    result = compress(
+        spec_mod.model_argument(s, pvc_root),
+        spec_mod.data_argument(s, pvc_root),
+        stage=stage,
+        out=out,
+        budget=Budget(**spec_mod.budget_kwargs(s)),
+        comm=comm,
+        **kwargs,
+    )
     summary = st.stage_summary(result.report, stage, s.output_uri)
     if comm.is_root:
         write_termination_message(summary)
@@ -90,15 +98,18 @@ def run_job(path: str | Path, pvc_root: str | Path) -> dict:
         logger.info("== %s: %s", job.name, status["message"])
         message_file = out / "checkpoints" / f"termination-stage{stage}.json"
         message_file.unlink(missing_ok=True)
-        command = rank_command("job", str(Path(path).resolve()), "--stage", str(stage),
-                               "--pvc-root", str(Path(pvc_root).resolve()))
-        code = launch_local(s.workers, s.slots_per_worker, s.backend, command,
-                            env={"KONDENSE_TERMINATION_LOG": str(message_file)})
+        command = rank_command(
+            "job", str(Path(path).resolve()), "--stage", str(stage), "--pvc-root", str(Path(pvc_root).resolve())
+        )
+        code = launch_local(
+            s.workers, s.slots_per_worker, s.backend, command, env={"KONDENSE_TERMINATION_LOG": str(message_file)}
+        )
         summary = st.parse_summary(message_file.read_text() if message_file.exists() else None) or {}
         if code != 0 or summary.get("error"):
             reason = summary.get("error") or f"the stage's processes failed (exit code {code}); see the log above"
-            status = st.failed(status, "WorkerError" if summary.get("error") else "StageFailed", f"stage {stage}: {reason}",
-                               generation)
+            status = st.failed(
+                status, "WorkerError" if summary.get("error") else "StageFailed", f"stage {stage}: {reason}", generation
+            )
             save_json(status, status_file)
             logger.error("%s: %s", job.name, status["message"])
             return status

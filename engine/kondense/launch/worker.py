@@ -15,6 +15,7 @@ names its global rank and exit code; a rank whose remote peers vanish fails in i
 (at the latest after KONDENSE_TIMEOUT seconds), which fails its own worker in turn.
 launch_local() runs several workers on this machine through exactly the same code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from kondense import logs
 from kondense.distributed import timeout
@@ -36,9 +37,9 @@ from kondense.launch import rendezvous
 
 logger = logging.getLogger(__name__)
 
-GRACE_S = 5            # between SIGTERM and SIGKILL for a worker's own processes
+GRACE_S = 5  # between SIGTERM and SIGKILL for a worker's own processes
 POLL_S = 0.1
-SETTLE_S = 1.0         # after a failure, how long peers may take to fail on their own before being stopped
+SETTLE_S = 1.0  # after a failure, how long peers may take to fail on their own before being stopped
 
 
 def _describe(code: int) -> str:
@@ -82,7 +83,7 @@ class _Signals:
         self.signum = 0
         self._old: dict[int, object] = {}
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -122,7 +123,9 @@ def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signal
             return 0
         if signals.event.is_set():
             running = sum(p.poll() is None for p in procs)
-            logger.warning("%sreceived %s: stopping %d process(es)", prefix, signal.Signals(signals.signum).name, running)
+            logger.warning(
+                "%sreceived %s: stopping %d process(es)", prefix, signal.Signals(signals.signum).name, running
+            )
             _stop(procs, grace)
             return 128 + signals.signum
         signals.event.wait(POLL_S)
@@ -134,8 +137,13 @@ def _relay(stream) -> None:
     stream.close()
 
 
-def run_processes(processes: list[tuple[str, list[str], Mapping[str, str]]], signals: _Signals, grace: float,
-                  prefix: str = "", relay: bool = False) -> int:
+def run_processes(
+    processes: list[tuple[str, list[str], Mapping[str, str]]],
+    signals: _Signals,
+    grace: float,
+    prefix: str = "",
+    relay: bool = False,
+) -> int:
     """Start each (name, command, environment), supervise them (see _supervise) and stop them all on the
     way out. With `relay`, their stderr (their log) goes to this module's logger line by line, so that the
     caller's logging sees it; their stdout stays the caller's (a result such as a report in JSON)."""
@@ -143,8 +151,13 @@ def run_processes(processes: list[tuple[str, list[str], Mapping[str, str]]], sig
     try:
         for name, command, env in processes:
             try:
-                p = subprocess.Popen(command, env=dict(env), text=True, bufsize=1 if relay else -1,
-                                     stderr=subprocess.PIPE if relay else None)
+                p = subprocess.Popen(
+                    command,
+                    env=dict(env),
+                    text=True,
+                    bufsize=1 if relay else -1,
+                    stderr=subprocess.PIPE if relay else None,
+                )
             except OSError as e:
                 raise KondenseError(f"cannot start {command[0]!r}: {e}") from None
             procs.append(p)
@@ -172,10 +185,26 @@ def rank_environ(env: WorkerEnv) -> dict[str, str]:
 
 def torchrun_args(env: WorkerEnv, command: list[str]) -> list[str]:
     """torchrun's command line for this worker: a static rendezvous at worker 0's coordinator:port."""
-    return ["--nnodes", str(env.workers), "--node-rank", str(env.index or 0), "--nproc-per-node", str(env.slots),
-            "--master-addr", env.coordinator, "--master-port", str(env.port),
-            "--rdzv-conf", f"timeout={_timeout_s()}", "--max-restarts", "0", "--shutdown-timeout", str(GRACE_S),
-            "--no-python", *command]
+    return [
+        "--nnodes",
+        str(env.workers),
+        "--node-rank",
+        str(env.index or 0),
+        "--nproc-per-node",
+        str(env.slots),
+        "--master-addr",
+        env.coordinator,
+        "--master-port",
+        str(env.port),
+        "--rdzv-conf",
+        f"timeout={_timeout_s()}",
+        "--max-restarts",
+        "0",
+        "--shutdown-timeout",
+        str(GRACE_S),
+        "--no-python",
+        *command,
+    ]
 
 
 def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
@@ -192,15 +221,23 @@ def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
         first, _ = e.get_first_failure()
         for rank in [first, *sorted(r for r in e.failures if r != first)]:
             failure = e.failures[rank]
-            logger.error("%srank %d (local %d) failed with %s", prefix, rank, failure.local_rank,
-                         _describe(failure.exitcode))
+            logger.error(
+                "%srank %d (local %d) failed with %s", prefix, rank, failure.local_rank, _describe(failure.exitcode)
+            )
         return _status(e.failures[first].exitcode) or 1
     except SignalException as e:  # torchrun has already passed it on to the ranks and stopped them
         logger.warning("%sreceived %s: stopped the ranks", prefix, e.sigval.name)
         return 128 + e.sigval
     except DistError as e:  # the rendezvous: worker 0's store did not answer within KONDENSE_TIMEOUT
-        logger.error("%sthe workers could not meet at %s:%d (KONDENSE_COORDINATOR, KONDENSE_PORT) within %d s "
-                     "(KONDENSE_TIMEOUT): %s", prefix, env.coordinator, env.port, _timeout_s(), e)
+        logger.error(
+            "%sthe workers could not meet at %s:%d (KONDENSE_COORDINATOR, KONDENSE_PORT) within %d s "
+            "(KONDENSE_TIMEOUT): %s",
+            prefix,
+            env.coordinator,
+            env.port,
+            _timeout_s(),
+            e,
+        )
         return 1
     return 0
 
@@ -214,12 +251,23 @@ def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
         elif not rendezvous.wait_for_server(env, _timeout_s(), signals.event):
             if signals.event.is_set():
                 return 128 + signals.signum
-            logger.error("%sHorovod's rendezvous server at %s:%d did not come up within %d s (KONDENSE_TIMEOUT)",
-                         prefix, env.coordinator, env.port, _timeout_s())
+            logger.error(
+                "%sHorovod's rendezvous server at %s:%d did not come up within %d s (KONDENSE_TIMEOUT)",
+                prefix,
+                env.coordinator,
+                env.port,
+                _timeout_s(),
+            )
             return 1
         common = {**os.environ, **rank_environ(env)}
-        processes = [(f"rank {env.rank(local)} (local {local})", command,
-                      {**common, **rendezvous.rank_environ(env, local, plan, _timeout_s())}) for local in range(env.slots)]
+        processes = [
+            (
+                f"rank {env.rank(local)} (local {local})",
+                command,
+                {**common, **rendezvous.rank_environ(env, local, plan, _timeout_s())},
+            )
+            for local in range(env.slots)
+        ]
         try:
             return run_processes(processes, signals, GRACE_S, prefix)
         finally:
@@ -241,22 +289,37 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
-def launch_local(workers: int, slots: int, backend: str, command: list[str], port: int | None = None, *,
-                 env: Mapping[str, str] | None = None) -> int:
+def launch_local(
+    workers: int,
+    slots: int,
+    backend: str,
+    command: list[str],
+    port: int | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Run `workers` workers on this machine (one `python -m kondense.launch.worker` each, the path pods
     take), over loopback, with `env` on top of this environment. Their log and their ranks' (stderr) goes
     to this module's logger, line by line; their stdout is this process's. 0 when all succeed."""
     engine_dir = str(Path(__file__).resolve().parents[2])
-    base = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(p for p in (engine_dir, os.environ.get("PYTHONPATH", "")) if p)}
+    base = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (engine_dir, os.environ.get("PYTHONPATH", "")) if p),
+    }
     base.pop(JOB_INDEX, None)
     port = port or free_port()
     iface = os.environ.get("KONDENSE_IFACE") or "lo"
-    environs = [{**base, **WorkerEnv(i, workers, slots, LOOPBACK, port, backend, f"worker-{i}", iface).to_env()}
-                for i in range(workers)]
+    environs = [
+        {**base, **WorkerEnv(i, workers, slots, LOOPBACK, port, backend, f"worker-{i}", iface).to_env()}
+        for i in range(workers)
+    ]
     WorkerEnv.from_env(environs[0])  # refuse bad arguments here, with the message a worker would give
-    processes = [(f"worker {i}", [sys.executable, "-m", "kondense.launch.worker", "--", *command], e)
-                 for i, e in enumerate(environs)]
+    processes = [
+        (f"worker {i}", [sys.executable, "-m", "kondense.launch.worker", "--", *command], e)
+        for i, e in enumerate(environs)
+    ]
     with _Signals() as signals:
         # a worker stops its own ranks within GRACE_S of our SIGTERM: give it that and a little more
         return run_processes(processes, signals, GRACE_S + 5, relay=True)
@@ -268,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        logger.error("usage: python -m kondense.launch.worker -- COMMAND [ARGS...]  (configured by KONDENSE_* variables)")
+        logger.error(
+            "usage: python -m kondense.launch.worker -- COMMAND [ARGS...]  (configured by KONDENSE_* variables)"
+        )
         return 2
     try:
         return run_worker(WorkerEnv.from_env(os.environ), argv)

@@ -8,6 +8,7 @@ memoryMB   batch-1 inference: input + every distinct activation tensor the forwa
            produces + parameters, in MB (2^20 bytes)
 latencyMs  median time of a forward pass over a batch, after warm-up, divided by the batch size
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +63,9 @@ def _to_dict(self) -> dict:
 
 # The six metrics of one model, fields in METRICS order; the field names are the JSON keys used
 # everywhere (CLI, reports, CR status). Accuracy is None when no data was given.
-Metrics = dataclasses.make_dataclass("Metrics", [(m.key, "float | None") for m in METRICS], namespace={"to_dict": _to_dict})
+Metrics = dataclasses.make_dataclass(
+    "Metrics", [(m.key, "float | None") for m in METRICS], namespace={"to_dict": _to_dict}
+)
 Metrics.__module__ = __name__  # pickled between ranks: pickle finds the class by module and name
 
 
@@ -129,7 +132,9 @@ def memory_mb(model: nn.Module, input_shape: tuple[int, ...]) -> float:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 32, warmup: int = 3, runs: int = 10) -> float:
+def latency_ms(
+    model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 32, warmup: int = 3, runs: int = 10
+) -> float:
     x = _example(model, input_shape, batch_size)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times = []
@@ -157,7 +162,9 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
     return 100.0 * correct / max(total, 1)
 
 
-def profile(model: nn.Module, input_shape: tuple[int, ...], loader: DataLoader | None = None, latency_batch: int = 32) -> "Metrics":
+def profile(
+    model: nn.Module, input_shape: tuple[int, ...], loader: DataLoader | None = None, latency_batch: int = 32
+) -> Metrics:
     """All six metrics; accuracy is None without a loader."""
     return Metrics(
         accuracy=accuracy(model, loader) if loader is not None else None,

@@ -1,4 +1,5 @@
 """Human-readable tables of metrics."""
+
 from __future__ import annotations
 
 from rich.console import Console
@@ -36,7 +37,11 @@ def enhancement(original: Metrics, final: Metrics) -> dict:
 
 def build_report(metrics: dict[str, Metrics], **extra) -> dict:
     final = metrics.get("stage2") or metrics["stage1"]
-    return {**{k: m.to_dict() for k, m in metrics.items()}, "enhancement": enhancement(metrics["original"], final), **extra}
+    return {
+        **{k: m.to_dict() for k, m in metrics.items()},
+        "enhancement": enhancement(metrics["original"], final),
+        **extra,
+    }
 
 
 def _rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -63,14 +68,20 @@ def plan_table(plan: dict) -> Table:
         if not entry["transforms"] and entry["paramsAfter"] == entry["paramsBefore"]:
             continue
         done = ", ".join(f"{t['transform']} {t['ratio']:.2f}" for t in entry["transforms"]) or "(coupled)"
-        table.add_row(layer, done, f"{entry['paramsBefore']:,} -> {entry['paramsAfter']:,}",
-                      f"{entry['macsBefore']:,} -> {entry['macsAfter']:,}")
+        table.add_row(
+            layer,
+            done,
+            f"{entry['paramsBefore']:,} -> {entry['paramsAfter']:,}",
+            f"{entry['macsBefore']:,} -> {entry['macsAfter']:,}",
+        )
     return table
 
 
 def _summary(report: dict) -> str:
-    return (f"delta {report.get('delta')} points, stage {report.get('stage')}, objective {report.get('objective')}, "
-            f"{report.get('trainingSamples', 0):,} training samples processed, {report.get('seconds', 0):.0f} s")
+    return (
+        f"delta {report.get('delta')} points, stage {report.get('stage')}, objective {report.get('objective')}, "
+        f"{report.get('trainingSamples', 0):,} training samples processed, {report.get('seconds', 0):.0f} s"
+    )
 
 
 def report_table(report: dict) -> Table:
@@ -87,13 +98,21 @@ def write_markdown(report: dict, path) -> None:
     from kondense.files import atomic_write
 
     header, rows = _rows(report)
-    lines = ["# kondense report", "", _summary(report), "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = [
+        "# kondense report",
+        "",
+        _summary(report),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
-def plot_annealing(history: list[dict], original_size: float, original_val: float, delta: float, floor: float, path) -> None:
+def plot_annealing(
+    history: list[dict], original_size: float, original_val: float, delta: float, floor: float, path
+) -> None:
     """Validation accuracy against size along the annealing path, with the budget's lines."""
     import matplotlib
 
@@ -104,13 +123,21 @@ def plot_annealing(history: list[dict], original_size: float, original_val: floa
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([original_size], [original_val], "s", color="black", label="original")
-    ax.axhline(original_val - delta, color="tab:red", linestyle="--", linewidth=1, label=f"original - delta ({delta:g})")
+    ax.axhline(
+        original_val - delta, color="tab:red", linestyle="--", linewidth=1, label=f"original - delta ({delta:g})"
+    )
     ax.axhline(floor, color="tab:orange", linestyle=":", linewidth=1, label="decision floor (with safety margin)")
     kept = [h for h in history if h["accepted"]]
     ax.plot([h["sizeMB"] for h in kept], [h["valAccuracy"] for h in kept], "o-", label="kept")
     rejected = [h for h in history if not h["accepted"]]
     if rejected:
-        ax.plot([h["sizeMB"] for h in rejected], [h["valAccuracy"] for h in rejected], "x", color="tab:red", label="rejected")
+        ax.plot(
+            [h["sizeMB"] for h in rejected],
+            [h["valAccuracy"] for h in rejected],
+            "x",
+            color="tab:red",
+            label="rejected",
+        )
     for h in history:
         ax.annotate(h["label"], (h["sizeMB"], h["valAccuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")

@@ -6,22 +6,23 @@ is). Plans are chosen with the budget, as AIMET's greedy ratio selection does: o
 accuracy threshold across all layers' curves, searched so that the composed model stays
 above a floor.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from kondense import transforms
-from kondense.pipeline.plan import Step, applied
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
 from kondense.measure.profile import accuracy, macs_g, params_m
+from kondense.pipeline.plan import Step, applied
 from kondense.train import recalibrate_batchnorm
 
 logger = logging.getLogger(__name__)
@@ -82,16 +83,19 @@ class Option:
     transform: str
     ratio: float
     accuracy: float
-    saving: float          # objective units saved in the whole model
-    coupled: list[str]     # layers whose output channels changed with it (pruning groups)
+    saving: float  # objective units saved in the whole model
+    coupled: list[str]  # layers whose output channels changed with it (pruning groups)
 
     def step(self) -> Step:
         return Step(self.layer, self.transform, self.ratio)
 
 
 def _out_dims(model: nn.Module) -> dict[str, int]:
-    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {
+        n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
 
 
 def scan(
@@ -107,7 +111,9 @@ def scan(
     base_cost = cost(model, objective, input_shape)
     base_dims = _out_dims(model)
     layers = transforms.optimizable_layers(model)
-    jobs = [(layer, t) for layer in layers for t in transforms.candidates(model, layer, protected, example_input=example)]
+    jobs = [
+        (layer, t) for layer in layers for t in transforms.candidates(model, layer, protected, example_input=example)
+    ]
     options: list[Option] = []
     began = time.perf_counter()
     for i, (layer, transform) in enumerate(jobs):
@@ -115,7 +121,16 @@ def scan(
             trial = applied(model, [Step(layer, transform, ratio)], example)
             dims = _out_dims(trial)
             coupled = [n for n, d in base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
-            options.append(Option(layer, transform, ratio, judge.scan_accuracy(trial), base_cost - cost(trial, objective, input_shape), coupled))
+            options.append(
+                Option(
+                    layer,
+                    transform,
+                    ratio,
+                    judge.scan_accuracy(trial),
+                    base_cost - cost(trial, objective, input_shape),
+                    coupled,
+                )
+            )
         done = i + 1
         eta = (time.perf_counter() - began) / done * (len(jobs) - done)
         if done == len(jobs) or done % max(1, len(jobs) // 10) == 0:
@@ -159,7 +174,9 @@ def in_order(picks: list[Option], options: list[Option]) -> list[Step]:
     return [o.step() for o in sorted(picks, key=lambda o: (o.transform != "prune", order[o.layer]))]
 
 
-def search(model: nn.Module, options: list[Option], judge: Judge, example: torch.Tensor, floor: float) -> tuple[list[Step], float]:
+def search(
+    model: nn.Module, options: list[Option], judge: Judge, example: torch.Tensor, floor: float
+) -> tuple[list[Step], float]:
     """The lowest threshold (most compression) whose composed model keeps scan accuracy >= floor.
 
     Binary search over the measured accuracies, assuming that a lower threshold never
@@ -172,7 +189,9 @@ def search(model: nn.Module, options: list[Option], judge: Judge, example: torch
         mid = (lo + hi) // 2
         steps = choose(options, thresholds[mid])
         acc = judge.scan_accuracy(applied(model, steps, example)) if steps else best[1]
-        logger.info(f"  plan search: threshold {thresholds[mid]:.2f}% -> {len(steps)} layers compressed, scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
+        logger.info(
+            f"  plan search: threshold {thresholds[mid]:.2f}% -> {len(steps)} layers compressed, scan accuracy {acc:.2f}% (floor {floor:.2f}%)"
+        )
         if acc >= floor:
             best = (steps, acc)  # the lowest threshold that passed so far: the most compression
             lo = mid + 1
@@ -184,8 +203,9 @@ def search(model: nn.Module, options: list[Option], judge: Judge, example: torch
 def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float) -> list[Option]:
     """An annealing step's candidates, most saving per point of accuracy lost first, until
     their summed (predicted, each layer alone) drops would pass `drop_budget`."""
-    ranked = sorted((o for o in options if o.saving > 0),
-                    key=lambda o: -o.saving / max(base_accuracy - o.accuracy, 0.05))
+    ranked = sorted(
+        (o for o in options if o.saving > 0), key=lambda o: -o.saving / max(base_accuracy - o.accuracy, 0.05)
+    )
     picks, spent, pruned, used = [], 0.0, set(), set()
     for o in ranked:
         drop = max(base_accuracy - o.accuracy, 0.0)
@@ -202,8 +222,15 @@ def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float)
     return picks
 
 
-def fit(model: nn.Module, picks: list[Option], options: list[Option], judge: Judge, example: torch.Tensor,
-        base_accuracy: float, floor: float) -> tuple[list[Step], float]:
+def fit(
+    model: nn.Module,
+    picks: list[Option],
+    options: list[Option],
+    judge: Judge,
+    example: torch.Tensor,
+    base_accuracy: float,
+    floor: float,
+) -> tuple[list[Step], float]:
     """The longest prefix of the ranked `picks` whose composed model keeps scan accuracy >= floor.
 
     Drops measured one layer at a time do not add up: at a mild ratio most layers alone cost

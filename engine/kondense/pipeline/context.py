@@ -1,4 +1,5 @@
 """What every stage of a compression run shares: the original, the data, the budget, the judge."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -6,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from kondense.pipeline.conductor import Judge
 from kondense.distributed import Comm, SingleComm
+from kondense.pipeline.conductor import Judge
 from kondense.pipeline.distill import FineTune, WithTeacher
 from kondense.pipeline.runstate import RunDir
 

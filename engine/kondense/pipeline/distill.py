@@ -3,11 +3,12 @@
 The teacher's logits on the training samples are computed once and cached: fine-tuning
 runs many times (every stage, every annealing step) and the teacher never changes.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -46,10 +47,21 @@ def cache_teacher(teacher: nn.Module, train: Dataset, batch_size: int = 256) -> 
     return WithTeacher(train, torch.cat(outs))
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.7, temperature: float = 4.0) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.7,
+    temperature: float = 4.0,
+) -> torch.Tensor:
     """Hinton's distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy."""
     t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean", log_target=True)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
     return alpha * t * t * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
@@ -62,6 +74,7 @@ def warmup_cosine(total_steps: int, warmup: float) -> Callable[[int], float]:
         if step < w:
             return (step + 1) / w
         return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total_steps - w)))
+
     return factor
 
 
@@ -91,22 +104,39 @@ class FineTune:
     optimizer: OptimizerFactory | None = None
     loss_fn: DistillLoss | None = None
 
-    def run(self, model: nn.Module, data: WithTeacher, epochs: float, seed: int, description: str = "fine-tune",
-            comm: Comm | None = None) -> int:
+    def run(
+        self,
+        model: nn.Module,
+        data: WithTeacher,
+        epochs: float,
+        seed: int,
+        description: str = "fine-tune",
+        comm: Comm | None = None,
+    ) -> int:
         """Fine-tune `model` in place for `epochs` (fractions allowed) of `data`, this rank's shard;
         gradients are averaged over ranks. Returns the samples processed by all ranks together."""
         comm = comm or SingleComm()
         device = next(model.parameters()).device
         precision = resolve_precision(self.precision, device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = comm.wrap_optimizer(self.optimizer(params) if self.optimizer else torch.optim.SGD(
-            params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay), model)
+        optimizer = comm.wrap_optimizer(
+            self.optimizer(params)
+            if self.optimizer
+            else torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay),
+            model,
+        )
         loss_fn = self.loss_fn or kd_loss
         generator = torch.Generator().manual_seed(seed)
-        loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=generator, drop_last=len(data) > self.batch_size)
+        loader = DataLoader(
+            data, batch_size=self.batch_size, shuffle=True, generator=generator, drop_last=len(data) > self.batch_size
+        )
         # every rank must take the same number of steps, or the gradient collectives would not pair up
         total_steps = comm.broadcast_object(max(1, math.ceil(epochs * len(loader))))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, self.warmup)) if self.optimizer is None else None
+        scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, self.warmup))
+            if self.optimizer is None
+            else None
+        )
         model.train()
         seen, step = 0, 0
         progress = Progress(total_steps, description)

@@ -1,4 +1,5 @@
 """Stage 1, exploration: a full sensitivity scan, a coarse plan, short distillation."""
+
 from __future__ import annotations
 
 import logging
@@ -7,10 +8,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kondense.measure.profile import size_mb
 from kondense.pipeline.conductor import options_from_json, options_to_json, scan, search
 from kondense.pipeline.context import Context
 from kondense.pipeline.plan import Step, applied
-from kondense.measure.profile import size_mb
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,21 @@ def explore(ctx: Context) -> StageResult:
             break
         began = time.perf_counter()
         model = applied(ctx.original, steps, ctx.example)
-        ctx.count_samples(ctx.finetune.run(model, ctx.teacher_data, budget.stage1_epochs, seed=ctx.seed,
-                                           description="stage 1 fine-tune", comm=ctx.comm))
+        ctx.count_samples(
+            ctx.finetune.run(
+                model,
+                ctx.teacher_data,
+                budget.stage1_epochs,
+                seed=ctx.seed,
+                description="stage 1 fine-tune",
+                comm=ctx.comm,
+            )
+        )
         val = ctx.judge.val_accuracy(model)
-        logger.info(f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
-                    f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s")
+        logger.info(
+            f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
+            f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s"
+        )
         if val >= ctx.accept_floor:
             return _finish(ctx, model, steps, val)
         drop /= 2

@@ -4,6 +4,7 @@ Steps depend only on shapes, so replaying them on the freshly built original
 architecture reproduces the compressed structure; that is how a compressed model is
 rebuilt from a weights-only file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,6 +53,7 @@ def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int,
             # weight[0]: C_in/groups * k_h * k_w per conv output element, in_features per linear one;
             # output[0]: the outputs of sample 0 (C_out * H_out * W_out, or out_features)
             macs[name] += module.weight[0].numel() * output[0].numel()
+
         return record
 
     hooks = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
@@ -87,9 +89,15 @@ class Plan:
         for name, (params, macs) in before.items():
             params_after, macs_after = cost_under(after, name)
             self.layers[name] = {
-                "transforms": [{"layer": s.layer, "transform": s.transform, "ratio": s.ratio}
-                               for s in self.steps if s.layer == name or s.layer.startswith(name + ".")],
-                "paramsBefore": params, "paramsAfter": params_after, "macsBefore": macs, "macsAfter": macs_after,
+                "transforms": [
+                    {"layer": s.layer, "transform": s.transform, "ratio": s.ratio}
+                    for s in self.steps
+                    if s.layer == name or s.layer.startswith(name + ".")
+                ],
+                "paramsBefore": params,
+                "paramsAfter": params_after,
+                "macsBefore": macs,
+                "macsAfter": macs_after,
             }
 
     def to_dict(self) -> dict:
@@ -102,4 +110,3 @@ def steps_to_json(steps: list[Step]) -> list[list]:
 
 def steps_from_json(items: list[list]) -> list[Step]:
     return [Step(str(a), str(b), float(c)) for a, b, c in items]
-

@@ -3,6 +3,7 @@
 state.json says how far the run got; each finished step has a checkpoint that
 kondense.artifacts writes and rebuilds (steps + weights, replayed on the original model).
 """
+
 from __future__ import annotations
 
 import json

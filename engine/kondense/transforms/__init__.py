@@ -9,6 +9,7 @@ the list on a freshly built architecture recreates the structure and its state_d
 - 'lowrank': truncated SVD (Linear, 1x1 conv) or Tucker-2 (kxk conv) factorisation into a
   Sequential at the same name, whose inner layers can be transformed again later.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ def optimizable_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
-def candidates(model: nn.Module, name: str, protected: set[str] | None = None, *, example_input: torch.Tensor) -> list[str]:
+def candidates(
+    model: nn.Module, name: str, protected: set[str] | None = None, *, example_input: torch.Tensor
+) -> list[str]:
     """Which of TRANSFORMS apply to layer `name` in its current form, in TRANSFORMS order.
 
     `protected` names layers whose outputs must keep their size (the final classifier: its

@@ -1,4 +1,5 @@
 """Helpers the transforms share: finding and replacing layers by name, and an example input fit for the model."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,10 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 def get_layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
     module = get_module(model, name)
     if not isinstance(module, LAYER_TYPES):
-        raise KondenseError(f"'{name}' is a {type(module).__name__}, not a Conv2d or Linear layer; "
-                            f"see optimizable_layers(model) for the names")
+        raise KondenseError(
+            f"'{name}' is a {type(module).__name__}, not a Conv2d or Linear layer; "
+            f"see optimizable_layers(model) for the names"
+        )
     return module
 
 

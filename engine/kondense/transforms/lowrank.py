@@ -5,6 +5,7 @@ the same steps on a fresh model gives the same structure. The new layers start a
 approximation the ranks allow (truncated SVD / HOSVD), so accuracy starts close to the original
 and fine-tuning only has to recover the truncated part.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,17 @@ def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
             first = nn.Linear(c_in, k, bias=False, **kw_)
             second = nn.Linear(k, c_out, bias=has_bias, **kw_)
         else:
-            first = nn.Conv2d(c_in, k, 1, layer.stride, layer.padding, layer.dilation, bias=False,
-                              padding_mode=layer.padding_mode, **kw_)
+            first = nn.Conv2d(
+                c_in,
+                k,
+                1,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                bias=False,
+                padding_mode=layer.padding_mode,
+                **kw_,
+            )
             second = nn.Conv2d(k, c_out, 1, bias=has_bias, **kw_)
             first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
         _copy_into(first.weight, first_w, layer.weight)
@@ -120,8 +130,17 @@ def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
         core = torch.einsum("oihw,or,is->rshw", work, u_out, u_in)
         first = nn.Conv2d(c_in, r1, 1, bias=False, **kw_)
         # zero/reflect/replicate padding commute with a bias-free 1x1 conv, so padding can move to the core
-        middle = nn.Conv2d(r1, r2, (kh, kw), layer.stride, layer.padding, layer.dilation, bias=False,
-                           padding_mode=layer.padding_mode, **kw_)
+        middle = nn.Conv2d(
+            r1,
+            r2,
+            (kh, kw),
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            bias=False,
+            padding_mode=layer.padding_mode,
+            **kw_,
+        )
         last = nn.Conv2d(r2, c_out, 1, bias=has_bias, **kw_)
         _copy_into(first.weight, u_in.t()[:, :, None, None], layer.weight)
         _copy_into(middle.weight, core, layer.weight)

@@ -7,6 +7,7 @@ the coupled layers' channels at once. The number of channels kept depends only o
 and the ratio; which channels are kept depends on the weights (group L1 magnitude), which does
 not change any shape, so replays on a fresh model reproduce the structure.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -86,8 +87,11 @@ class Graph:
             if id(module) in protected and dg.is_out_channel_pruning_fn(handler):
                 return f"its channels are tied to the outputs of the protected layer '{protected[id(module)]}'"
             if not node.outputs:  # this node's result is a model output
-                consumes_only = (dg.is_in_channel_pruning_fn(handler) and isinstance(module, LAYER_TYPES)
-                                 and not _is_depthwise(module))
+                consumes_only = (
+                    dg.is_in_channel_pruning_fn(handler)
+                    and isinstance(module, LAYER_TYPES)
+                    and not _is_depthwise(module)
+                )
                 if not consumes_only:
                     return "its channels are tied to the model output"
             if isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module):
@@ -110,12 +114,14 @@ class Graph:
 
 # candidates() is asked about one layer at a time, but a trace answers for all of them; cache
 # the answers (names and reasons only, so the cache never keeps a model alive) until the structure changes
-_ANSWERS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[str, str | None]]]" = weakref.WeakKeyDictionary()
+_ANSWERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[str, str | None]]] = weakref.WeakKeyDictionary()
 
 
 def _structure(model: nn.Module) -> tuple:
-    return tuple((name, id(m), type(m), tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
-                 for name, m in model.named_modules())
+    return tuple(
+        (name, id(m), type(m), tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+        for name, m in model.named_modules()
+    )
 
 
 def blockers(model: nn.Module, protected: set[str], x: torch.Tensor) -> dict[str, str | None]:
@@ -129,14 +135,20 @@ def blockers(model: nn.Module, protected: set[str], x: torch.Tensor) -> dict[str
     if unknown:
         raise KondenseError(f"protected layers {unknown} are not in the model")
     # a protected layer that was factorised since is a Sequential: protect the layers inside it
-    shielded = {id(m): n for n, m in modules.items()
-                if isinstance(m, LAYER_TYPES) and any(n == p or n.startswith(p + ".") for p in protected)}
+    shielded = {
+        id(m): n
+        for n, m in modules.items()
+        if isinstance(m, LAYER_TYPES) and any(n == p or n.startswith(p + ".") for p in protected)
+    }
     try:
         graph = Graph(model, x)
     except Exception as e:  # noqa: BLE001 - a trace failure is the user's model/input, say so
         raise KondenseError(f"could not trace the model to find channel dependencies: {e}") from e
-    answers = {name: ("it is protected" if id(m) in shielded else graph.blocker(m, shielded))
-               for name, m in modules.items() if isinstance(m, LAYER_TYPES)}
+    answers = {
+        name: ("it is protected" if id(m) in shielded else graph.blocker(m, shielded))
+        for name, m in modules.items()
+        if isinstance(m, LAYER_TYPES)
+    }
     _ANSWERS[model] = (key, answers)
     return answers
 

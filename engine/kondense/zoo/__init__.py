@@ -1,7 +1,8 @@
 """The model zoo: CIFAR-style architectures for any number of classes and input channels."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

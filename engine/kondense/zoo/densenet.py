@@ -1,4 +1,5 @@
 """CIFAR-style DenseNet-121 (growth rate 32, compression 0.5, 3x3 stem)."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,12 @@ class DenseLayer(nn.Module):
     def __init__(self, c_in: int, growth: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, 4 * growth, 1, bias=False),
-            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_in),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, 4 * growth, 1, bias=False),
+            nn.BatchNorm2d(4 * growth),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -20,11 +25,15 @@ class DenseLayer(nn.Module):
 
 
 def _transition(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(2))
+    return nn.Sequential(
+        nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(2)
+    )
 
 
 class DenseNet(nn.Module):
-    def __init__(self, depths: list[int], growth: int, num_classes: int, in_channels: int, reduction: float = 0.5) -> None:
+    def __init__(
+        self, depths: list[int], growth: int, num_classes: int, in_channels: int, reduction: float = 0.5
+    ) -> None:
         super().__init__()
         c = 2 * growth
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False)]

@@ -1,4 +1,5 @@
 """CIFAR-style GoogLeNet (Inception v1): a 3x3 stem, nine inception blocks, no auxiliary heads."""
+
 from __future__ import annotations
 
 import torch

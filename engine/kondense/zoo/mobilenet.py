@@ -1,4 +1,5 @@
 """CIFAR-style MobileNet v1 and v2 (stride-1 stems for 32x32 inputs)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,13 @@ _V1 = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] *
 _V2 = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-def _cbr(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, relu: type[nn.Module] | None = nn.ReLU) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+def _cbr(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, relu: type[nn.Module] | None = nn.ReLU
+) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+    ]
     if relu is not None:
         layers.append(relu(inplace=True))
     return layers

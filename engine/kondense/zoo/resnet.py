@@ -1,4 +1,5 @@
 """CIFAR-style ResNets: a 3x3 stem with stride 1, four stages, global average pooling."""
+
 from __future__ import annotations
 
 import torch
@@ -20,9 +21,7 @@ class BasicBlock(nn.Module):
     def __init__(self, c_in: int, width: int, stride: int) -> None:
         super().__init__()
         c_out = width * self.expansion
-        self.body = nn.Sequential(
-            *_conv_bn(c_in, width, 3, stride), nn.ReLU(inplace=True), *_conv_bn(width, c_out, 3)
-        )
+        self.body = nn.Sequential(*_conv_bn(c_in, width, 3, stride), nn.ReLU(inplace=True), *_conv_bn(width, c_out, 3))
         self.shortcut = _shortcut(c_in, c_out, stride)
         self.relu = nn.ReLU(inplace=True)
 
@@ -37,8 +36,10 @@ class Bottleneck(BasicBlock):
         nn.Module.__init__(self)
         c_out = width * self.expansion
         self.body = nn.Sequential(
-            *_conv_bn(c_in, width, 1), nn.ReLU(inplace=True),
-            *_conv_bn(width, width, 3, stride), nn.ReLU(inplace=True),
+            *_conv_bn(c_in, width, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(width, width, 3, stride),
+            nn.ReLU(inplace=True),
             *_conv_bn(width, c_out, 1),
         )
         self.shortcut = _shortcut(c_in, c_out, stride)
@@ -50,7 +51,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(*_conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
         stages, c_in = [], 64
-        for i, (width, depth) in enumerate(zip([64, 128, 256, 512], depths)):
+        for i, (width, depth) in enumerate(zip([64, 128, 256, 512], depths, strict=True)):
             blocks = []
             for j in range(depth):
                 blocks.append(block(c_in, width, 2 if (i > 0 and j == 0) else 1))

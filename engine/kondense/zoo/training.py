@@ -1,4 +1,5 @@
 """Train a zoo architecture on a data set and cache its weights, resuming after a kill."""
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,14 @@ def train_zoo(
         raise KondenseError(f"epochs must be at least 1, got {epochs}")
     dev = resolve(device)
     prec = resolve_precision(precision, dev)
-    bundle = data_mod.load(dataset, root=data_root, seed=seed, train_samples=train_samples,
-                           val_samples=val_samples, test_samples=test_samples)
+    bundle = data_mod.load(
+        dataset,
+        root=data_root,
+        seed=seed,
+        train_samples=train_samples,
+        val_samples=val_samples,
+        test_samples=test_samples,
+    )
     in_channels = bundle.input_shape[0]
     dataset_key = dataset if dataset in data_mod.NAMED_DATASETS else bundle.name
     # weights trained on a subset are cached apart, so a quick run never replaces a full one
@@ -77,9 +84,15 @@ def train_zoo(
     torch.manual_seed(seed)
     model = build(arch, bundle.num_classes, in_channels).to(dev).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(bundle.train) / batch_size) if len(bundle.train) <= batch_size else len(bundle.train) // batch_size
+    steps_per_epoch = (
+        math.ceil(len(bundle.train) / batch_size)
+        if len(bundle.train) <= batch_size
+        else len(bundle.train) // batch_size
+    )
     # one-cycle needs a few steps per phase; very short runs (tests) just stop early in the cycle
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(epochs * steps_per_epoch, 8), pct_start=0.25)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=max(epochs * steps_per_epoch, 8), pct_start=0.25
+    )
 
     start_epoch, elapsed = 0, 0.0
     if checkpoint.exists():
@@ -93,32 +106,65 @@ def train_zoo(
         else:
             logger.info(f"ignoring checkpoint {checkpoint}: it was made for other settings")
 
-    logger.info(f"training {arch} on {dataset_key}: {len(bundle.train)} train / {len(bundle.val)} val samples, "
-         f"{epochs} epochs, batch {batch_size}, {dev}, {prec}")
+    logger.info(
+        f"training {arch} on {dataset_key}: {len(bundle.train)} train / {len(bundle.val)} val samples, "
+        f"{epochs} epochs, batch {batch_size}, {dev}, {prec}"
+    )
     val_acc = float("nan")
     for epoch in range(start_epoch, epochs):
         began = time.perf_counter()
         # reseeding per epoch makes the shuffle of epoch k the same whether or not the run resumed
         train_loader, val_loader, _ = bundle.loaders(batch_size=batch_size, seed=seed * 1000 + epoch)
         torch.manual_seed(seed * 1000 + epoch)
-        loss = train_epoch(model, train_loader, optimizer, scheduler=scheduler, precision=prec, use_augment=True,
-                           description=f"{arch} epoch {epoch + 1}/{epochs}")
+        loss = train_epoch(
+            model,
+            train_loader,
+            optimizer,
+            scheduler=scheduler,
+            precision=prec,
+            use_augment=True,
+            description=f"{arch} epoch {epoch + 1}/{epochs}",
+        )
         recalibrate_batchnorm(model, train_loader)
         val_acc = accuracy(model, val_loader)
         elapsed += time.perf_counter() - began
         eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-        logger.info(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val acc {val_acc:.2f}%, {elapsed:.0f}s so far, ETA {eta:.0f}s")
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1, "epochs": epochs, "train_samples": len(bundle.train), "elapsed": elapsed}, checkpoint)
+        logger.info(
+            f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val acc {val_acc:.2f}%, {elapsed:.0f}s so far, ETA {eta:.0f}s"
+        )
+        save_torch(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "epochs": epochs,
+                "train_samples": len(bundle.train),
+                "elapsed": elapsed,
+            },
+            checkpoint,
+        )
 
     _, val_loader, test_loader = bundle.loaders()
     if start_epoch == epochs:  # finished before; the checkpoint holds the final state
         val_acc = accuracy(model, val_loader)
     test_acc = accuracy(model, test_loader)
-    meta = {"dataset": dataset_key, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "precision": prec,
-            "device": str(dev), "train_samples": len(bundle.train), "val_samples": len(bundle.val), "val_accuracy": round(val_acc, 2),
-            "test_accuracy": round(test_acc, 2), "test_samples": len(bundle.test), "wall_seconds": round(elapsed, 1),
-            "torch": str(torch.__version__)}
+    meta = {
+        "dataset": dataset_key,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "precision": prec,
+        "device": str(dev),
+        "train_samples": len(bundle.train),
+        "val_samples": len(bundle.val),
+        "val_accuracy": round(val_acc, 2),
+        "test_accuracy": round(test_acc, 2),
+        "test_samples": len(bundle.test),
+        "wall_seconds": round(elapsed, 1),
+        "torch": str(torch.__version__),
+    }
     weights.save(path, model, arch, bundle.num_classes, in_channels, meta)
     checkpoint.unlink(missing_ok=True)
     logger.info(f"{arch}: test accuracy {test_acc:.2f}% ({len(bundle.test)} samples), saved {path}")

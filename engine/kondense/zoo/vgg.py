@@ -1,4 +1,5 @@
 """CIFAR-style VGG-19 with batch norm and a single linear classifier."""
+
 from __future__ import annotations
 
 import torch

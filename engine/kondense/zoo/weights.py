@@ -4,6 +4,7 @@ A weights file is a dict {arch, num_classes, in_channels, state_dict, meta}; it 
 weights_only=True, so no code in it ever runs. A bare state_dict (what users often have)
 is accepted too and checked against the model.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,9 @@ def cache_path(arch: str, dataset: str, num_classes: int, in_channels: int) -> P
 
 def save(path: Path, model: nn.Module, arch: str, num_classes: int, in_channels: int, meta: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_torch({"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "state_dict": state, "meta": meta}, path)
+    save_torch(
+        {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "state_dict": state, "meta": meta}, path
+    )
     save_json({"arch": arch, "num_classes": num_classes, "in_channels": in_channels, **meta}, path.with_suffix(".json"))
 
 
@@ -50,8 +53,10 @@ def read(path: str | Path) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise KondenseError(f"'{path}' holds more than weights (objects that would need code execution to load); "
-                            f"save model.state_dict() instead: {str(e).splitlines()[0]}") from None
+        raise KondenseError(
+            f"'{path}' holds more than weights (objects that would need code execution to load); "
+            f"save model.state_dict() instead: {str(e).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError) as e:
         raise KondenseError(f"'{path}' is not a PyTorch weights file: {str(e).splitlines()[0]}") from None
     if not isinstance(content, dict):
