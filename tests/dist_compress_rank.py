@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kondense  # noqa: E402
 from kondense import distributed, logs  # noqa: E402
-from kondense.pipeline.context import Budget  # noqa: E402
+from kondense.pipeline.budget import Budget  # noqa: E402
 from kondense.pipeline.distill import FineTune  # noqa: E402
 from tests.tinynet import small_data, trained_tiny  # noqa: E402
 

@@ -476,8 +476,8 @@ def test_engine_arguments(tmp_path):
     import inspect
 
     from kondense.api import compress
+    from kondense.pipeline.budget import Budget
     from kondense.pipeline.conductor import COSTS
-    from kondense.pipeline.context import Budget
 
     s = S.parse(full()).spec
     assert S.compress_kwargs(s) == {

@@ -25,7 +25,7 @@ _LAZY = {
     "compress": ("kondense.api", "compress"),
     "Result": ("kondense.api", "Result"),
     "load_compressed": ("kondense.artifacts", "load_compressed"),
-    "Budget": ("kondense.pipeline.context", "Budget"),
+    "Budget": ("kondense.pipeline.budget", "Budget"),
     "FineTune": ("kondense.pipeline.distill", "FineTune"),
     "profile": ("kondense.measure.profile", "profile"),
 }

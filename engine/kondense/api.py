@@ -22,8 +22,9 @@ from kondense.job.spec import DEFAULT_DEVICE, DEFAULT_OBJECTIVE, DEFAULT_SEED, D
 from kondense.measure import report as report_mod
 from kondense.measure.profile import Metrics, accuracy, profile
 from kondense.pipeline.annealing import anneal
+from kondense.pipeline.budget import Budget
 from kondense.pipeline.conductor import EvalFn, Judge, evaluate_sharded
-from kondense.pipeline.context import Budget, Context
+from kondense.pipeline.context import Context
 from kondense.pipeline.distill import FineTune, cache_teacher
 from kondense.pipeline.exploration import explore
 from kondense.pipeline.plan import Plan

@@ -9,6 +9,7 @@ import sys
 from kondense import logs
 from kondense.errors import KondenseError
 from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES
+from kondense.pipeline import budget
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -114,7 +115,7 @@ def _zoo_train(args: argparse.Namespace) -> None:
 def _compress(args: argparse.Namespace) -> None:
     from kondense.api import compress
     from kondense.measure import report
-    from kondense.pipeline.context import Budget
+    from kondense.pipeline.budget import Budget
 
     if args.workers > 1 and getattr(args, "comm", None) is None:
         _compress_on_workers(args)
@@ -288,12 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train-samples", type=_positive, help="fine-tune on the first N training samples only")
     c.add_argument("--val-samples", type=_positive, help="decide on the first N validation samples only")
     c.add_argument("--test-samples", type=_positive, help="report on the first N test samples only")
-    c.add_argument("--stage1-epochs", type=float, help="fine-tuning epochs of stage 1 (default 2)")
-    c.add_argument("--step-epochs", type=float, help="fine-tuning epochs per annealing step (default 1)")
-    c.add_argument("--max-steps", type=_positive, help="annealing steps at most (default 8)")
-    c.add_argument("--scan-samples", type=_positive, help="validation samples of the sensitivity scan (default 2000)")
     c.add_argument(
-        "--ratios", type=float, nargs="+", help="layer sizes tried in the stage 1 scan (default 0.75 0.5 0.25 0.125)"
+        "--stage1-epochs", type=float, help=f"fine-tuning epochs of stage 1 (default {budget.default('stage1_epochs')})"
+    )
+    c.add_argument(
+        "--step-epochs",
+        type=float,
+        help=f"fine-tuning epochs per annealing step (default {budget.default('step_epochs')})",
+    )
+    c.add_argument(
+        "--max-steps", type=_positive, help=f"annealing steps at most (default {budget.default('max_steps')})"
+    )
+    c.add_argument(
+        "--scan-samples",
+        type=_positive,
+        help=f"validation samples of the sensitivity scan (default {budget.default('scan_samples')})",
+    )
+    c.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        help=f"layer sizes tried in the stage 1 scan (default {' '.join(map(str, budget.default('ratios')))})",
     )
     c.add_argument("--workers", type=_positive, default=1, help="processes on this machine (default 1)")
     c.add_argument(

@@ -32,7 +32,7 @@ def rank_command(*args: str) -> list[str]:
 def run_stage(job: spec_mod.CompressionJob, stage: int, pvc_root: str | Path, comm) -> dict:
     """This rank's part of one stage; rank 0 writes and returns the stage summary."""
     from kondense.api import compress
-    from kondense.pipeline.context import Budget
+    from kondense.pipeline.budget import Budget
 
     s = job.spec
     kwargs = {k: v for k, v in spec_mod.compress_kwargs(s).items() if k not in ("stage",)}
