@@ -25,6 +25,8 @@ BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=2, s
 
 
 def main(out: str, stage: int = 2) -> None:
+    # The batch is per rank: 64 // size keeps the global batch, and so the number and size of the
+    # optimizer steps, equal to the one-process run's, which the tests compare this run with.
     logs.setup()  # rank 0's progress lines reach the launcher (tests look for "resumed from checkpoint")
     comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device="cpu")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,7 @@ def main(out: str, stage: int = 2) -> None:
         out=out,
         device="cpu",
         budget=Budget(**BUDGET),
-        finetune=FineTune(batch_size=64),
+        finetune=FineTune(batch_size=64 // comm.size),
         comm=comm,
     )
     (Path(out) / f"rank-{comm.rank}.json").write_text(
