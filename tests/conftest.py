@@ -53,3 +53,13 @@ def run_cli(*args: str, check: bool = False, timeout: float = 900) -> subprocess
             f"kondense {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def train_quick_zoo(out: Path, *, epochs: int = 1, train: int = 512, val: int = 64, test: int = 64) -> Path:
+    """A mobilenet_v1 trained for seconds on a subset of Fashion-MNIST, by the `kondense zoo train`
+    command, saved at `out` (a zoo weights file: it names its own architecture)."""
+    samples = {"--train-samples": train, "--val-samples": val, "--test-samples": test}
+    flags = [str(x) for pair in samples.items() for x in pair]
+    run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", str(epochs), *flags,
+            "--out", str(out), check=True)  # fmt: skip
+    return out

@@ -15,7 +15,7 @@ from kondense import zoo
 from kondense.measure.profile import METRICS
 from kondense.zoo import weights
 
-from .conftest import run_cli
+from .conftest import run_cli, train_quick_zoo
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -171,24 +171,7 @@ def test_zoo_train_learns_and_lists(kondense_home: Path) -> None:
 def quick_zoo_file(tmp_path_factory) -> Path:
     """A mobilenet_v1 trained for seconds, saved as a zoo weights file (it names its own arch)."""
     out = tmp_path_factory.mktemp("zoo") / "mobilenet_v1.pt"
-    run_cli(
-        "zoo",
-        "train",
-        "mobilenet_v1",
-        "--dataset",
-        "fashion-mnist",
-        "--epochs",
-        "2",
-        "--train-samples",
-        "1536",
-        "--val-samples",
-        "256",
-        "--test-samples",
-        "256",
-        "--out",
-        str(out),
-        check=True,
-    )
+    train_quick_zoo(out, epochs=2, train=1536, val=256, test=256)
     return out
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from kondense.launch.worker import launch_local
 
-from .conftest import run_cli
+from .conftest import run_cli, train_quick_zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 RANK_SCRIPT = [sys.executable, str(ROOT / "tests" / "dist_compress_rank.py")]
@@ -99,24 +99,7 @@ def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path, capl
 def test_compress_command_on_two_workers(tmp_path: Path) -> None:
     """`kondense compress --workers 2` goes through the same launcher."""
     weights = tmp_path / "m.pt"
-    run_cli(
-        "zoo",
-        "train",
-        "mobilenet_v1",
-        "--dataset",
-        "fashion-mnist",
-        "--epochs",
-        "1",
-        "--train-samples",
-        "512",
-        "--val-samples",
-        "64",
-        "--test-samples",
-        "64",
-        "--out",
-        str(weights),
-        check=True,
-    )
+    train_quick_zoo(weights)
     result = run_cli(
         "compress",
         "--model",
@@ -157,24 +140,7 @@ def test_run_manifest_on_two_workers(backend: str, tmp_path: Path, kondense_home
     import yaml
 
     # the example compresses the zoo's mobilenet_v1: put quickly trained weights where the zoo looks
-    run_cli(
-        "zoo",
-        "train",
-        "mobilenet_v1",
-        "--dataset",
-        "fashion-mnist",
-        "--epochs",
-        "1",
-        "--train-samples",
-        "512",
-        "--val-samples",
-        "64",
-        "--test-samples",
-        "64",
-        "--out",
-        str(kondense_home / "zoo" / "mobilenet_v1_fashion-mnist_10c_1ch.pt"),
-        check=True,
-    )
+    train_quick_zoo(kondense_home / "zoo" / "mobilenet_v1_fashion-mnist_10c_1ch.pt")
     manifest = yaml.safe_load((ROOT / "examples" / "local-stage2.yaml").read_text())
     manifest["spec"].update(backend=backend, delta=10, output={"uri": "pvc://models/out"})
     manifest["spec"]["budget"].update(
