@@ -1,24 +1,81 @@
 # syntax=docker/dockerfile:1
-# One image for everything kondense runs on Kubernetes: the operator (kondense-operator) and the
-# worker pods it creates (kondense worker ...), i.e. the engine, torch, and Horovod 0.28.1
-# patched for torch 2.14 (scripts/build-horovod.sh).
+# The two images of a kondense release, from one file (docs/images.md):
 #
-#   make image                      # docker build -t $(IMAGE) .
-#   docker build --build-arg CUDA_VERSION= -t kondense:cpu .    # Horovod without CUDA (untested)
+#   --target operator   kondense-operator: kopf, the Kubernetes client, prometheus-client and the
+#                       torch-free job layer (kondense.job); no torch, a few hundred MB
+#   --target worker     the worker pods (kondense worker ...): the engine, torch, Horovod 0.28.1
+#                       patched for torch 2.14 (scripts/build-horovod.sh), Fashion-MNIST; the default
+#
+#   make image          # scripts/build-image.sh: docker where an engine answers, else buildah
+#   docker build --target operator -t ghcr.io/kondense/kondense-operator:0.1.0 .
+#   docker build --target worker --build-arg CUDA_VERSION= -t kondense-worker:cpu .   # Horovod without CUDA
 #
 # Python 3.11 on Debian 12 (bookworm), as the project is developed and tested; bookworm also
-# packages Fashion-MNIST (dataset-fashion-mnist), the zoo's data set.
+# packages Fashion-MNIST (dataset-fashion-mnist), the zoo's data set. The base is any bookworm
+# image with python3 and its venv module: python:3.11-slim-bookworm, or one made without a
+# registry (scripts/build-image.sh makes it with mmdebstrap).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+# What both images share: the user, the venv's place on PATH, the zoo's cache directory.
+FROM ${PYTHON_IMAGE} AS base
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.source="https://github.com/kondense/kondense" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
 
+# UID 1000, as the chart and the operator's pods run it (runAsNonRoot, read-only root file
+# system). KONDENSE_HOME (the zoo's weight cache) is where the operator mounts the cache claim.
+RUN useradd --uid 1000 --user-group --create-home --home-dir /home/kondense --shell /usr/sbin/nologin kondense \
+ && mkdir -p /var/cache/kondense \
+ && chown 1000:1000 /var/cache/kondense
+
+ENV PATH=/opt/kondense/bin:$PATH \
+    VIRTUAL_ENV=/opt/kondense \
+    KONDENSE_HOME=/var/cache/kondense \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /home/kondense
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS operator-build
+# A pip config for the build's pip calls, mounted by the builder: a build host's CA bundle, local
+# wheel mirrors (scripts/build-image.sh writes one for buildah). /dev/null: pip reads no config.
+ARG PIP_CONFIG_FILE=/dev/null
+RUN python3 -m venv /opt/kondense
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY engine ./engine
+COPY operator ./operator
+COPY scripts/operator-requirements.py ./scripts/
+# The operator's requirements and the job layer's, as pyproject.toml pins them
+# (scripts/operator-requirements.py), then the package without its dependencies: no torch.
+RUN python scripts/operator-requirements.py > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
+ && pip install --no-deps .
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS operator
+COPY --from=operator-build /opt/kondense /opt/kondense
+# The operator image must never carry torch (its size, its start-up time).
+RUN python -c "import kondense_operator.cli" && ! python -c "import torch" 2>/dev/null
+USER 1000:1000
+CMD ["kondense-operator", "--help"]
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS worker-build
 # The CUDA toolkit Horovod is compiled against: torch 2.14.1's wheels are CUDA 13.0 builds, and
 # with those Horovod's CMake insists on a real toolkit (scripts/build-horovod.sh says why).
 # Only the build stage has it; at run time torch's own nvidia-* wheels provide the libraries.
+# Empty: Horovod without CUDA (Gloo only), a smaller and faster build for checks.
 ARG CUDA_VERSION=13-0
 ARG HOROVOD_BUILD_CUDA_CC_LIST=80,90
 ARG BUILD_JOBS=4
+# as in operator-build
+ARG PIP_CONFIG_FILE=/dev/null
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake ca-certificates curl \
@@ -33,20 +90,17 @@ RUN if [ -n "$CUDA_VERSION" ]; then \
      && rm -rf /var/lib/apt/lists/*; \
     fi
 
-RUN python -m venv /opt/kondense
-ENV PATH=/opt/kondense/bin:$PATH \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/kondense
 # torch first, in a layer of its own (gigabytes; the versions pyproject.toml pins)
 RUN pip install torch==2.14.1 torchvision==0.29.1
 
+# Horovod next: it depends on torch alone, so a change to the engine does not rebuild it.
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY engine ./engine
-COPY operator ./operator
 COPY scripts/build-horovod.sh ./scripts/
-RUN pip install '.[operator]'
-
+# Horovod's C++ build includes Python.h: python:3.11-slim has it, a Debian base needs python3-dev.
+RUN if ! python -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_path('include') + '/Python.h'))"; then \
+        apt-get update && apt-get install -y --no-install-recommends python3-dev && rm -rf /var/lib/apt/lists/*; \
+    fi
 # Horovod with Gloo (CPU collectives, the rendezvous) and, with CUDA, NCCL for GPU tensors,
 # linked against the libnccl.so.2 that torch's nvidia-nccl wheel brings.
 RUN if [ -n "$CUDA_VERSION" ]; then \
@@ -55,39 +109,26 @@ RUN if [ -n "$CUDA_VERSION" ]; then \
                HOROVOD_BUILD_CUDA_CC_LIST="$HOROVOD_BUILD_CUDA_CC_LIST"; \
     fi \
  && KONDENSE_WHEEL_CACHE=/tmp/wheels MAKEFLAGS=-j"$BUILD_JOBS" scripts/build-horovod.sh /opt/kondense \
- && rm -rf /tmp/wheels \
+ && rm -rf /tmp/wheels
+
+# The package last (it changes most often); its pins leave torch and Horovod as they are.
+COPY pyproject.toml README.md ./
+COPY engine ./engine
+COPY operator ./operator
+RUN pip install . \
  && python -c "import kondense, kondense_operator, horovod.torch"
 
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE}
-
-LABEL org.opencontainers.image.title="kondense" \
-      org.opencontainers.image.description="Compress trained PyTorch networks within an accuracy budget; the kondense operator and its workers" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
-
+FROM base AS worker
 # Fashion-MNIST from Debian (/usr/share/datasets/fashion-mnist): nothing is downloaded at run time.
 # libgomp1: OpenMP for torch's CPU kernels.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dataset-fashion-mnist libgomp1 \
  && rm -rf /var/lib/apt/lists/*
 
-COPY --from=build /opt/kondense /opt/kondense
-
-# UID 1000, as the chart and the operator's pods run it (runAsNonRoot, read-only root file
-# system). KONDENSE_HOME (the zoo's weight cache) is where the operator mounts the cache claim.
-RUN useradd --uid 1000 --user-group --create-home --home-dir /home/kondense --shell /usr/sbin/nologin kondense \
- && mkdir -p /var/cache/kondense \
- && chown 1000:1000 /var/cache/kondense
-
-ENV PATH=/opt/kondense/bin:$PATH \
-    VIRTUAL_ENV=/opt/kondense \
-    KONDENSE_HOME=/var/cache/kondense \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    LD_LIBRARY_PATH=/opt/kondense/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/kondense/lib/python3.11/site-packages/nvidia/nccl/lib
+COPY --from=worker-build /opt/kondense /opt/kondense
+ENV LD_LIBRARY_PATH=/opt/kondense/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/kondense/lib/python3.11/site-packages/nvidia/nccl/lib
 
 USER 1000:1000
-WORKDIR /home/kondense
-# No entrypoint: the operator's Deployment runs kondense-operator, the worker pods kondense worker.
+# No entrypoint: the operator creates worker pods that run kondense worker.
 CMD ["kondense", "--help"]

@@ -4,7 +4,6 @@ the real helm (v4) and kubectl binaries that `make helm` installs: `helm lint --
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 
@@ -386,12 +385,12 @@ def test_worker_config(case, tmp_path):
     path.write_text(worker_config_text(case))
     parsed = load_worker_config(path)
     values = dict(s.split("=", 1) for s in CASES[case])
-    if case == "default":  # the chart's defaults are the operator's, but for the image
-        assert parsed == dataclasses.replace(WorkerConfig(), image="ghcr.io/your-org/kondense:0.1.0")
+    if case == "default":  # the chart's defaults are the operator's, image included
+        assert parsed == WorkerConfig()
     elif case == "workers":
         assert parsed == WORKERS_CASE
     else:
-        assert parsed.image == f"ghcr.io/your-org/kondense:{values.get('operator.image.tag', '0.1.0')}"
+        assert parsed.image == f"ghcr.io/kondense/kondense-worker:{values.get('operator.image.tag', '0.1.0')}"
         assert parsed.port == WorkerConfig().port
     claims = {
         o["metadata"]["namespace"]: o["metadata"]["name"] for o in by_kind(objects(case), "PersistentVolumeClaim")
@@ -638,28 +637,9 @@ def test_crd_schema_check_catches_mistakes():
 # the image, by reading
 
 
-def test_dockerfile():
-    text = (ROOT / "Dockerfile").read_text()
-    lines = [line.strip() for line in text.splitlines()]
-    assert "FROM ${PYTHON_IMAGE} AS build" in lines and "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in lines
-    assert "scripts/build-horovod.sh /opt/kondense" in text
-    assert "dataset-fashion-mnist" in text
-    assert "USER 1000:1000" in lines
-    assert any(line.startswith("ENV") or "KONDENSE_HOME=/var/cache/kondense" in line for line in lines)
-    assert "KONDENSE_HOME=/var/cache/kondense" in text
-    assert "COPY --from=build /opt/kondense /opt/kondense" in lines
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".venv", "out", ".git"} <= set(ignored)
-    # what the image copies exists
-    for path in ("pyproject.toml", "README.md", "engine", "operator", "scripts/build-horovod.sh"):
-        assert (ROOT / path).exists(), path
-
-
 def test_makefile_targets():
     makefile = (ROOT / "Makefile").read_text()
-    # `make image` needs a Docker engine; where `docker info` fails it says how to build instead
-    assert "docker info" in makefile and "docker build -t $(IMAGE) ." in makefile
     install = next(line for line in makefile.splitlines() if line.startswith("install:"))
     assert "helm" in install.split()
-    for target in ("helm:", "image:", "sync-crd:", "deploy-manifests:"):
+    for target in ("helm:", "image:", "sync-crd:", "sync-values-schema:", "deploy-manifests:", "lint:", "test-fast:"):
         assert any(line.startswith(target) for line in makefile.splitlines()), target

@@ -163,7 +163,7 @@ def test_cli_contract(tmp_path, monkeypatch):
     monkeypatch.delenv("KONDENSE_WATCH_NAMESPACES", raising=False)
     cfg, _ = parse_config([])
     assert cfg.clusterwide and cfg.metrics_port == 9090 and cfg.health_port == 8080
-    assert cfg.worker.image == "kondense/kondense:0.1.0"
+    assert cfg.worker.image == "ghcr.io/kondense/kondense-worker:0.1.0"
     cfg, _ = parse_config(["--namespace", "a", "--namespace", "b", "--metrics-port", "0"])
     assert cfg.namespaces == ("a", "b") and cfg.metrics_port == 0
     monkeypatch.setenv("KONDENSE_WATCH_NAMESPACES", "x, y")

@@ -43,7 +43,7 @@ def test_defaults_come_from_the_schema():
     assert not list(jsonschema.Draft7Validator(schema).iter_errors(defaults)), "the schema's defaults must be valid"
     assert WorkerConfig() == WorkerConfig(**{config.attribute(k): v for k, v in defaults.items()})
     cfg = WorkerConfig()
-    assert (cfg.image, cfg.port, cfg.backoff_limit) == ("kondense/kondense:0.1.0", 29500, 0)
+    assert (cfg.image, cfg.port, cfg.backoff_limit) == ("ghcr.io/kondense/kondense-worker:0.1.0", 29500, 0)
     assert WorkerConfig().node_selector is not WorkerConfig().node_selector  # no shared mutable default
 
 

@@ -50,14 +50,25 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/* An image reference from repository, tag and digest: repository@digest when a digest is
+set (what a registry serves under a digest never changes), else repository:tag. */}}
+{{- define "kondense.imageRef" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "kondense.operatorImage" -}}
-{{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
+{{- $i := .Values.operator.image -}}
+{{- include "kondense.imageRef" (dict "repository" $i.repository "tag" (default .Chart.AppVersion $i.tag) "digest" $i.digest) -}}
 {{- end -}}
 
 {{- define "kondense.workerImage" -}}
-{{- $repo := default .Values.operator.image.repository .Values.workers.image.repository -}}
-{{- $tag := default (default .Chart.AppVersion .Values.operator.image.tag) .Values.workers.image.tag -}}
-{{- printf "%s:%s" $repo $tag -}}
+{{- $i := .Values.workers.image -}}
+{{- $tag := default (default .Chart.AppVersion .Values.operator.image.tag) $i.tag -}}
+{{- include "kondense.imageRef" (dict "repository" $i.repository "tag" $tag "digest" $i.digest) -}}
 {{- end -}}
 
 {{/* The namespaces whose CompressionJobs the operator runs, as a list: the release namespace
