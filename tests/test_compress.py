@@ -47,7 +47,7 @@ def test_public_api_is_curated_and_light() -> None:
         "assert sorted(kondense.__all__) == sorted(['compress', 'load_compressed', 'Budget', 'FineTune', 'Result', "
         "'profile', 'KondenseError', '__version__']); "
         "assert all(getattr(kondense, name) is not None for name in kondense.__all__); "
-        "assert kondense.load_compressed.__module__ == 'kondense.artifacts'"
+        "assert kondense.load_compressed.__module__ == 'kondense.pipeline.artifacts'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
@@ -85,7 +85,7 @@ def test_saved_models_reproduce_reported_accuracy(result, tiny, bundle) -> None:
     rebuilt = kondense.load_compressed(result.out / "model.pt", base_model=TinyNet())
     assert accuracy(rebuilt, test_loader) == pytest.approx(reported, abs=0.01)
     assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(result.report["stage2"]["paramsM"])
-    # checkpoints share model.pt's format (kondense.artifacts) but do not name their original
+    # checkpoints share model.pt's format (kondense.pipeline.artifacts) but do not name their original
     with pytest.raises(kondense.KondenseError, match="a run checkpoint, not a finished model"):
         kondense.load_compressed(result.out / "checkpoints" / "stage1.pt")
 

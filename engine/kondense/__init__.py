@@ -24,7 +24,7 @@ __all__ = ["compress", "load_compressed", "Budget", "FineTune", "Result", "profi
 _LAZY = {
     "compress": ("kondense.api", "compress"),
     "Result": ("kondense.api", "Result"),
-    "load_compressed": ("kondense.artifacts", "load_compressed"),
+    "load_compressed": ("kondense.pipeline.artifacts", "load_compressed"),
     "Budget": ("kondense.pipeline.budget", "Budget"),
     "FineTune": ("kondense.pipeline.distill", "FineTune"),
     "profile": ("kondense.measure.profile", "profile"),

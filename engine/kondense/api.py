@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from kondense import data as data_mod
-from kondense.artifacts import save_state, save_torchscript
 from kondense.device import resolve_precision
 from kondense.distributed import Comm, SingleComm
 from kondense.errors import KondenseError
@@ -22,6 +21,7 @@ from kondense.job.spec import DEFAULT_DEVICE, DEFAULT_OBJECTIVE, DEFAULT_SEED, D
 from kondense.measure import report as report_mod
 from kondense.measure.profile import Metrics, accuracy, profile
 from kondense.pipeline.annealing import anneal
+from kondense.pipeline.artifacts import save_state, save_torchscript
 from kondense.pipeline.budget import Budget
 from kondense.pipeline.conductor import EvalFn, Judge, evaluate_sharded
 from kondense.pipeline.context import Context

@@ -1,7 +1,7 @@
 """The state of a compression run in its output directory, so a killed run resumes.
 
 state.json says how far the run got; each finished step has a checkpoint that
-kondense.artifacts writes and rebuilds (steps + weights, replayed on the original model).
+kondense.pipeline.artifacts writes and rebuilds (steps + weights, replayed on the original model).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kondense import artifacts
 from kondense.errors import KondenseError
 from kondense.files import save_json
+from kondense.pipeline import artifacts
 from kondense.pipeline.plan import Step
 
 
