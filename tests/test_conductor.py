@@ -59,3 +59,23 @@ def test_fit_takes_the_longest_prefix_whose_composed_model_stays_above_the_floor
     assert steps == in_order(picks, options)  # everything fits: prunings first, in model order
     assert [s.layer for s in steps] == ["features.0", "features.3", "fc1"]
     assert fit(model, picks, options, CountingJudge(model, names), example, 90.0, floor=85.0)[0] == []
+
+
+def test_a_scan_and_its_plan_search_trace_the_model_once(monkeypatch) -> None:
+    """The dependency graph is built once per model state: the sensitivity scan's every trial and the
+    plan search's every composed probe reuse the scanned model's trace."""
+    import torch_pruning as tp
+
+    from kondense.pipeline.conductor import scan, search
+
+    builds = []
+    real_build = tp.DependencyGraph.build_dependency
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    model, example = TinyNet().eval(), torch.zeros(2, 1, 28, 28)
+    judge = CountingJudge(model, ["features.0", "features.3", "features.6", "fc1"])
+    options = scan(model, judge, example, (0.5, 0.25), "params", {"fc2"})
+    assert {(o.layer, o.transform) for o in options} >= {("features.0", "prune"), ("fc1", "prune"), ("fc1", "lowrank")}
+    assert judge.calls == len(options)
+    steps, _ = search(model, options, judge, example, floor=0.0)  # composes probes up to everything
+    assert any(s.transform == "prune" for s in steps)
+    assert len(builds) == 1

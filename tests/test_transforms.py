@@ -317,3 +317,44 @@ def test_transforms_stay_on_the_gpu() -> None:
     apply(model, "features.0", "lowrank", 0.5, x)
     assert all(p.is_cuda for p in model.parameters())
     assert run(model, x.cuda()).shape == (2, 10)
+
+
+# one step per channel group, as a plan's head holds them: residual-coupled, concatenated, depthwise-fed
+PLANNED = {
+    "resnet18": ["stages.0.0.body.0", "stages.1.1.body.3", "stages.2.1.body.0"],
+    "mobilenet_v2": ["features.5.body.6", "features.4.body.0", "features.7.body.0"],
+    "densenet121": ["features.0", "features.3.body.2", "features.7.2"],
+    "googlenet": ["features.0.branch3.3", "features.0.branch3.0", "features.1.branch1.0"],
+}
+
+
+@pytest.mark.parametrize("arch", PLANNED)
+def test_trials_planned_on_one_trace_equal_pruning_each_copy(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """applied() plans prunings on the model's own graph and cuts a copy: one trace for every trial, and
+    the same model as tracing and pruning the copy itself (one step: the very same channels)."""
+    import torch_pruning as tp
+
+    from kondense.pipeline.plan import Step, applied
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    model = zoo.build(arch, 10, 1).eval()
+    builds = []
+    real_build = tp.DependencyGraph.build_dependency
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    names = PLANNED[arch]
+    for name in names:
+        for ratio in (0.75, 0.5, 0.25):
+            trial = applied(model, [Step(name, "prune", ratio)], x)
+            own = apply(copy.deepcopy(model), name, "prune", ratio, x)
+            assert [p.shape for p in trial.parameters()] == [p.shape for p in own.parameters()]
+            torch.testing.assert_close(run(trial, x), run(own, x), rtol=0, atol=0)
+    steps = [Step(name, "prune", 0.5) for name in names]
+    together = applied(model, steps, x)
+    assert len(builds) == 1 + 3 * len(names)  # the model's one trace; each `own` copy needed its own
+    replayed = zoo.build(arch, 10, 1)
+    for s in steps:
+        apply(replayed, s.layer, s.transform, s.ratio, x)
+    replayed.load_state_dict(together.state_dict(), strict=True)
+    torch.testing.assert_close(run(replayed, x), run(together, x), rtol=0, atol=0)
+    assert n_params(together) < n_params(model)

@@ -28,15 +28,34 @@ class Step:
 
 
 def replay(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
-    """Apply `steps` in order to `model` (in place) and return it."""
+    """Apply `steps` in order to `model` (in place) and return it. Consecutive prunings share one
+    trace of the model; a factorisation changes the structure, so a pruning after it traces again."""
     for step in steps:
         transforms.apply(model, step.layer, step.transform, step.ratio, example)
     return model
 
 
 def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
-    """A transformed copy; `model` is left as it was."""
-    return replay(copy.deepcopy(model), steps, example)
+    """A transformed copy; `model` is left as it was.
+
+    The leading prunings of distinct channel groups (what one plan holds: prunings first, one per
+    group) are planned on `model`'s own dependency graph, traced once per model state and shared by
+    every trial the conductor composes, and carried out on the copy; the rest replays in order.
+    """
+    recipes, touched, head = [], set(), 0
+    for step in steps:
+        if step.transform != "prune":
+            break
+        recipe = transforms.prune_recipe(model, step.layer, step.ratio, example)
+        if recipe.touches() & touched:  # the same group twice: the second depends on the first's result
+            break
+        recipes.append(recipe)
+        touched |= recipe.touches()
+        head += 1
+    trial = copy.deepcopy(model)
+    for recipe in recipes:
+        recipe.apply(trial)
+    return replay(trial, steps[head:], example)
 
 
 def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:

@@ -21,10 +21,11 @@ from torch import nn
 from kondense.errors import KondenseError
 from kondense.transforms import lowrank, pruning
 from kondense.transforms._common import LAYER_TYPES, get_layer, get_module, prepare_input, set_module
+from kondense.transforms.pruning import Recipe
 
 TRANSFORMS: tuple[str, ...] = ("prune", "lowrank")
 
-__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "apply"]
+__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "apply", "prune_recipe", "Recipe"]
 
 
 def optimizable_layers(model: nn.Module) -> list[str]:
@@ -84,5 +85,13 @@ def apply(model: nn.Module, name: str, transform: str, ratio: float, example_inp
             raise KondenseError(f"'lowrank' does not apply to '{name}': {reason}")
         set_module(model, name, lowrank.factorise(layer, ratio))
     else:
-        pruning.prune(model, name, layer, ratio, x)
+        pruning.prune(model, name, ratio, x)
     return model
+
+
+def prune_recipe(model: nn.Module, name: str, ratio: float, example_input: torch.Tensor) -> Recipe:
+    """Pruning layer `name` of `model` to `ratio`, planned on `model` (left unchanged) and applied to a
+    copy with `recipe.apply(copy.deepcopy(model))`: every trial on one model state shares one trace of it."""
+    ratio = _check_ratio(ratio)
+    get_layer(model, name)
+    return pruning.pruner(model, prepare_input(model, example_input)).recipe(name, ratio)

@@ -10,7 +10,9 @@ not change any shape, so replays on a fresh model reproduce the structure.
 
 from __future__ import annotations
 
-import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
@@ -98,23 +100,131 @@ class Graph:
                 return "its channels are tied to a grouped conv, which can only be pruned in whole groups"
         return None
 
-    def prune(self, layer: nn.Module, ratio: float) -> None:
-        """Keep max(1, round(ratio * C)) channels, the largest by group L1 norm; ties go to the lower index."""
+    def dropped(self, layer: nn.Module, ratio: float) -> list[int]:
+        """The output channels pruning to `ratio` removes: all but the max(1, round(ratio * C)) largest by
+        group L1 norm (ties go to the lower index). Which ones depends on the weights, how many only on the shape."""
         n = _out_size(layer)
         keep = max(1, round(ratio * n))
         if keep >= n:
-            return
+            return []
         scorer = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None)
         scores = scorer(self.group(layer, list(range(n))))
         scores = torch.nan_to_num(torch.as_tensor(scores).detach().double().cpu(), nan=-float("inf"))
         order = torch.argsort(scores, descending=True, stable=True)
-        drop = sorted(order[keep:].tolist())
-        self.group(layer, drop).prune()
+        return sorted(order[keep:].tolist())
+
+    def prune(self, layer: nn.Module, ratio: float) -> None:
+        """Prune in place; the graph stays valid for further prunings of the same model (torch-pruning's
+        own pruners prune step after step through one graph)."""
+        drop = self.dropped(layer, ratio)
+        if drop:
+            self.group(layer, drop).prune(record_history=False)
 
 
-# candidates() is asked about one layer at a time, but a trace answers for all of them; cache
-# the answers (names and reasons only, so the cache never keeps a model alive) until the structure changes
-_ANSWERS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[str, str | None]]] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class Cut:
+    """One tensor dimension a pruning shrinks: the module (or bare parameter) by qualified name,
+    torch-pruning's handler for it, the dimension, and the indices removed."""
+
+    name: str
+    handler: Callable
+    dim: int
+    idxs: tuple[int, ...]
+    parameter: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A pruning of one model state, planned on that state's graph and replayable onto any copy of it.
+
+    A copy (`copy.deepcopy`) has the same module names, shapes and weights, so the same cuts give
+    exactly what pruning the copy through a graph of its own would: without tracing it again.
+    """
+
+    cuts: tuple[Cut, ...]
+
+    def touches(self) -> set[tuple[str, str]]:
+        """(name, in or out channels): what another recipe of the same state must leave alone."""
+        return {(c.name, c.handler.__name__) for c in self.cuts}
+
+    def apply(self, model: nn.Module) -> None:
+        for cut in self.cuts:
+            cut.handler.__self__.pruning_dim = cut.dim  # torch-pruning's handlers read their dim from their pruner
+            if cut.parameter:
+                parent_name, _, attr = cut.name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, attr, cut.handler(getattr(parent, attr), list(cut.idxs)))
+            else:
+                cut.handler(model.get_submodule(cut.name), list(cut.idxs))
+
+
+class Pruner:
+    """Everything pruning needs to know about one model state, from one trace of it: which layers can
+    be pruned (and why not), and recipes for pruning any of them. Built once per model state (the
+    sensitivity scan asks it about every layer at every ratio) and dropped when the structure changes."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        try:
+            self.graph = Graph(model, x)
+        except Exception as e:  # noqa: BLE001 - a trace failure is the user's model/input, say so
+            raise KondenseError(f"could not trace the model to find channel dependencies: {e}") from e
+        self.model = model
+        self.names = {id(m): n for n, m in reversed(list(model.named_modules()))}  # first name wins when shared
+        self._blockers: dict[frozenset[str], dict[str, str | None]] = {}
+
+    def blockers(self, protected: set[str]) -> dict[str, str | None]:
+        key = frozenset(protected)
+        if key not in self._blockers:
+            modules = dict(self.model.named_modules())
+            unknown = sorted(n for n in protected if n not in modules)
+            if unknown:
+                raise KondenseError(f"protected layers {unknown} are not in the model")
+            # a protected layer that was factorised since is a Sequential: protect the layers inside it
+            shielded = {
+                id(m): n
+                for n, m in modules.items()
+                if isinstance(m, LAYER_TYPES) and any(n == p or n.startswith(p + ".") for p in protected)
+            }
+            self._blockers[key] = {
+                name: ("it is protected" if id(m) in shielded else self.graph.blocker(m, shielded))
+                for name, m in modules.items()
+                if isinstance(m, LAYER_TYPES)
+            }
+        return self._blockers[key]
+
+    def _checked(self, name: str, layer: nn.Module) -> None:
+        reason = self.graph.blocker(layer)
+        if reason is not None:
+            raise KondenseError(f"'prune' does not apply to '{name}': {reason}")
+
+    def recipe(self, name: str, ratio: float) -> Recipe:
+        """The cuts pruning layer `name` to `ratio` makes, planned without changing the model."""
+        layer = self.model.get_submodule(name)
+        self._checked(name, layer)
+        drop = self.graph.dropped(layer, ratio)
+        if not drop:
+            return Recipe(())
+        params = self.graph.dg._param_to_name  # bare nn.Parameters the graph prunes (named within the probed model)
+        cuts = []
+        for dep, idxs in self.graph.group(layer, drop):
+            target = dep.target.module
+            if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+                cuts.append(
+                    Cut(params[target].removeprefix("model."), dep.handler, dep.target.pruning_dim, _plain(idxs), True)
+                )
+            elif id(target) in self.names:  # not one of torch-pruning's bookkeeping nodes (concat offsets...)
+                cuts.append(Cut(self.names[id(target)], dep.handler, dep.target.pruning_dim, _plain(idxs)))
+        return Recipe(tuple(cuts))
+
+    def prune(self, name: str, ratio: float) -> None:
+        """Prune the model itself; this pruner stays valid for the pruned state."""
+        layer = self.model.get_submodule(name)
+        self._checked(name, layer)
+        self.graph.prune(layer, ratio)
+
+
+def _plain(idxs) -> tuple[int, ...]:
+    return tuple(int(i) for i in tp._helpers.to_plain_idxs(idxs))
 
 
 def _structure(model: nn.Module) -> tuple:
@@ -124,41 +234,34 @@ def _structure(model: nn.Module) -> tuple:
     )
 
 
+# The pruners of the few model states the engine is working on (the scanned model, the copies being
+# composed). A pruner holds its model, so the cache is small and bounded rather than weak.
+_PRUNERS: OrderedDict[int, tuple[tuple, Pruner]] = OrderedDict()
+_CACHED = 4
+
+
+def pruner(model: nn.Module, x: torch.Tensor) -> Pruner:
+    """The pruner of `model` as it is now: built on first use, reused until its structure changes."""
+    key = (_structure(model), tuple(x.shape), x.dtype, str(x.device))
+    hit = _PRUNERS.get(id(model))
+    if hit is not None and hit[1].model is model and hit[0] == key:
+        _PRUNERS.move_to_end(id(model))
+        return hit[1]
+    made = Pruner(model, x)
+    _PRUNERS[id(model)] = (key, made)
+    _PRUNERS.move_to_end(id(model))
+    while len(_PRUNERS) > _CACHED:
+        _PRUNERS.popitem(last=False)
+    return made
+
+
 def blockers(model: nn.Module, protected: set[str], x: torch.Tensor) -> dict[str, str | None]:
     """{layer name: why it cannot be pruned, or None} for every Conv2d/Linear."""
-    key = (_structure(model), frozenset(protected), tuple(x.shape), x.dtype, str(x.device))
-    cached = _ANSWERS.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    modules = dict(model.named_modules())
-    unknown = sorted(n for n in protected if n not in modules)
-    if unknown:
-        raise KondenseError(f"protected layers {unknown} are not in the model")
-    # a protected layer that was factorised since is a Sequential: protect the layers inside it
-    shielded = {
-        id(m): n
-        for n, m in modules.items()
-        if isinstance(m, LAYER_TYPES) and any(n == p or n.startswith(p + ".") for p in protected)
-    }
-    try:
-        graph = Graph(model, x)
-    except Exception as e:  # noqa: BLE001 - a trace failure is the user's model/input, say so
-        raise KondenseError(f"could not trace the model to find channel dependencies: {e}") from e
-    answers = {
-        name: ("it is protected" if id(m) in shielded else graph.blocker(m, shielded))
-        for name, m in modules.items()
-        if isinstance(m, LAYER_TYPES)
-    }
-    _ANSWERS[model] = (key, answers)
-    return answers
+    return pruner(model, x).blockers(protected)
 
 
-def prune(model: nn.Module, name: str, layer: nn.Module, ratio: float, x: torch.Tensor) -> None:
-    try:
-        graph = Graph(model, x)
-    except Exception as e:  # noqa: BLE001
-        raise KondenseError(f"could not trace the model to find channel dependencies: {e}") from e
-    reason = graph.blocker(layer)
-    if reason is not None:
-        raise KondenseError(f"'prune' does not apply to '{name}': {reason}")
-    graph.prune(layer, ratio)
+def prune(model: nn.Module, name: str, ratio: float, x: torch.Tensor) -> None:
+    """Prune layer `name` of `model` in place, through the model's cached pruner, which stays valid."""
+    p = pruner(model, x)
+    p.prune(name, ratio)
+    _PRUNERS[id(model)] = ((_structure(model), tuple(x.shape), x.dtype, str(x.device)), p)
