@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -44,3 +45,38 @@ def test_fine_tune_steps_follow_the_schedule() -> None:
     # 4 warm-up steps of 16: 0.05/4, 0.05/2, ..., then the full rate, then down
     assert rates[:5] == pytest.approx([0.0125, 0.025, 0.0375, 0.05, 0.05])
     assert rates[-1] < 0.005
+
+
+def test_a_weak_teacher_does_not_hold_the_student_below_label_training() -> None:
+    """An undertrained original: fine-tuning with kondense's distillation reaches what plain label
+    training of the same network reaches with the same samples, well above the teacher."""
+    from torch.nn import functional as F
+
+    from kondense.measure.profile import accuracy
+    from kondense.pipeline.distill import cache_teacher
+    from kondense.train import recalibrate_batchnorm
+    from tests.tinynet import TinyNet, small_data
+
+    bundle = small_data()
+    train, val = bundle.loaders(batch_size=64, seed=0)[:2]
+    torch.manual_seed(0)
+    teacher = TinyNet()
+    optimizer = torch.optim.Adam(teacher.parameters(), lr=3e-3)
+    for x, y in itertools.islice(train, 6):  # a few steps: a teacher far from what the network can do
+        optimizer.zero_grad()
+        F.cross_entropy(teacher(x), y).backward()
+        optimizer.step()
+    recalibrate_batchnorm(teacher, train)
+    teacher.eval()
+    taught = cache_teacher(teacher, bundle.train)
+
+    def fine_tuned(**loss) -> float:
+        student = copy.deepcopy(teacher)
+        FineTune(batch_size=64, lr=0.02, precision="fp32", **loss).run(student, taught, epochs=3, seed=0)
+        return accuracy(student.eval(), val)
+
+    weak = accuracy(teacher, val)
+    distilled = fine_tuned()
+    labels_only = fine_tuned(loss_fn=lambda student, _teacher, y: F.cross_entropy(student, y))
+    assert labels_only > weak + 10, (weak, labels_only)  # the teacher really is weak
+    assert distilled >= labels_only - 1.5, (weak, distilled, labels_only)
