@@ -62,6 +62,15 @@ def test_compresses_within_delta_and_stage2_beyond_stage1(result) -> None:
     assert set(r["original"]) == {"accuracy", "sizeMB", "macsG", "paramsM", "memoryMB", "latencyMs"}
 
 
+def test_report_splits_the_time_between_search_fine_tuning_and_evaluation(result) -> None:
+    timing = result.report["timing"]
+    parts = ("scanSeconds", "fineTuneSeconds", "evalSeconds", "otherSeconds")
+    assert set(timing) == {*parts, "totalSeconds"}
+    assert all(timing[p] > 0 for p in parts[:3]), timing  # a stage 2 run scans, fine-tunes and evaluates
+    assert sum(timing[p] for p in parts) == pytest.approx(timing["totalSeconds"], abs=0.05)
+    assert timing["totalSeconds"] == pytest.approx(result.report["seconds"], rel=0.01)
+
+
 def test_outputs_are_complete(result) -> None:
     files = {p.name for p in result.out.iterdir() if p.is_file()}
     assert {"model.pt", "model.ts", "plan.json", "report.json", "report.md", "annealing.png"} <= files
@@ -152,6 +161,8 @@ def test_killed_run_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     assert any(line.startswith("stage 1: resumed from checkpoint") for line in lines)
     assert not any("sensitivity scan at ratios" in line for line in lines), "stage 1 must not be redone"
     assert result.report["original"]["paramsM"] > result.report["stage2"]["paramsM"]
+    timing = result.report["timing"]  # the killed run's scan and stage 1 count, as the state saved them
+    assert timing["scanSeconds"] > 0 and timing["fineTuneSeconds"] > 0
 
 
 def test_other_settings_in_the_same_directory_are_refused(result, tiny, bundle) -> None:

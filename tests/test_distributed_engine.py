@@ -40,7 +40,12 @@ def single_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("single")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KONDENSE_BACKEND", "RANK", "WORLD_SIZE"))}
     subprocess.run([*RANK_SCRIPT, str(out)], check=True, env=env, capture_output=True, timeout=600)
-    return json.loads((out / "rank-0.json").read_text())
+    return {**json.loads((out / "rank-0.json").read_text()), "scan": scanned(out)}
+
+
+def scanned(out: Path) -> list[dict]:
+    """The stage 1 sensitivity scan a run checkpointed."""
+    return json.loads((out / "checkpoints" / "state.json").read_text())["scan"]
 
 
 @pytest.fixture
@@ -67,6 +72,15 @@ def test_two_processes_agree_and_match_one(backend: str, single_run: dict, tmp_p
     assert 0.5 <= one["stage2"]["paramsM"] / two["stage2"]["paramsM"] <= 2.0
     assert two["original"]["accuracy"] - two["stage2"]["accuracy"] <= 3.0
     assert two["original"] == {**one["original"], "latencyMs": two["original"]["latencyMs"]}
+    # The scan's trials are spread over the ranks, each judged by one rank on the whole scan subset:
+    # the same trials and the same accuracies as one process (within a sample or two of 300, as the
+    # ranks' thread counts may order bf16 sums differently)
+    assert any("this rank's" in line for line in lines), "\n".join(lines[-30:])
+    alone, spread = single_run["scan"], scanned(tmp_path)
+    assert [(o["layer"], o["transform"], o["ratio"]) for o in spread] == [
+        (o["layer"], o["transform"], o["ratio"]) for o in alone
+    ]
+    assert all(abs(a["accuracy"] - b["accuracy"]) <= 0.7 for a, b in zip(alone, spread, strict=True))
 
 
 def test_a_killed_rank_fails_the_run_clearly_and_it_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -29,6 +29,7 @@ from kondense.pipeline.distill import FineTune, cache_teacher
 from kondense.pipeline.exploration import explore
 from kondense.pipeline.plan import Plan
 from kondense.pipeline.runstate import RunDir
+from kondense.pipeline.timing import Stopwatch
 from kondense.sources import load_model
 
 logger = logging.getLogger(__name__)
@@ -120,17 +121,19 @@ def compress(
     run = RunDir(out, fingerprint, writer=comm.is_root)
     if run.resumed:
         logger.info(f"resuming the run in {out}")
+    stopwatch = Stopwatch(run.state.setdefault("timing", {}), since=began)
 
     logger.info(f"original: measuring on {len(splits.test)} test samples")
     test_loader = DataLoader(comm.shard(splits.test), batch_size=256)
-    metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
+    with stopwatch.timing("eval"):
+        metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
+    scan_subset = Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))
     judge = Judge(
         recal=DataLoader(
             splits.train, batch_size=finetune.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
         ),
-        scan=DataLoader(
-            comm.shard(Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))), batch_size=256
-        ),
+        scan=DataLoader(comm.shard(scan_subset), batch_size=256),
+        scan_whole=DataLoader(scan_subset, batch_size=256),
         val=DataLoader(comm.shard(splits.val), batch_size=256),
         eval_fn=evaluate,
         recal_samples=budget.recal_samples,
@@ -139,7 +142,8 @@ def compress(
     )
     original_val = run.state.get("originalVal")
     if original_val is None:
-        original_val = evaluate_sharded(original, judge.val, evaluate, comm)
+        with stopwatch.timing("eval"):
+            original_val = evaluate_sharded(original, judge.val, evaluate, comm)
         run.state["originalVal"] = original_val
     train_shard = comm.shard(splits.train, even=True)
     logger.info(
@@ -158,16 +162,19 @@ def compress(
         budget=budget,
         run=run,
         original_val=original_val,
+        stopwatch=stopwatch,
         seed=seed,
         comm=comm,
     )
 
     stage1 = explore(ctx)
-    metrics["stage1"] = _metrics(stage1.model, splits.input_shape, test_loader, evaluate, comm)
+    with stopwatch.timing("eval"):
+        metrics["stage1"] = _metrics(stage1.model, splits.input_shape, test_loader, evaluate, comm)
     final, history = stage1, []
     if stage == 2:
         final, history = anneal(ctx, stage1)
-        metrics["stage2"] = _metrics(final.model, splits.input_shape, test_loader, evaluate, comm)
+        with stopwatch.timing("eval"):
+            metrics["stage2"] = _metrics(final.model, splits.input_shape, test_loader, evaluate, comm)
 
     plan = Plan(objective, final.steps)
     plan.account(original, final.model, example)
@@ -184,7 +191,8 @@ def compress(
         },
         annealing=history,
         data={"name": splits.name, "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-        seconds=time.perf_counter() - began,
+        seconds=stopwatch.total,
+        timing=stopwatch.report(),
     )
     if comm.is_root:
         save_state(out / "model.pt", final.model, final.steps, base=base, input_shape=splits.input_shape)

@@ -127,6 +127,7 @@ def _compress(args: argparse.Namespace) -> None:
                 "stage1_epochs": args.stage1_epochs,
                 "step_epochs": args.step_epochs,
                 "max_steps": args.max_steps,
+                "max_samples": args.max_samples,
                 "scan_samples": args.scan_samples,
                 "ratios": tuple(args.ratios) if args.ratios else None,
                 "train_samples": args.train_samples,
@@ -298,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fine-tuning epochs per annealing step (default {budget.default('step_epochs')})",
     )
     c.add_argument(
-        "--max-steps", type=_positive, help=f"annealing steps at most (default {budget.default('max_steps')})"
+        "--max-steps",
+        type=_positive,
+        help="annealing steps at most (default: no cap; annealing ends when delta is spent)",
+    )
+    c.add_argument(
+        "--max-samples",
+        type=_positive,
+        help="training samples processed in all at most; annealing takes no step that would pass it (default: no cap)",
     )
     c.add_argument(
         "--scan-samples",

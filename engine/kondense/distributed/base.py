@@ -76,6 +76,10 @@ class Comm(ABC):
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         """Root's picklable object, returned on every rank."""
 
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable object, in rank order, on every rank (small objects: one broadcast each)."""
+        return [self.broadcast_object(obj if self.rank == r else None, root=r) for r in range(self.size)]
+
     @abstractmethod
     def broadcast_module(self, module: nn.Module, root: int = 0) -> None:
         """Overwrite every rank's parameters and buffers with root's, in place."""

@@ -83,6 +83,7 @@ class BudgetSpec:
     stage1_epochs: float | None = None
     step_epochs: float | None = None
     max_steps: int | None = None
+    max_samples: int | None = None
     scan_samples: int | None = None
     ratios: tuple[float, ...] | None = None
     train_samples: int | None = None

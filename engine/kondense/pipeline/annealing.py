@@ -1,16 +1,20 @@
-"""Stage 2, annealing: from stage 1, compress further in steps until the budget is spent.
+"""Stage 2, annealing: from stage 1, compress further in steps until the accuracy budget is spent.
 
 Each step rescans the current model at one ratio, ranks the layers by saving per point of
 accuracy, and takes as many as keep the composed model's scan accuracy within the step's
 allowance of the current one; it fine-tunes, and keeps the result only if validation accuracy
-stays above the floor. A rejected step halves the allowance (the temperature falls) and
-retries from the same scan (the model did not change); `patience` rejections in a row end
-the stage.
+stays above the floor. A rejected step halves the allowance (the temperature falls) and retries
+from the same scan (the model did not change); a kept step doubles it (up to GROWTH times where
+it started), so the steps grow while fine-tuning keeps repairing them, and one unlucky step does
+not slow every later one. The stage ends when `patience`
+steps in a row are rejected, when no layer can shrink within the allowance, or at the caps a
+user may set (`max_steps`, `max_samples`); a run still improving never stops on its own.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from kondense.measure.profile import size_mb
@@ -20,6 +24,11 @@ from kondense.pipeline.exploration import StageResult
 from kondense.pipeline.plan import applied
 
 logger = logging.getLogger(__name__)
+
+# How far the allowance may grow past where it started while steps keep being kept: fine-tuning
+# repairs far more than a 2-point drop before it (stage 1 allows 10), so bigger steps spend the
+# budget in fewer fine-tunings; a rejected step halves it again.
+GROWTH = 8
 
 
 def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
@@ -47,40 +56,39 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
 
     began, first = time.perf_counter(), state["step"]
     scanned = None  # (options, base accuracy) of `current`, reused after a rejected step
-    while not state["done"] and state["step"] < budget.max_steps:
+    while not state["done"]:
+        stop = _cap_reached(ctx, state["step"])
+        if stop:
+            logger.info(f"stage 2: {stop}; done")
+            break
         k = state["step"] + 1
         logger.info(
-            f"stage 2, step {k}/{budget.max_steps}: {'rescan at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same scan'}, "
+            f"stage 2, step {k}{'/' + str(budget.max_steps) if budget.max_steps else ''}: "
+            f"{'rescan at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same scan'}, "
             f"allowance {state['drop']:.2f} points"
         )
-        if scanned is None:
-            options = scan(current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected)
-            scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
-        options, base = scanned
-        picks = greedy_step(options, base, state["drop"])
-        steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base, base - state["drop"])
-        steps = ctx.comm.broadcast_object(steps)
+        with ctx.stopwatch.timing("scan"):
+            if scanned is None:
+                options = scan(
+                    current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected
+                )
+                scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
+            options, base = scanned
+            picks = greedy_step(options, base, state["drop"])
+            steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base, base - state["drop"])
+            steps = ctx.comm.broadcast_object(steps)
         if not steps:
             logger.info(f"stage 2, step {k}: no layer can shrink within the allowance; done")
-            state["done"] = True
             break
         model = applied(current.model, steps, ctx.example)
-        ctx.count_samples(
-            ctx.finetune.run(
-                model,
-                ctx.teacher_data,
-                budget.step_epochs,
-                seed=ctx.seed + k,
-                description=f"stage 2 step {k}",
-                comm=ctx.comm,
-            )
-        )
-        val = ctx.judge.val_accuracy(model)
+        ctx.fine_tune(model, budget.step_epochs, seed=ctx.seed + k, description=f"stage 2 step {k}")
+        val = ctx.val_accuracy(model)
         accepted = val >= ctx.accept_floor
         state["history"].append(_point(ctx, f"step {k}", model, val, accepted))
         if accepted:
             current, scanned = StageResult(model, current.steps + steps, val), None
             state.update(checkpoint=run.save_model(f"stage2_step{k}", model, current.steps), valAccuracy=val, rejects=0)
+            state["drop"] = min(state["drop"] * 2, GROWTH * budget.step_drop * ctx.delta)
         else:
             state["rejects"] += 1
             state["drop"] /= 2
@@ -91,12 +99,26 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         logger.info(
             f"stage 2, step {k}: {len(steps)} layers shrunk, val acc {val:.2f}% (floor {ctx.accept_floor:.2f}%) -> "
             f"{'kept' if accepted else 'rejected'}; size {size_mb(current.model):.3f} MB "
-            f"({size_mb(ctx.original) / size_mb(current.model):.1f}x smaller); "
-            f"ETA at most {per_step * (budget.max_steps - k):.0f}s"
+            f"({size_mb(ctx.original) / size_mb(current.model):.1f}x smaller); {per_step:.0f}s per step"
+            + (f", ETA at most {per_step * (budget.max_steps - k):.0f}s" if budget.max_steps else "")
         )
     state["done"] = True
     run.save()
     return current, state["history"]
+
+
+def _cap_reached(ctx: Context, step: int) -> str | None:
+    """Why annealing stops before another step, if a cap the user set says so."""
+    budget = ctx.budget
+    if budget.max_steps is not None and step >= budget.max_steps:
+        return f"the step cap ({budget.max_steps}) is reached"
+    if budget.max_samples is not None:
+        per_step = math.ceil(budget.step_epochs * len(ctx.teacher_data)) * ctx.comm.size
+        if ctx.samples + per_step > budget.max_samples:
+            return (
+                f"another step would pass the training-sample cap ({ctx.samples} + {per_step} > {budget.max_samples})"
+            )
+    return None
 
 
 def _point(ctx: Context, label: str, model, val: float, accepted: bool) -> dict:

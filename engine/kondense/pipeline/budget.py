@@ -16,7 +16,8 @@ class Budget:
     anneal_ratio    how much a layer shrinks in one annealing step
     step_drop       scan-accuracy drop allowed per annealing step (composed model, before fine-tuning), in units of delta
     step_epochs     fine-tuning epochs after each annealing step
-    max_steps       annealing steps at most
+    max_steps       annealing steps at most (None: no cap; annealing ends on patience)
+    max_samples     annealing takes no step that would pass this many training samples processed in all (None: no cap)
     patience        annealing stops after this many rejected steps in a row
     safety          decisions keep the validation drop within delta * (1 - safety), so the test drop stays within delta
     scan_samples    validation samples the sensitivity scan is scored on
@@ -32,7 +33,8 @@ class Budget:
     anneal_ratio: float = 0.7
     step_drop: float = 2.0
     step_epochs: float = 1.0
-    max_steps: int = 8
+    max_steps: int | None = None
+    max_samples: int | None = None
     patience: int = 2
     safety: float = 0.25
     scan_samples: int = 2000

@@ -12,6 +12,7 @@ from kondense.pipeline.budget import Budget
 from kondense.pipeline.conductor import Judge
 from kondense.pipeline.distill import FineTune, WithTeacher
 from kondense.pipeline.runstate import RunDir
+from kondense.pipeline.timing import Stopwatch
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Context:
     budget: Budget
     run: RunDir
     original_val: float
+    stopwatch: Stopwatch
     seed: int = 0
     comm: Comm = field(default_factory=SingleComm)
 
@@ -45,3 +47,14 @@ class Context:
     @property
     def samples(self) -> int:
         return self.run.state.get("trainingSamples", 0)
+
+    def fine_tune(self, model: nn.Module, epochs: float, seed: int, description: str) -> None:
+        """Fine-tune `model` in place against the teacher, counting the samples and the time."""
+        with self.stopwatch.timing("fineTune"):
+            self.count_samples(
+                self.finetune.run(model, self.teacher_data, epochs, seed=seed, description=description, comm=self.comm)
+            )
+
+    def val_accuracy(self, model: nn.Module) -> float:
+        with self.stopwatch.timing("eval"):
+            return self.judge.val_accuracy(model)

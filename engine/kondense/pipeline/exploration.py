@@ -31,34 +31,28 @@ def explore(ctx: Context) -> StageResult:
         logger.info(f"stage 1: resumed from checkpoint ({len(steps)} steps, val acc {done['valAccuracy']:.2f}%)")
         return StageResult(model, steps, done["valAccuracy"])
 
-    if "scan" in run.state:
-        options = options_from_json(run.state["scan"])
-        logger.info(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
-    else:
-        logger.info(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
-        options = scan(ctx.original, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected)
-        run.state["scan"] = options_to_json(options)
-        run.save()
-
-    base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
+    with ctx.stopwatch.timing("scan"):
+        if "scan" in run.state:
+            options = options_from_json(run.state["scan"])
+            logger.info(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
+        else:
+            logger.info(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
+            options = scan(ctx.original, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected)
+            run.state["scan"] = options_to_json(options)
+            run.save()
+        base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
-        steps, _ = ctx.comm.broadcast_object(search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop))
+        with ctx.stopwatch.timing("scan"):
+            steps, _ = ctx.comm.broadcast_object(
+                search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop)
+            )
         if not steps:
             break
         began = time.perf_counter()
         model = applied(ctx.original, steps, ctx.example)
-        ctx.count_samples(
-            ctx.finetune.run(
-                model,
-                ctx.teacher_data,
-                budget.stage1_epochs,
-                seed=ctx.seed,
-                description="stage 1 fine-tune",
-                comm=ctx.comm,
-            )
-        )
-        val = ctx.judge.val_accuracy(model)
+        ctx.fine_tune(model, budget.stage1_epochs, seed=ctx.seed, description="stage 1 fine-tune")
+        val = ctx.val_accuracy(model)
         logger.info(
             f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
             f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s"

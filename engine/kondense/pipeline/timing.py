@@ -1,0 +1,47 @@
+"""Where a compression run's time goes: the search (sensitivity scans and composed probes),
+fine-tuning, and evaluation. Kept in the run's state, so a resumed run adds to what it had."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+PARTS = ("scan", "fineTune", "eval")
+
+
+class Stopwatch:
+    def __init__(self, seconds: dict[str, float], since: float | None = None) -> None:
+        """`since`: the time.perf_counter() this run began at, if before the stopwatch was made."""
+        self.seconds = seconds  # the run state's own dict: saving the state saves it
+        for part in (*PARTS, "total"):
+            self.seconds.setdefault(part, 0.0)
+        self._mark = time.perf_counter() if since is None else since
+
+    def _lap(self) -> None:
+        # the total moves on with every part, so a state saved after any part holds it (a killed run
+        # resumes with what it had done; the time between kill and resume is not counted)
+        now = time.perf_counter()
+        self.seconds["total"] += now - self._mark
+        self._mark = now
+
+    @contextmanager
+    def timing(self, part: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - began
+            self._lap()
+
+    @property
+    def total(self) -> float:
+        self._lap()
+        return self.seconds["total"]
+
+    def report(self) -> dict[str, float]:
+        """report.json's `timing`: seconds per part, the rest (loading, caching the teacher, writing), the total."""
+        total = self.total
+        parts = {f"{part}Seconds": round(self.seconds[part], 2) for part in PARTS}
+        other = max(total - sum(self.seconds[part] for part in PARTS), 0.0)
+        return {**parts, "otherSeconds": round(other, 2), "totalSeconds": round(total, 2)}

@@ -1,0 +1,72 @@
+"""Stage 2's schedule: it spends the budget (no step cap by default), its allowance recovers after a
+kept step, and it stops on patience or on the caps a user sets."""
+
+from __future__ import annotations
+
+import torch
+
+from kondense.pipeline.annealing import anneal
+from kondense.pipeline.budget import Budget
+from kondense.pipeline.context import Context
+from kondense.pipeline.exploration import StageResult
+from kondense.pipeline.runstate import RunDir
+from kondense.pipeline.timing import Stopwatch
+from tests.tinynet import TinyNet
+
+
+class ScriptedJudge:
+    """Every candidate looks free on the scan; validation after each step follows a script."""
+
+    def __init__(self, vals: list[float]) -> None:
+        self.vals = list(vals)
+
+    def scan_accuracy(self, model: torch.nn.Module) -> float:
+        return 90.0
+
+    def val_accuracy(self, model: torch.nn.Module) -> float:
+        return self.vals.pop(0)
+
+
+class CountingFineTune:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, model, data, epochs, seed, description="", comm=None) -> int:
+        self.calls += 1
+        return round(epochs * len(data))
+
+
+def anneal_with(tmp_path, vals: list[float], **budget) -> tuple[Context, list[dict]]:
+    model = TinyNet().eval()
+    ctx = Context(
+        original=model,
+        example=torch.zeros(2, 1, 28, 28),
+        delta=1.0,
+        objective="params",
+        protected={"fc2"},
+        judge=ScriptedJudge(vals),
+        finetune=CountingFineTune(),
+        teacher_data=list(range(100)),
+        budget=Budget(**{"step_drop": 2.0, "safety": 0.0, **budget}),
+        run=RunDir(tmp_path, {}),
+        original_val=90.0,
+        stopwatch=Stopwatch({}),
+    )
+    result, history = anneal(ctx, StageResult(model, [], 90.0))
+    return ctx, history
+
+
+def test_annealing_runs_until_patience_and_its_allowance_recovers(tmp_path) -> None:
+    # kept, rejected, kept, rejected, rejected: the floor is 89.0
+    ctx, history = anneal_with(tmp_path, [89.5, 80.0, 89.6, 80.0, 80.0], patience=2)
+    assert [p["accepted"] for p in history[1:]] == [True, False, True, False, False]
+    # allowance 2 -> kept: 4 -> rejected: 2 -> kept: 4 -> rejected: 2 -> rejected: 1
+    assert ctx.run.state["stage2"]["drop"] == 1.0
+    assert ctx.samples == 500 and ctx.stopwatch.seconds["scan"] > 0
+
+
+def test_caps_a_user_sets_end_annealing_early(tmp_path) -> None:
+    ctx, history = anneal_with(tmp_path / "steps", [89.5] * 10, max_steps=3)
+    assert len(history) == 4  # stage 1 and three steps, all kept
+    ctx, history = anneal_with(tmp_path / "samples", [89.5] * 10, max_samples=250)
+    assert len(history) == 3 and ctx.samples == 200  # a third step would pass 250 samples
