@@ -4,6 +4,7 @@ kept step, and it stops on patience or on the caps a user sets."""
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from kondense.pipeline.annealing import anneal
 from kondense.pipeline.budget import Budget
@@ -15,10 +16,15 @@ from tests.tinynet import TinyNet
 
 
 class ScriptedJudge:
-    """Every candidate looks free on the scan; validation after each step follows a script."""
+    """Every composition keeps the scan accuracy; validation after each step follows a script."""
 
     def __init__(self, vals: list[float]) -> None:
         self.vals = list(vals)
+        g = torch.Generator().manual_seed(0)
+        self.recal = DataLoader(  # the training samples annealing's gradient estimates read
+            TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)),
+            batch_size=32,
+        )
 
     def scan_accuracy(self, model: torch.nn.Module) -> float:
         return 90.0

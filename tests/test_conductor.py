@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import torch
 
-from kondense.pipeline.conductor import Option, fit, greedy_step, in_order
+from kondense.pipeline.conductor import Option, fit, in_order, ranked
 from tests.tinynet import TinyNet
 
 
-def option(layer: str, accuracy: float, saving: float, transform: str = "lowrank", coupled=()) -> Option:
-    return Option(layer, transform, 0.5, accuracy, saving, list(coupled))
+def option(layer: str, harm: float, saving: float, transform: str = "lowrank", coupled=()) -> Option:
+    return Option(layer, transform, 0.5, None, saving, list(coupled), harm)
 
 
-def test_greedy_step_ranks_by_saving_per_point_within_the_predicted_allowance() -> None:
-    options = [option("a", 89.0, 1.0), option("b", 90.0, 0.5), option("c", 85.0, 4.0), option("d", 90.0, 0.0)]
-    picks = greedy_step(options, base_accuracy=90.0, drop_budget=2.0)
-    # b costs nothing (ranked by 0.5 / 0.05), a costs 1 point, c's 5 points would pass the allowance, d saves nothing
-    assert [o.layer for o in picks] == ["b", "a"]
+def test_ranked_puts_most_saving_per_unit_of_harm_first() -> None:
+    options = [option("a", 1.0, 1.0), option("b", 0.0, 0.5), option("c", 5.0, 4.0), option("d", 0.0, 0.0)]
+    # b costs nothing, a saves 1 per unit, c 0.8 per unit; d saves nothing
+    assert [o.layer for o in ranked(options)] == ["b", "a", "c"]
 
 
-def test_greedy_step_prunes_a_coupled_group_once() -> None:
-    options = [option("x", 90.0, 2.0, "prune", ["y"]), option("y", 90.0, 1.0, "prune", ["x"]), option("y", 90.0, 0.5)]
-    assert [(o.layer, o.transform) for o in greedy_step(options, 90.0, 1.0)] == [("x", "prune"), ("y", "lowrank")]
+def test_ranked_prunes_a_coupled_group_once_and_takes_a_layer_once() -> None:
+    options = [
+        option("x", 0.1, 2.0, "prune", ["y"]),
+        option("y", 0.1, 1.0, "prune", ["x"]),
+        option("y", 0.1, 0.5),
+        option("x", 0.1, 0.4),
+    ]
+    assert [(o.layer, o.transform) for o in ranked(options)] == [("x", "prune"), ("y", "lowrank")]
 
 
 class CountingJudge:
@@ -45,7 +49,7 @@ class CountingJudge:
 def test_fit_takes_the_longest_prefix_whose_composed_model_stays_above_the_floor() -> None:
     model = TinyNet().eval()
     example = torch.zeros(2, 1, 28, 28)
-    picks = [option("features.3", 90, 3.0, "prune"), option("fc1", 90, 2.0), option("features.0", 90, 1.0, "prune")]
+    picks = [option("features.3", 0, 3.0, "prune"), option("fc1", 0, 2.0), option("features.0", 0, 1.0, "prune")]
     options = [picks[2], picks[0], picks[1]]  # as the scan lists them: model order
     names = [o.layer for o in picks]
     judge = CountingJudge(model, names)
@@ -79,3 +83,27 @@ def test_a_scan_and_its_plan_search_trace_the_model_once(monkeypatch) -> None:
     steps, _ = search(model, options, judge, example, floor=0.0)  # composes probes up to everything
     assert any(s.transform == "prune" for s in steps)
     assert len(builds) == 1
+
+
+def test_estimated_harm_grows_as_layers_shrink_and_leaves_the_model_alone() -> None:
+    """Annealing's estimates: one pass of gradients prices every candidate; shrinking a layer further
+    costs more, a trained network's estimates are not all zero, and the model is left as it was."""
+    from kondense.pipeline.conductor import estimated
+    from tests.tinynet import small_data, trained_tiny
+
+    bundle = small_data()
+    model = trained_tiny(bundle, epochs=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    recal = bundle.loaders(batch_size=64)[0]
+    example = torch.zeros(2, 1, 28, 28)
+    mild, hard = (estimated(model, recal, example, r, "params", {"fc2"}, 256) for r in (0.75, 0.25))
+    assert [(o.layer, o.transform) for o in mild] == [(o.layer, o.transform) for o in hard]
+    assert {(o.layer, o.transform) for o in mild} >= {("features.3", "prune"), ("fc1", "lowrank")}
+    for m, h in zip(mild, hard, strict=True):
+        assert 0 <= m.harm <= h.harm and 0 < m.saving < h.saving, (m, h)
+    assert sum(o.harm for o in hard) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(
+        (g is None and p.grad is None) or torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True)
+    )

@@ -86,7 +86,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, samples: int = 1
     device = next(model.parameters()).device
     seen = 0
     try:
-        with in_mode(model, training=True):
+        with in_mode(model, training=True), torch.no_grad():  # statistics only: no autograd graph
             for x, _ in loader:
                 model(batch_to(x, device))
                 seen += len(x)

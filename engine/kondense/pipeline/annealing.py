@@ -1,7 +1,8 @@
 """Stage 2, annealing: from stage 1, compress further in steps until the accuracy budget is spent.
 
-Each step rescans the current model at one ratio, ranks the layers by saving per point of
-accuracy, and takes as many as keep the composed model's scan accuracy within the step's
+Each step estimates, from one pass of gradients, what shrinking each layer of the current model
+to one ratio would cost (pipeline.estimate), ranks the layers by saving per unit of that harm,
+and takes as many as keep the composed model's measured scan accuracy within the step's
 allowance of the current one; it fine-tunes, and keeps the result only if validation accuracy
 stays above the floor. A rejected step halves the allowance (the temperature falls) and retries
 from the same scan (the model did not change); a kept step doubles it (up to GROWTH times where
@@ -18,7 +19,7 @@ import math
 import time
 
 from kondense.measure.profile import size_mb
-from kondense.pipeline.conductor import fit, greedy_step, scan
+from kondense.pipeline.conductor import estimated, fit, ranked
 from kondense.pipeline.context import Context
 from kondense.pipeline.exploration import StageResult
 from kondense.pipeline.plan import applied
@@ -64,18 +65,26 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         k = state["step"] + 1
         logger.info(
             f"stage 2, step {k}{'/' + str(budget.max_steps) if budget.max_steps else ''}: "
-            f"{'rescan at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same scan'}, "
+            f"{'estimating every layer at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same estimates'}, "
             f"allowance {state['drop']:.2f} points"
         )
         with ctx.stopwatch.timing("scan"):
             if scanned is None:
-                options = scan(
-                    current.model, ctx.judge, ctx.example, (budget.anneal_ratio,), ctx.objective, ctx.protected
+                # every rank computes the same estimates; rank 0's are taken so that all probe alike
+                options = ctx.comm.broadcast_object(
+                    estimated(
+                        current.model,
+                        ctx.judge.recal,
+                        ctx.example,
+                        budget.anneal_ratio,
+                        ctx.objective,
+                        ctx.protected,
+                        budget.recal_samples,
+                    )
                 )
                 scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
             options, base = scanned
-            picks = greedy_step(options, base, state["drop"])
-            steps, _ = fit(current.model, picks, options, ctx.judge, ctx.example, base, base - state["drop"])
+            steps, _ = fit(current.model, ranked(options), options, ctx.judge, ctx.example, base, base - state["drop"])
             steps = ctx.comm.broadcast_object(steps)
         if not steps:
             logger.info(f"stage 2, step {k}: no layer can shrink within the allowance; done")

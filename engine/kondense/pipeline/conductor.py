@@ -22,6 +22,7 @@ from kondense import transforms
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
 from kondense.measure.profile import accuracy, macs_g, params_m
+from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
 from kondense.train import recalibrate_batchnorm
 
@@ -92,9 +93,10 @@ class Option:
     layer: str
     transform: str
     ratio: float
-    accuracy: float
+    accuracy: float | None  # the scan accuracy measured with it; None where it was only estimated
     saving: float  # objective units saved in the whole model
     coupled: list[str]  # layers whose output channels changed with it (pruning groups)
+    harm: float | None = None  # the estimated loss increase (pipeline.estimate), where estimated
 
     def step(self) -> Step:
         return Step(self.layer, self.transform, self.ratio)
@@ -221,22 +223,46 @@ def search(
     return best
 
 
-def greedy_step(options: list[Option], base_accuracy: float, drop_budget: float) -> list[Option]:
-    """An annealing step's candidates, most saving per point of accuracy lost first, until
-    their summed (predicted, each layer alone) drops would pass `drop_budget`."""
-    ranked = sorted(
-        (o for o in options if o.saving > 0), key=lambda o: -o.saving / max(base_accuracy - o.accuracy, 0.05)
-    )
-    picks, spent, pruned, used = [], 0.0, set(), set()
-    for o in ranked:
-        drop = max(base_accuracy - o.accuracy, 0.0)
+def estimated(
+    model: nn.Module,
+    recal: DataLoader,
+    example: torch.Tensor,
+    ratio: float,
+    objective: str,
+    protected: set[str],
+    samples: int,
+) -> list[Option]:
+    """Every candidate (layer, transform) at `ratio`, its harm estimated from one pass of gradients
+    (pipeline.estimate) rather than measured: what an annealing step ranks."""
+    input_shape = tuple(example.shape[1:])
+    base_cost = cost(model, objective, input_shape)
+    base_dims = _out_dims(model)
+    moments = estimate.moments(model, recal, samples)
+    options = []
+    for layer in transforms.optimizable_layers(model):
+        for transform in transforms.candidates(model, layer, protected, example_input=example):
+            trial = applied(model, [Step(layer, transform, ratio)], example)
+            dims = _out_dims(trial)
+            if transform == "prune":
+                harm = estimate.prune_harm(model, moments, layer, ratio, example)
+                coupled = [n for n, d in base_dims.items() if n in dims and dims[n] != d]
+            else:
+                harm, coupled = estimate.lowrank_harm(model, moments, layer, ratio), []
+            saving = base_cost - cost(trial, objective, input_shape)
+            options.append(Option(layer, transform, ratio, None, saving, coupled, harm))
+    return options
+
+
+def ranked(options: list[Option]) -> list[Option]:
+    """An annealing step's candidates, most saving per unit of estimated harm first: one per layer,
+    a pruning group pruned once. How many of them a step takes, `fit` measures."""
+    order = sorted((o for o in options if o.saving > 0), key=lambda o: -o.saving / max(o.harm or 0.0, 1e-12))
+    picks, pruned, used = [], set(), set()
+    for o in order:
         group = set(o.coupled) | {o.layer}
         if o.layer in used or (o.transform == "prune" and group & pruned):
             continue
-        if spent + drop > drop_budget:
-            continue
         picks.append(o)
-        spent += drop
         used.add(o.layer)
         if o.transform == "prune":
             pruned |= group

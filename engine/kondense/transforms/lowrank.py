@@ -89,19 +89,47 @@ def _copy_into(param: torch.nn.Parameter, value: torch.Tensor, like: torch.nn.Pa
     param.requires_grad_(like.requires_grad)
 
 
-def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
-    """The replacement for `layer`; the caller has checked blocker(layer) is None."""
+def _factors(layer: nn.Conv2d | nn.Linear, ratio: float) -> list[torch.Tensor]:
+    """The factors' weights, in the layer's dtype: (first, second) for SVD, (first, core, last) for Tucker-2."""
     w = layer.weight.detach()
-    kw_ = {"device": w.device, "dtype": w.dtype}
-    has_bias = layer.bias is not None
     work = w.to(_svd_dtype(w))
-
     if _is_pointwise(layer):
         k = matrix_rank(layer, ratio)
         c_in, c_out = _dims(layer)
         u, s, vh = torch.linalg.svd(work.reshape(c_out, c_in), full_matrices=False)
         root = s[:k].sqrt()
         first_w, second_w = root[:, None] * vh[:k], u[:, :k] * root  # (k, in), (out, k): balanced factors
+        if isinstance(layer, nn.Conv2d):
+            first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
+        return [first_w.to(w.dtype), second_w.to(w.dtype)]
+    r1, r2 = tucker_ranks(layer, ratio)
+    c_out, c_in = w.shape[:2]
+    u_out = torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0][:, :r2]
+    u_in = torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0][:, :r1]
+    core = torch.einsum("oihw,or,is->rshw", work, u_out, u_in)
+    return [t.to(w.dtype) for t in (u_in.t()[:, :, None, None], core, u_out[:, :, None, None])]
+
+
+def approximation(layer: nn.Conv2d | nn.Linear, ratio: float) -> torch.Tensor:
+    """The weight the factorised layer computes with, in the layer's weight shape: what factorising
+    changes, without building the replacement (the annealing's estimates need only this)."""
+    factors = _factors(layer, ratio)
+    if len(factors) == 2:
+        first, second = (f.flatten(1) for f in factors)
+        return (second @ first).reshape(layer.weight.shape)
+    first, core, last = factors
+    return torch.einsum("rshw,or,si->oihw", core, last.flatten(1), first.flatten(1))
+
+
+def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
+    """The replacement for `layer`; the caller has checked blocker(layer) is None."""
+    w = layer.weight.detach()
+    kw_ = {"device": w.device, "dtype": w.dtype}
+    has_bias = layer.bias is not None
+    factors = _factors(layer, ratio)
+    if _is_pointwise(layer):
+        c_in, c_out = _dims(layer)
+        k = factors[0].shape[0]
         if isinstance(layer, nn.Linear):
             first = nn.Linear(c_in, k, bias=False, **kw_)
             second = nn.Linear(k, c_out, bias=has_bias, **kw_)
@@ -118,16 +146,10 @@ def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
                 **kw_,
             )
             second = nn.Conv2d(k, c_out, 1, bias=has_bias, **kw_)
-            first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
-        _copy_into(first.weight, first_w, layer.weight)
-        _copy_into(second.weight, second_w, layer.weight)
         seq = nn.Sequential(first, second)
     else:
-        r1, r2 = tucker_ranks(layer, ratio)
+        r1, r2 = factors[0].shape[0], factors[1].shape[0]
         c_out, c_in, kh, kw = w.shape
-        u_out = torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0][:, :r2]
-        u_in = torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0][:, :r1]
-        core = torch.einsum("oihw,or,is->rshw", work, u_out, u_in)
         first = nn.Conv2d(c_in, r1, 1, bias=False, **kw_)
         # zero/reflect/replicate padding commute with a bias-free 1x1 conv, so padding can move to the core
         middle = nn.Conv2d(
@@ -142,10 +164,9 @@ def factorise(layer: nn.Conv2d | nn.Linear, ratio: float) -> nn.Sequential:
             **kw_,
         )
         last = nn.Conv2d(r2, c_out, 1, bias=has_bias, **kw_)
-        _copy_into(first.weight, u_in.t()[:, :, None, None], layer.weight)
-        _copy_into(middle.weight, core, layer.weight)
-        _copy_into(last.weight, u_out[:, :, None, None], layer.weight)
         seq = nn.Sequential(first, middle, last)
+    for module, value in zip(seq, factors, strict=True):
+        _copy_into(module.weight, value, layer.weight)
 
     if has_bias:
         _copy_into(seq[-1].bias, layer.bias.detach(), layer.bias)
