@@ -28,8 +28,8 @@ from kondense.measure.profile import latency_ms
 from kondense.zoo import weights
 
 RESULTS = Path(__file__).parent / "results" / "compress.json"
-# (params x, MACs x) at least, from the engine issue
-TARGETS = {"resnet18": (10.0, 4.0), "vgg19": (20.0, None), "mobilenet_v2": (3.0, None)}
+# (params x, MACs x) at least: the engine issue's MACs floor, the peers issue's (#17) parameter targets
+TARGETS = {"resnet18": (80.0, 4.0), "vgg19": (100.0, None), "mobilenet_v2": (30.0, None)}
 
 
 def main() -> None:
@@ -38,7 +38,9 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=1.0)
     parser.add_argument("--train-samples", type=int)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--max-steps", type=int, help="annealing steps at most (default: no cap)")
+    # the training samples the first zoo runs processed (8 steps of 20,000): peers are compared at equal samples
+    parser.add_argument("--max-samples", type=int, default=199_680)
     parser.add_argument("--scan-samples", type=int, default=1000)
     parser.add_argument("--recal-samples", type=int, default=256)
     parser.add_argument("--out", default="out/bench")
@@ -64,6 +66,7 @@ def main() -> None:
             device=args.device,
             budget=Budget(
                 max_steps=args.max_steps,
+                max_samples=args.max_samples,
                 scan_samples=args.scan_samples,
                 recal_samples=args.recal_samples,
                 train_samples=args.train_samples,

@@ -95,6 +95,7 @@ def test_lowrank_error_shrinks_as_the_ratio_grows(case: str) -> None:
 # (arch, layer, layers that must shrink with it)
 PRUNE_CASES = [
     ("resnet18", "stages.1.1.body.3", ["stages.1.0.body.3", "stages.1.0.shortcut.0"]),  # residual-coupled
+    ("resnet18_narrow", "stages.1.1.body.3", ["stages.1.0.body.3", "stages.1.0.shortcut.0"]),
     ("resnet50", "stages.0.1.body.6", ["stages.0.0.body.6", "stages.0.0.shortcut.0"]),  # bottleneck expansion
     ("vgg19", "features.20", []),
     ("mobilenet_v2", "features.5.body.6", ["features.4.body.6"]),  # projection conv, residual-coupled

@@ -25,6 +25,19 @@ def test_lenet5_has_the_classic_size() -> None:
     assert sum(p.numel() for p in zoo.build("lenet5", 10, 1).parameters()) == 61_750
 
 
+def test_resnet18_narrow_is_resnet18_at_a_quarter_width() -> None:
+    """The demo's model: the same modules under the same names as resnet18, a quarter of the channels."""
+    narrow, full = zoo.build("resnet18_narrow", 10, 1), zoo.build("resnet18", 10, 1)
+    assert sum(p.numel() for p in narrow.parameters()) == 701_178
+    shapes = {k: v.shape for k, v in full.state_dict().items()}
+    assert set(narrow.state_dict()) == set(shapes)
+    for name, w in narrow.state_dict().items():
+        if w.dim() == 4:  # convolutions: out and in channels a quarter (the stem reads the one input channel)
+            in_channels = 1 if name == "stem.0.weight" else shapes[name][1] // 4
+            assert w.shape == (shapes[name][0] // 4, in_channels, *shapes[name][2:]), name
+    assert narrow.fc.in_features == full.fc.in_features // 4
+
+
 def test_unknown_arch_lists_the_known_ones() -> None:
     with pytest.raises(KondenseError) as e:
         zoo.build("resnet19")

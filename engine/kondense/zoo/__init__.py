@@ -11,7 +11,7 @@ from kondense.zoo.densenet import densenet121
 from kondense.zoo.googlenet import googlenet
 from kondense.zoo.lenet import lenet5
 from kondense.zoo.mobilenet import mobilenet_v1, mobilenet_v2
-from kondense.zoo.resnet import resnet18, resnet50
+from kondense.zoo.resnet import resnet18, resnet18_narrow, resnet50
 from kondense.zoo.vgg import vgg19
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
@@ -23,6 +23,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
     "lenet5": lenet5,
+    "resnet18_narrow": resnet18_narrow,
 }
 
 

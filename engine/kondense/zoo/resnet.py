@@ -47,11 +47,18 @@ class Bottleneck(BasicBlock):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock], depths: list[int], num_classes: int, in_channels: int) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock],
+        depths: list[int],
+        num_classes: int,
+        in_channels: int,
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn(in_channels, 64, 3), nn.ReLU(inplace=True))
-        stages, c_in = [], 64
-        for i, (width, depth) in enumerate(zip([64, 128, 256, 512], depths, strict=True)):
+        self.stem = nn.Sequential(*_conv_bn(in_channels, widths[0], 3), nn.ReLU(inplace=True))
+        stages, c_in = [], widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             blocks = []
             for j in range(depth):
                 blocks.append(block(c_in, width, 2 if (i > 0 and j == 0) else 1))
@@ -67,6 +74,13 @@ class ResNet(nn.Module):
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels)
+
+
+def resnet18_narrow(num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    """ResNet-18 at a quarter of its width (16/32/64/128 channels, 0.70 M parameters instead of 11.2 M),
+    the same modules under the same names: the demo's original, which trains to above 90% on
+    Fashion-MNIST in minutes on 2 CPU cores where the full ResNet-18 takes most of an hour."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, widths=(16, 32, 64, 128))
 
 
 def resnet50(num_classes: int = 10, in_channels: int = 3) -> ResNet:
