@@ -76,3 +76,11 @@ def test_caps_a_user_sets_end_annealing_early(tmp_path) -> None:
     assert len(history) == 4  # stage 1 and three steps, all kept
     ctx, history = anneal_with(tmp_path / "samples", [89.5] * 10, max_samples=250)
     assert len(history) == 3 and ctx.samples == 200  # a third step would pass 250 samples
+
+
+def test_a_step_just_below_the_floor_is_fine_tuned_once_more_before_it_is_given_up(tmp_path) -> None:
+    # step 1: 88.7 (half a point below the floor 89.0 at most: trained again) -> 89.1, kept;
+    # step 2: 88.8 -> 88.9 still below, rejected; step 3: 80.0, far below: rejected at once
+    ctx, history = anneal_with(tmp_path, [88.7, 89.1, 88.8, 88.9, 80.0], patience=2)
+    assert [(p["valAccuracy"], p["accepted"]) for p in history[1:]] == [(89.1, True), (88.9, False), (80.0, False)]
+    assert ctx.finetune.calls == 5 and ctx.samples == 500

@@ -7,7 +7,8 @@ allowance of the current one; it fine-tunes, and keeps the result only if valida
 stays above the floor. A rejected step halves the allowance (the temperature falls) and retries
 from the same scan (the model did not change); a kept step doubles it (up to GROWTH times where
 it started), so the steps grow while fine-tuning keeps repairing them, and one unlucky step does
-not slow every later one. The stage ends when `patience`
+not slow every later one. A step that ends just below the floor (within half of delta) is
+fine-tuned once more before it is given up: a bigger cut needs more training, not a retreat. The stage ends when `patience`
 steps in a row are rejected, when no layer can shrink within the allowance, or at the caps a
 user may set (`max_steps`, `max_samples`); a run still improving never stops on its own.
 """
@@ -92,6 +93,12 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         model = applied(current.model, steps, ctx.example)
         ctx.fine_tune(model, budget.step_epochs, seed=ctx.seed + k, description=f"stage 2 step {k}")
         val = ctx.val_accuracy(model)
+        if ctx.accept_floor - ctx.delta / 2 <= val < ctx.accept_floor and not _cap_reached(ctx, k - 1):
+            # Close: a bigger cut needs more training, not a retreat. One more fine-tuning of the same
+            # length before the step is given up, rather than throwing away what it has learnt.
+            logger.info(f"stage 2, step {k}: val acc {val:.2f}% is just below the floor; fine-tuning it once more")
+            ctx.fine_tune(model, budget.step_epochs, seed=ctx.seed + k + 10_000, description=f"stage 2 step {k}, more")
+            val = ctx.val_accuracy(model)
         accepted = val >= ctx.accept_floor
         state["history"].append(_point(ctx, f"step {k}", model, val, accepted))
         if accepted:
