@@ -1,0 +1,101 @@
+"""benchmarks/peers.py end to end on a LeNet-5 trained for seconds: the JSON it writes holds real,
+mutually consistent numbers (pruned models really smaller, ratios found by the search, accuracies in range)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from kondense.zoo.training import train_zoo
+
+PEERS = Path(__file__).parent.parent / "benchmarks" / "peers.py"
+
+
+def _peers():
+    spec = importlib.util.spec_from_file_location("peers", PEERS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peers"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("peers") / "lenet5.pt"
+    train_zoo("lenet5", "fashion-mnist", epochs=1, train_samples=1024, val_samples=64, test_samples=64, out=out)
+    return out
+
+
+def test_peers_writes_consistent_results(original: Path, tmp_path: Path) -> None:
+    peers = _peers()
+    out = tmp_path / "peers.json"
+    result = peers.main(
+        [
+            "--model", str(original), "--data", "fashion-mnist", "--delta", "100",
+            "--train-samples", "256", "--val-samples", "256", "--samples", "256",
+            "--methods", "taylor-kd", "aimet", "--max-ratio", "4", "--at-ratio", "4",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["arch"] == "lenet5" and result["trainSamples"] == 256 and result["samples"] == 256
+    o = result["original"]
+    assert o["testImages"] == 10000  # the whole test split, always
+    assert 0 <= o["testAccuracy"] <= 100 and o["paramsM"] > 0 and o["macsG"] > 0
+
+    by_name = {m["method"]: m for m in result["methods"]}
+    assert set(by_name) == {"taylor-kd", "aimet"}
+    assert "skipped" in by_name["aimet"] or "trials" in by_name["aimet"]  # skipped unless AIMET is importable
+    m = by_name["taylor-kd"]
+    trials = m["trials"]
+    # delta 100 passes everything: the ladder climbs 2x, 4x and stops at --max-ratio; --at-ratio reuses 4x
+    assert [t["ratio"] for t in trials] == [2.0, 4.0]
+    for t in trials:
+        assert t["withinDelta"] is True
+        assert abs(t["paramsRatio"] / t["ratio"] - 1) < 0.1  # the pruned model really has that many fewer params
+        assert t["macsRatio"] > 1
+        assert 0 <= t["valAccuracy"] <= 100 and 0 <= t["testAccuracy"] <= 100
+        assert t["samples"] == 256 + 256 and t["seconds"] > 0  # the fine-tune's, and the Taylor gradients' 2 batches
+    best = max(trials, key=lambda t: t["paramsRatio"])
+    assert m["bestRatio"] == best["paramsRatio"] > 3.5
+    assert m["testAccuracyAtBest"] == best["testAccuracy"] and m["macsRatioAtBest"] == best["macsRatio"]
+    assert m["atRatio"] == {"ratio": trials[1]["paramsRatio"], "testAccuracy": trials[1]["testAccuracy"]}
+
+
+def test_no_best_ratio_when_nothing_stays_within_delta(original: Path, tmp_path: Path) -> None:
+    """A negative delta of 100 points no model meets: the start fails, halving it leaves no ratio to try."""
+    peers = _peers()
+    result = peers.main(
+        [
+            "--model", str(original), "--delta", "-100", "--train-samples", "128", "--val-samples", "128",
+            "--samples", "128", "--methods", "uniform-ce", "--start-ratio", "2", "--out", str(tmp_path / "p.json"),
+        ]
+    )  # fmt: skip
+    m = result["methods"][0]
+    assert m["bestRatio"] is None and m["testAccuracyAtBest"] is None
+    assert [(t["ratio"], t["withinDelta"]) for t in m["trials"]] == [(2.0, False)]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("KONDENSE_AIMET_PATH"), reason="AIMET lives apart from the venv: set KONDENSE_AIMET_PATH=DIR"
+)
+def test_aimet_trial(original: Path, tmp_path: Path) -> None:
+    """AIMET's spatial SVD + channel pruning, where it is installed: LeNet-5's convolutions hold 4% of its
+    parameters (the rest is Linear, which AIMET does not prune), so only a small ratio is reachable."""
+    peers = _peers()
+    result = peers.main(
+        [
+            "--model", str(original), "--delta", "100", "--train-samples", "256", "--val-samples", "256",
+            "--samples", "256", "--methods", "aimet", "--aimet-path", os.environ["KONDENSE_AIMET_PATH"],
+            "--start-ratio", "1.03", "--max-ratio", "1.03", "--out", str(tmp_path / "p.json"),
+        ]
+    )  # fmt: skip
+    (trial,) = result["methods"][0]["trials"]
+    assert abs(trial["paramsRatio"] / 1.03 - 1) < 0.1 and trial["macsRatio"] > 1
+    assert trial["samples"] > 256  # the reconstruction's samples are counted too
+    assert result["methods"][0]["bestRatio"] == trial["paramsRatio"]
