@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kondense.pipeline.annealing import anneal
 from kondense.pipeline.budget import Budget
 from kondense.pipeline.context import Context
+from kondense.pipeline.distill import FineTune
 from kondense.pipeline.exploration import StageResult
 from kondense.pipeline.runstate import RunDir
 from kondense.pipeline.timing import Stopwatch
@@ -33,13 +34,14 @@ class ScriptedJudge:
         return self.vals.pop(0)
 
 
-class CountingFineTune:
-    def __init__(self) -> None:
-        self.calls = 0
+class CountingFineTune(FineTune):
+    """Counts its runs and reports the samples a real one would process, without training."""
+
+    calls: int = 0
 
     def run(self, model, data, epochs, seed, description="", comm=None) -> int:
         self.calls += 1
-        return round(epochs * len(data))
+        return self.samples(len(data), epochs)
 
 
 def anneal_with(tmp_path, vals: list[float], **budget) -> tuple[Context, list[dict]]:
@@ -51,7 +53,7 @@ def anneal_with(tmp_path, vals: list[float], **budget) -> tuple[Context, list[di
         objective="params",
         protected={"fc2"},
         judge=ScriptedJudge(vals),
-        finetune=CountingFineTune(),
+        finetune=CountingFineTune(batch_size=10),
         teacher_data=list(range(100)),
         budget=Budget(**{"step_drop": 2.0, "safety": 0.0, **budget}),
         run=RunDir(tmp_path, {}),

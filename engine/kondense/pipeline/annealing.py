@@ -16,7 +16,6 @@ user may set (`max_steps`, `max_samples`); a run still improving never stops on 
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from kondense.measure.profile import size_mb
@@ -129,7 +128,7 @@ def _cap_reached(ctx: Context, step: int) -> str | None:
     if budget.max_steps is not None and step >= budget.max_steps:
         return f"the step cap ({budget.max_steps}) is reached"
     if budget.max_samples is not None:
-        per_step = math.ceil(budget.step_epochs * len(ctx.teacher_data)) * ctx.comm.size
+        per_step = ctx.finetune.samples(len(ctx.teacher_data), budget.step_epochs) * ctx.comm.size
         if ctx.samples + per_step > budget.max_samples:
             return (
                 f"another step would pass the training-sample cap ({ctx.samples} + {per_step} > {budget.max_samples})"

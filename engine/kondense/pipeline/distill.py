@@ -119,6 +119,15 @@ class FineTune:
     optimizer: OptimizerFactory | None = None
     loss_fn: DistillLoss | None = None
 
+    def steps(self, samples: int, epochs: float) -> int:
+        """Optimizer steps of a fine-tuning for `epochs` of `samples` samples (batches that are not full are dropped)."""
+        batches = samples // self.batch_size if samples > self.batch_size else 1
+        return max(1, math.ceil(epochs * batches))
+
+    def samples(self, samples: int, epochs: float) -> int:
+        """The training samples such a fine-tuning processes (on one rank)."""
+        return self.steps(samples, epochs) * min(self.batch_size, samples)
+
     def run(
         self,
         model: nn.Module,
@@ -146,7 +155,7 @@ class FineTune:
             data, batch_size=self.batch_size, shuffle=True, generator=generator, drop_last=len(data) > self.batch_size
         )
         # every rank must take the same number of steps, or the gradient collectives would not pair up
-        total_steps = comm.broadcast_object(max(1, math.ceil(epochs * len(loader))))
+        total_steps = comm.broadcast_object(self.steps(len(data), epochs))
         scheduler = (
             torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, self.warmup))
             if self.optimizer is None
