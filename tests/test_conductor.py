@@ -70,7 +70,7 @@ def test_a_scan_and_its_plan_search_trace_the_model_once(monkeypatch) -> None:
     plan search's every composed probe reuse the scanned model's trace."""
     import torch_pruning as tp
 
-    from kondense.pipeline.conductor import scan, search
+    from kondense.pipeline.conductor import priced, scan
 
     builds = []
     real_build = tp.DependencyGraph.build_dependency
@@ -80,7 +80,7 @@ def test_a_scan_and_its_plan_search_trace_the_model_once(monkeypatch) -> None:
     options = scan(model, judge, example, (0.5, 0.25), "params", {"fc2"})
     assert {(o.layer, o.transform) for o in options} >= {("features.0", "prune"), ("fc1", "prune"), ("fc1", "lowrank")}
     assert judge.calls == len(options)
-    steps, _ = search(model, options, judge, example, floor=0.0)  # composes probes up to everything
+    steps, _ = fit(model, ranked(priced(options, 90.0)), options, judge, example, 90.0, floor=0.0)
     assert any(s.transform == "prune" for s in steps)
     assert len(builds) == 1
 

@@ -1,4 +1,9 @@
-"""Stage 1, exploration: a full sensitivity scan, a coarse plan, short distillation."""
+"""Stage 1, exploration: a full sensitivity scan, a coarse plan, short distillation.
+
+The plan ranks every measured candidate by saving per point of scan accuracy it costs and takes
+the longest prefix whose composed model keeps the scan accuracy within `stage1_drop` deltas; if
+fine-tuning cannot bring it back within delta, the allowance halves and it tries again.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from kondense.measure.profile import size_mb
-from kondense.pipeline.conductor import options_from_json, options_to_json, scan, search
+from kondense.pipeline.conductor import fit, options_from_json, options_to_json, priced, ranked, scan
 from kondense.pipeline.context import Context
 from kondense.pipeline.plan import Step, applied
 
@@ -43,10 +48,14 @@ def explore(ctx: Context) -> StageResult:
         base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
+        planned = ctx.finetune.samples(len(ctx.teacher_data), budget.stage1_epochs) * ctx.comm.size
+        if attempt > 1 and budget.max_samples is not None and ctx.samples + planned > budget.max_samples:
+            logger.info(f"stage 1: another attempt would pass the training-sample cap ({budget.max_samples})")
+            break
         with ctx.stopwatch.timing("scan"):
-            steps, _ = ctx.comm.broadcast_object(
-                search(ctx.original, options, ctx.judge, ctx.example, base_scan - drop)
-            )
+            picks = ranked(priced(options, base_scan))
+            steps, _ = fit(ctx.original, picks, options, ctx.judge, ctx.example, base_scan, base_scan - drop)
+            steps = ctx.comm.broadcast_object(steps)
         if not steps:
             break
         began = time.perf_counter()
