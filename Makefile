@@ -54,13 +54,15 @@ format: $(STAMP)
 # 54,000 training images in a few minutes, 91.5% on the 10,000 test images (docs/zoo.md); the
 # full ResNet-18 takes most of an hour here. Weights are made, never committed.
 demo: $(STAMP) data  # no Horovod: the demo runs one process
-	@echo "== 1/2 training resnet18_narrow on Fashion-MNIST (3 epochs, all 54,000 training images)"
+	@echo "== 1/3 training resnet18_narrow on Fashion-MNIST (3 epochs, all 54,000 training images)"
 	@test -f $(DEMO)/resnet18_narrow.pt || $(VENV)/bin/kondense zoo train resnet18_narrow --dataset fashion-mnist \
 		--epochs 3 --out $(DEMO)/resnet18_narrow.pt
-	@echo "== 2/2 compressing it within delta = 1 point (fine-tuning on 10,000 training samples; all 10,000 test images)"
+	@echo "== 2/3 compressing it within delta = 1 point (49,920 training samples from a 10,000-image subset; all 10,000 test images)"
 	$(VENV)/bin/kondense compress --model $(DEMO)/resnet18_narrow.pt --data fashion-mnist --delta 1 --stage 2 \
 		--out $(DEMO)/compressed --train-samples 10000 --val-samples 2000 --ratios 0.5 0.25 --scan-samples 500 \
-		--max-steps 3
+		--max-samples 49920
+	@echo "== 3/3 beside the peers: Torch-Pruning baselines on the same original recipe, data and samples (benchmarks/peers.py)"
+	@$(PY) benchmarks/demo_table.py $(DEMO)/compressed/report.json benchmarks/results/peers-demo.json
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

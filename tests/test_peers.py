@@ -99,3 +99,39 @@ def test_aimet_trial(original: Path, tmp_path: Path) -> None:
     assert abs(trial["paramsRatio"] / 1.03 - 1) < 0.1 and trial["macsRatio"] > 1
     assert trial["samples"] > 256  # the reconstruction's samples are counted too
     assert result["methods"][0]["bestRatio"] == trial["paramsRatio"]
+
+
+def test_demo_table_sets_kondense_beside_the_peers_and_marks_test_drops_over_delta() -> None:
+    spec = importlib.util.spec_from_file_location("demo_table", PEERS.parent / "demo_table.py")
+    demo_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_table)
+    stage = {"accuracy": 90.75}
+    report = {"original": {"accuracy": 91.52}, "stage2": stage, "stage1": stage, "delta": 1.0, "trainingSamples": 49920}
+    report["enhancement"] = {"params": 8.31, "macs": 3.15}
+    peers = {
+        "methods": [
+            {
+                "method": "uniform-ce",
+                "bestRatio": 8.14,
+                "macsRatioAtBest": 8.71,
+                "testAccuracyAtBest": 90.36,
+                "samples": 49920,
+            },
+            {"method": "scratch", "bestRatio": None, "samples": 49920},
+            {"method": "aimet", "skipped": "aimet_torch does not import"},
+        ]
+    }
+    rows = demo_table.rows(report, peers)
+    assert [r[0] for r in rows] == [
+        "kondense",
+        "uniform-ce",
+        "scratch (none within delta)",
+        "aimet (skipped: not installed)",
+    ]
+    assert rows[0][1:] == (8.31, 3.15, 90.75, 49920)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(demo_table.table(report, peers))
+    text = console.export_text()
+    assert "+1.16 (over delta)" in text and "+0.77 " in text and "(over delta)" not in text.split("uniform-ce")[0]
