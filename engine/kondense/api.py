@@ -129,8 +129,13 @@ def compress(
         metrics = {"original": _metrics(original, splits.input_shape, test_loader, evaluate, comm)}
     scan_subset = Subset(splits.val, range(min(budget.scan_samples, len(splits.val))))
     judge = Judge(
+        # every rank re-estimates BatchNorm on the same samples in batches of the global batch, so a trial
+        # scores the same on one rank as in a one-process run (BatchNorm statistics depend on the batch)
         recal=DataLoader(
-            splits.train, batch_size=finetune.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+            splits.train,
+            batch_size=finetune.batch_size * comm.size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
         ),
         scan=DataLoader(comm.shard(scan_subset), batch_size=256),
         scan_whole=DataLoader(scan_subset, batch_size=256),
