@@ -113,6 +113,29 @@ def _out_dims(model: nn.Module) -> dict[str, int]:
     }
 
 
+class _Trials:
+    """Compressing one candidate of `model` alone, and what it saves and which layers' channels move
+    with it: what the measured scan and the estimates both record for every candidate."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, objective: str, protected: set[str]) -> None:
+        self.model, self.example, self.objective = model, example, objective
+        self.input_shape = tuple(example.shape[1:])
+        self.base_cost = cost(model, objective, self.input_shape)
+        self.base_dims = _out_dims(model)
+        self.candidates = [
+            (layer, t)
+            for layer in transforms.optimizable_layers(model)
+            for t in transforms.candidates(model, layer, protected, example_input=example)
+        ]
+
+    def make(self, layer: str, transform: str, ratio: float) -> tuple[nn.Module, float, list[str]]:
+        """(the compressed copy, its saving in objective units, the layers coupled to a pruning)"""
+        trial = applied(self.model, [Step(layer, transform, ratio)], self.example)
+        dims = _out_dims(trial)
+        coupled = [n for n, d in self.base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
+        return trial, self.base_cost - cost(trial, self.objective, self.input_shape), coupled
+
+
 def scan(
     model: nn.Module,
     judge: Judge,
@@ -127,14 +150,8 @@ def scan(
     results are gathered: N ranks scan about N times faster than one, where sharding every trial's
     evaluation would leave each rank a batch or two and a collective per trial.
     """
-    input_shape = tuple(example.shape[1:])
-    base_cost = cost(model, objective, input_shape)
-    base_dims = _out_dims(model)
-    layers = transforms.optimizable_layers(model)
-    jobs = [
-        (layer, t) for layer in layers for t in transforms.candidates(model, layer, protected, example_input=example)
-    ]
-    trials = [(layer, transform, ratio) for layer, transform in jobs for ratio in ratios]
+    made = _Trials(model, example, objective, protected)
+    trials = [(layer, transform, ratio) for layer, transform in made.candidates for ratio in ratios]
     comm = getattr(judge, "comm", None) or SingleComm()
     spread = comm.size > 1 and getattr(judge, "scan_whole", None) is not None
     mine = range(comm.rank, len(trials), comm.size) if spread else range(len(trials))
@@ -142,17 +159,9 @@ def scan(
     began, reported = time.perf_counter(), 0
     for done, i in enumerate(mine, start=1):
         layer, transform, ratio = trials[i]
-        trial = applied(model, [Step(layer, transform, ratio)], example)
-        dims = _out_dims(trial)
-        coupled = [n for n, d in base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
-        judged[i] = Option(
-            layer,
-            transform,
-            ratio,
-            judge.scan_accuracy_alone(trial) if spread else judge.scan_accuracy(trial),
-            base_cost - cost(trial, objective, input_shape),
-            coupled,
-        )
+        trial, saving, coupled = made.make(layer, transform, ratio)
+        accuracy_ = judge.scan_accuracy_alone(trial) if spread else judge.scan_accuracy(trial)
+        judged[i] = Option(layer, transform, ratio, accuracy_, saving, coupled)
         if done == len(mine) or done - reported >= max(1, len(mine) // 10):
             reported = done
             eta = (time.perf_counter() - began) / done * (len(mine) - done)
@@ -188,22 +197,16 @@ def estimated(
 ) -> list[Option]:
     """Every candidate (layer, transform) at `ratio`, its harm estimated from one pass of gradients
     (pipeline.estimate) rather than measured: what an annealing step ranks."""
-    input_shape = tuple(example.shape[1:])
-    base_cost = cost(model, objective, input_shape)
-    base_dims = _out_dims(model)
+    made = _Trials(model, example, objective, protected)
     moments = estimate.moments(model, recal, samples)
     options = []
-    for layer in transforms.optimizable_layers(model):
-        for transform in transforms.candidates(model, layer, protected, example_input=example):
-            trial = applied(model, [Step(layer, transform, ratio)], example)
-            dims = _out_dims(trial)
-            if transform == "prune":
-                harm = estimate.prune_harm(model, moments, layer, ratio, example)
-                coupled = [n for n, d in base_dims.items() if n in dims and dims[n] != d]
-            else:
-                harm, coupled = estimate.lowrank_harm(model, moments, layer, ratio), []
-            saving = base_cost - cost(trial, objective, input_shape)
-            options.append(Option(layer, transform, ratio, None, saving, coupled, harm))
+    for layer, transform in made.candidates:
+        _, saving, coupled = made.make(layer, transform, ratio)
+        if transform == "prune":
+            harm = estimate.prune_harm(model, moments, layer, ratio, example)
+        else:
+            harm = estimate.lowrank_harm(model, moments, layer, ratio)
+        options.append(Option(layer, transform, ratio, None, saving, coupled, harm))
     return options
 
 
