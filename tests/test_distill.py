@@ -80,3 +80,37 @@ def test_a_weak_teacher_does_not_hold_the_student_below_label_training() -> None
     labels_only = fine_tuned(loss_fn=lambda student, _teacher, y: F.cross_entropy(student, y))
     assert labels_only > weak + 10, (weak, labels_only)  # the teacher really is weak
     assert distilled >= labels_only - 1.5, (weak, distilled, labels_only)
+
+
+class _RandomViews(torch.utils.data.Dataset):
+    """Augmented data as fine-tuning sees it: every read of a sample is another random view."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i] + torch.randn_like(self.x[i]), self.y[i]
+
+
+def test_on_augmented_data_the_teacher_sees_the_view_the_student_sees() -> None:
+    from kondense.pipeline.distill import cache_teacher
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    student = copy.deepcopy(teacher)
+    data = cache_teacher(teacher, _RandomViews(torch.randn(32, 1, 4, 4), torch.randint(0, 3, (32,))), augmented=True)
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def loss_fn(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pairs.append((logits.detach().clone(), teacher_logits.clone()))
+        return logits.sum() * 0  # no update: the student stays equal to the teacher
+
+    FineTune(batch_size=8, loss_fn=loss_fn).run(student, data, epochs=1.0, seed=0)
+    assert len(pairs) == 4
+    # the same weights on the same view give the same logits; a cached view would differ
+    assert all(torch.allclose(s, t, atol=1e-6) for s, t in pairs)
+    cached = cache_teacher(teacher, data.base)  # one fixed view per sample
+    assert not torch.allclose(cached.logits[:8], cache_teacher(teacher, data.base).logits[:8])

@@ -1,7 +1,8 @@
 """Fine-tuning with knowledge distillation from the original model (the teacher).
 
 The teacher's logits on the training samples are computed once and cached: fine-tuning
-runs many times (every stage, every annealing step) and the teacher never changes.
+runs many times (every stage, every annealing step) and the teacher never changes. Augmented
+training data is the exception: each read is a new view, so the teacher runs on every batch.
 """
 
 from __future__ import annotations
@@ -21,22 +22,42 @@ from kondense.progress import Progress
 
 
 class WithTeacher(Dataset):
-    """(x, y, teacher_logits) for every sample of a data set."""
+    """(x, y, teacher_logits) for every sample of a data set. With `teacher` instead of cached
+    `logits` (augmented training data: every read is another view of the image), the logits are
+    left empty here and FineTune computes them batch by batch on the same view the student sees."""
 
-    def __init__(self, base: Dataset, logits: torch.Tensor) -> None:
-        self.base, self.logits = base, logits
+    def __init__(self, base: Dataset, logits: torch.Tensor | None, teacher: nn.Module | None = None) -> None:
+        if (logits is None) == (teacher is None):
+            raise ValueError("give either the cached logits or the teacher")
+        self.base, self.logits, self.teacher = base, logits, teacher
 
     def __len__(self) -> int:
-        return len(self.logits)
+        return len(self.base) if self.logits is None else len(self.logits)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int):
         x, y = self.base[i]
-        return x, y, self.logits[i]
+        return x, y, self._logits(i)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        # a data set that reads a whole batch at once (kondense.data's) stays fast behind this wrapper
+        read = getattr(self.base, "__getitems__", None)
+        items = read(indices) if read is not None else [self.base[i] for i in indices]
+        return [(x, y, self._logits(i)) for (x, y), i in zip(items, indices, strict=True)]
+
+    def _logits(self, i: int) -> torch.Tensor:
+        return _LIVE if self.logits is None else self.logits[i]
+
+
+_LIVE = torch.empty(0)  # placeholder for logits computed during fine-tuning
 
 
 @torch.no_grad()
-def cache_teacher(teacher: nn.Module, train: Dataset, batch_size: int = 256) -> WithTeacher:
+def cache_teacher(teacher: nn.Module, train: Dataset, batch_size: int = 256, augmented: bool = False) -> WithTeacher:
+    """The teacher's logits on every training sample, computed once; for `augmented` data the
+    teacher itself, to run on each batch as it is drawn (a cached output would belong to another view)."""
     teacher.eval()
+    if augmented:
+        return WithTeacher(train, None, teacher)
     device = next(teacher.parameters()).device
     outs = []
     loader = DataLoader(train, batch_size=batch_size)
@@ -45,6 +66,12 @@ def cache_teacher(teacher: nn.Module, train: Dataset, batch_size: int = 256) -> 
             outs.append(teacher(batch_to(x, device)).float().cpu())
             progress.update()
     return WithTeacher(train, torch.cat(outs))
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    with autocast(x.device, precision):
+        return teacher(x).float()
 
 
 def kd_loss(
@@ -168,6 +195,8 @@ class FineTune:
             for x, y, teacher_logits in loader:
                 x = batch_to(x, device)
                 y, teacher_logits = y.to(device), teacher_logits.to(device)
+                if data.teacher is not None:
+                    teacher_logits = _teacher_logits(data.teacher, x, precision)
                 with autocast(device, precision):
                     logits = model(x)
                 loss = loss_fn(logits.float(), teacher_logits, y)
