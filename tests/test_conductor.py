@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from kondense.pipeline.conductor import Option, fit, in_order, ranked
@@ -107,3 +109,33 @@ def test_estimated_harm_grows_as_layers_shrink_and_leaves_the_model_alone() -> N
     assert all(
         (g is None and p.grad is None) or torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True)
     )
+
+
+def test_a_factorisation_the_prunings_left_nothing_to_save_is_left_out_of_the_plan() -> None:
+    """Pruning a layer's inputs can shrink it until even rank 1 is no smaller (a squeeze-and-excitation
+    layer of a few channels): the composed plan drops that factorisation instead of failing."""
+    from torch import nn
+
+    from kondense.pipeline.conductor import _composed
+    from kondense.pipeline.plan import Step, replay
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 3),
+    ).eval()
+    example = torch.randn(1, 1, 8, 8)
+    steps = [Step("0", "prune", 0.5), Step("3", "lowrank", 0.5)]
+    trial, kept = _composed(model, steps, example)
+    assert kept == [Step("0", "prune", 0.5)]
+    assert trial[3].in_channels == 2 and isinstance(trial[3], nn.Conv2d)
+    rebuilt = replay(copy.deepcopy(model), kept, example)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in trial.parameters()]
+    # unpruned, the same factorisation still pays and is kept
+    assert _composed(model, [Step("3", "lowrank", 0.5)], example)[1] == [Step("3", "lowrank", 0.5)]

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from kondense import transforms
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
+from kondense.errors import KondenseError
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
@@ -247,14 +248,31 @@ def fit(
     lo, hi = 1, len(picks)
     while lo <= hi:
         mid = (lo + hi) // 2
-        steps = in_order(picks[:mid], options)
-        acc = judge.scan_accuracy(applied(model, steps, example))
+        trial, steps = _composed(model, in_order(picks[:mid], options), example)
+        acc = judge.scan_accuracy(trial)
         logger.info(f"  step fit: {mid}/{len(picks)} layers -> scan accuracy {acc:.2f}% (floor {floor:.2f}%)")
         if acc >= floor:
             best, lo = (steps, acc), mid + 1
         else:
             hi = mid - 1
     return best
+
+
+def _composed(model: nn.Module, steps: list[Step], example: torch.Tensor) -> tuple[nn.Module, list[Step]]:
+    """applied(), less the factorisations that the prunings before them left nothing to save: pruning
+    a layer's inputs can shrink it until even rank 1 is no smaller (a squeeze-and-excitation layer of a
+    few channels). Returns the model and the steps it took, which replay exactly."""
+    head = next((i for i, s in enumerate(steps) if s.transform != "prune"), len(steps))
+    trial, kept = applied(model, steps[:head], example), steps[:head]
+    for step in steps[head:]:
+        try:
+            transforms.apply(trial, step.layer, step.transform, step.ratio, example)
+        except KondenseError:
+            if step.transform != "lowrank":
+                raise
+            continue  # refused before changing anything: the layer stays as the prunings left it
+        kept.append(step)
+    return trial, kept
 
 
 def options_to_json(options: list[Option]) -> list[dict]:

@@ -100,10 +100,16 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     layers: dict[str, dict] = field(default_factory=dict)
 
-    def account(self, original: nn.Module, compressed: nn.Module, example: torch.Tensor) -> None:
+    def account(
+        self, original: nn.Module, compressed: nn.Module, example: torch.Tensor, protected: set[str] | None = None
+    ) -> None:
         """Fill `layers`, keyed by the original model's layer names (a factorised layer 'x'
-        became 'x.0', 'x.1', ...: its cost is theirs together)."""
+        became 'x.0', 'x.1', ...: its cost is theirs together). A layer no transform could change has
+        "skipped" with the reasons; `protected` as in transforms.candidates, by default the last layer."""
         before, after = layer_costs(original, example), layer_costs(compressed, example)
+        if protected is None:
+            protected = set(list(before)[-1:])  # the classifier, as kondense.api picks it
+        reasons = transforms.skipped(original, protected, example_input=example)
         self.layers = {}
         for name, (params, macs) in before.items():
             params_after, macs_after = cost_under(after, name)
@@ -118,6 +124,8 @@ class Plan:
                 "macsBefore": macs,
                 "macsAfter": macs_after,
             }
+            if name in reasons:
+                self.layers[name]["skipped"] = reasons[name]
 
     def to_dict(self) -> dict:
         return {"objective": self.objective, "steps": steps_to_json(self.steps), "layers": self.layers}

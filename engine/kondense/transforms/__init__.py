@@ -20,12 +20,20 @@ from torch import nn
 
 from kondense.errors import KondenseError
 from kondense.transforms import lowrank, pruning
-from kondense.transforms._common import LAYER_TYPES, get_layer, get_module, prepare_input, set_module
+from kondense.transforms._common import (
+    LAYER_TYPES,
+    called,
+    get_layer,
+    get_module,
+    prepare_input,
+    set_module,
+    uncalled,
+)
 from kondense.transforms.pruning import Recipe
 
 TRANSFORMS: tuple[str, ...] = ("prune", "lowrank")
 
-__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "apply", "prune_recipe", "Recipe"]
+__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "skipped", "apply", "prune_recipe", "Recipe"]
 
 
 def optimizable_layers(model: nn.Module) -> list[str]:
@@ -52,8 +60,24 @@ def candidates(
     found = []
     if pruning.blockers(model, set(protected or ()), x).get(name) is None:
         found.append("prune")
-    if lowrank.blocker(module) is None:
+    if lowrank.blocker(module, id(module) not in uncalled(model, x)) is None:
         found.append("lowrank")
+    return found
+
+
+def skipped(model: nn.Module, protected: set[str] | None = None, *, example_input: torch.Tensor) -> dict[str, str]:
+    """{layer name: why no transform applies} for every Conv2d/Linear that candidates() gives nothing,
+    e.g. "prune: it is a depthwise conv...; lowrank: it is a grouped/depthwise conv..."."""
+    x = prepare_input(model, example_input)
+    prune_reasons = pruning.blockers(model, set(protected or ()), x)
+    missing = uncalled(model, x)
+    found = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, LAYER_TYPES):
+            continue
+        low = lowrank.blocker(m, id(m) not in missing)
+        if prune_reasons.get(name) is not None and low is not None:
+            found[name] = f"prune: {prune_reasons[name]}; lowrank: {low}"
     return found
 
 
@@ -80,10 +104,12 @@ def apply(model: nn.Module, name: str, transform: str, ratio: float, example_inp
     if ratio == 1.0:
         return model
     if transform == "lowrank":
-        reason = lowrank.blocker(layer)
+        reason = lowrank.blocker(layer, id(layer) not in uncalled(model, x))
         if reason is not None:
             raise KondenseError(f"'lowrank' does not apply to '{name}': {reason}")
-        set_module(model, name, lowrank.factorise(layer, ratio))
+        replacement = lowrank.factorise(layer, ratio)
+        set_module(model, name, replacement)
+        called(model, replacement)
     else:
         pruning.prune(model, name, ratio, x)
     return model

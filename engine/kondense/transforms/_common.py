@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kondense.device import in_mode
 from kondense.errors import KondenseError
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
@@ -48,3 +49,45 @@ def prepare_input(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor
     x = example_input[:1].detach()
     x = x.to(device=device, dtype=dtype) if x.is_floating_point() and dtype.is_floating_point else x.to(device)
     return x
+
+
+# id(model) -> (model, ids of every Conv2d/Linear seen, ids of those the forward pass did not call).
+# A layer a module uses only through its weight (nn.MultiheadAttention's out_proj, Swin's qkv/proj) is not
+# called; which layers are called never changes by the transforms, which keep objects (pruning) or replace
+# a called layer by a Sequential of called ones (factorisation, which registers them with `called()`).
+_CALLS: dict[int, tuple[nn.Module, set[int], set[int]]] = {}
+_CACHED = 8
+
+
+def _forward_calls(model: nn.Module, x: torch.Tensor) -> tuple[set[int], set[int]]:
+    layers = {id(m): m for m in model.modules() if isinstance(m, LAYER_TYPES)}
+    seen: set[int] = set()
+    hooks = [m.register_forward_hook(lambda mod, _i, _o: seen.add(id(mod))) for m in layers.values()]
+    try:
+        with in_mode(model, training=False), torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return set(layers), set(layers) - seen
+
+
+def uncalled(model: nn.Module, x: torch.Tensor) -> set[int]:
+    """ids of the model's Conv2d/Linear layers that its forward pass on `x` does not call as modules."""
+    hit = _CALLS.get(id(model))
+    current = {id(m) for m in model.modules() if isinstance(m, LAYER_TYPES)}
+    if hit is None or hit[0] is not model or not current <= hit[1]:
+        known, missing = _forward_calls(model, x)
+        hit = (model, known, missing)
+        _CALLS.pop(id(model), None)
+        _CALLS[id(model)] = hit
+        while len(_CALLS) > _CACHED:
+            _CALLS.pop(next(iter(_CALLS)))
+    return hit[2]
+
+
+def called(model: nn.Module, replacement: nn.Module) -> None:
+    """Record that the layers of `replacement`, which took a called layer's place, are called too."""
+    hit = _CALLS.get(id(model))
+    if hit is not None and hit[0] is model:
+        hit[1].update(id(m) for m in replacement.modules() if isinstance(m, LAYER_TYPES))

@@ -63,8 +63,14 @@ def tucker_ranks(layer: nn.Conv2d, ratio: float) -> tuple[int, int]:
     return 1, 1
 
 
-def blocker(layer: nn.Conv2d | nn.Linear) -> str | None:
-    """Why the layer cannot be factorised, or None if it can."""
+def blocker(layer: nn.Conv2d | nn.Linear, called: bool = True) -> str | None:
+    """Why the layer cannot be factorised, or None if it can. `called`: whether the model's forward pass calls
+    the layer as a module; one whose weight its parent reads instead would break if replaced by a Sequential."""
+    if not called:
+        return (
+            "its weight is read directly by the module around it (as attention does with its projections), not "
+            "through calling the layer, so a factorised replacement would not be used; or it does not run at all"
+        )
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         return "it is a grouped/depthwise conv (groups > 1), which has no channel mixing to factorise"
     if _is_pointwise(layer):

@@ -10,6 +10,7 @@ not change any shape, so replays on a fresh model reproduce the structure.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import index_mapping
 
 from kondense.device import in_mode
 from kondense.errors import KondenseError
@@ -56,14 +59,95 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
+class _Shapes(TorchFunctionMode):
+    """Records the shape of every tensor the traced forward pass makes, by the autograd node that made it:
+    the graph's nodes know a reshape's input shape (saved for backward) but not its output shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_grad_fn: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            self.by_grad_fn[out.grad_fn] = tuple(out.shape)
+            if getattr(func, "__name__", "") == "linear" and out.dim() > 2:
+                self._inside_linear(out.grad_fn, args)
+        return out
+
+    def _inside_linear(self, grad_fn, args) -> None:
+        """A Linear on (..., C) input views it as (N, C) and back inside one aten call, out of this mode's sight:
+        those views keep the last dim, the channels, so they are recorded as keeping it."""
+        stop = {a.grad_fn for a in args if isinstance(a, torch.Tensor) and a.grad_fn is not None}
+        todo = [grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is None or fn in stop or (fn in self.by_grad_fn and fn is not grad_fn):
+                continue
+            if "view" in fn.name().lower() or "reshape" in fn.name().lower():
+                self.by_grad_fn.setdefault(fn, "linear")
+            todo.extend(f for f, _ in fn.next_functions)
+
+
+def _reshape_kind(node, shapes: dict) -> str:
+    """'flatten' (N, C, H, W) -> (N, C*H*W), 'same' (batch and dim 1 kept, as ViT's (N, C, H*W); or a Linear's
+    own view of channels-last input, as in ConvNeXt and Swin, which keeps the last dim), or
+    'opaque': a reshape that moves channels (channel shuffle's (N, g, C/g, H, W), attention heads, windows)."""
+    before = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    after = shapes.get(node.grad_fn)
+    if after == "linear":
+        return "same"
+    if before is None or after is None:
+        return "opaque"
+    before = tuple(int(d) for d in before)
+    if len(before) >= 2 and len(after) >= 2 and before[:2] == after[:2]:
+        return "same"
+    if len(before) >= 3 and len(after) == 2 and before[0] == after[0] and after[1] == math.prod(before[1:]):
+        return "flatten"
+    return "opaque"
+
+
+_TP_RESHAPE_MAPPING = index_mapping.update_reshape_index_mapping
+
+
+def _judged_reshape_mapping(graph, node) -> None:
+    """torch-pruning maps every reshape as if it flattened features into a Linear (with this torch its size
+    checks find no saved sizes), which mis-maps or crashes (division by zero) on channel shuffles and other
+    reshapes that move channels. In kondense's graphs only flattens get its mapping, 'same' reshapes keep
+    channel indices, and the rest are recorded so that a group through them is refused (Graph.blocker).
+    Graphs kondense did not build keep torch-pruning's own mapping."""
+    judge = getattr(graph, "_kondense_reshapes", None)
+    if judge is None:
+        _TP_RESHAPE_MAPPING(graph, node)
+        return
+    shapes, opaque = judge
+    kind = _reshape_kind(node, shapes)
+    if kind == "flatten":
+        _TP_RESHAPE_MAPPING(graph, node)
+    elif kind == "opaque":
+        opaque.add(node)
+
+
+# update_index_mapping looks the function up in its module on every call (graph building and every group)
+index_mapping.update_reshape_index_mapping = _judged_reshape_mapping
+
+
+_SINGLE = "it has a single output channel"
+
+
 class Graph:
     """A dependency graph of the model (traced in eval mode, so BatchNorm statistics stay as they were)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
         probed = _Probed(model, x)
+        shapes = _Shapes()
+        self.opaque: set = set()  # reshape nodes whose channel mapping the graph cannot follow
         with in_mode(model, training=False), torch.enable_grad():
-            # a tuple: torch-pruning first tries model(*example_inputs), which would unpack a bare tensor's batch
-            self.dg = tp.DependencyGraph().build_dependency(probed, example_inputs=(x,), verbose=False)
+            self.dg = tp.DependencyGraph()
+            self.dg._kondense_reshapes = (shapes.by_grad_fn, self.opaque)
+            with shapes:
+                # a tuple: torch-pruning first tries model(*example_inputs), which would unpack a bare tensor's batch
+                self.dg.build_dependency(probed, example_inputs=(x,), verbose=False)
         self.probe = probed.probe
 
     def group(self, layer: nn.Module, idxs: list[int]):
@@ -79,10 +163,15 @@ class Graph:
         if layer not in self.dg.module2node:
             return "it does not run in the model's forward pass on the example input"
         if _out_size(layer) < 2:
-            return "it has a single output channel"
+            return _SINGLE
         protected = protected or {}
         dg = self.dg
-        for dep, _ in self.group(layer, list(range(_out_size(layer)))):
+        try:
+            group = self.group(layer, list(range(_out_size(layer))))
+        except (IndexError, KeyError, ValueError, ZeroDivisionError) as e:
+            # torch-pruning's index mappings through splits/concats that follow a reshape can fail to line up
+            return f"torch-pruning cannot follow its channels through the model's graph ({type(e).__name__}: {e})"
+        for dep, _ in group:
             node, module, handler = dep.target, dep.target.module, dep.handler
             if self.probe is not None and module is self.probe:
                 return "its channels are tied to the model input (e.g. a residual addition with the input)"
@@ -98,6 +187,11 @@ class Graph:
                     return "its channels are tied to the model output"
             if isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module):
                 return "its channels are tied to a grouped conv, which can only be pruned in whole groups"
+            if node in self.opaque:
+                return (
+                    "its channels pass through a reshape that moves them (channel shuffle, attention heads or "
+                    "windows), which the dependency graph cannot follow"
+                )
         return None
 
     def dropped(self, layer: nn.Module, ratio: float) -> list[int]:
@@ -190,7 +284,12 @@ class Pruner:
                 for name, m in modules.items()
                 if isinstance(m, LAYER_TYPES)
             }
-        return self._blockers[key]
+        # the graph's couplings survive pruning through it; the channel count does not (blockers() is asked
+        # again between the prunings of one model state, and a group pruned to one channel is done)
+        return {
+            name: reason or (_SINGLE if _out_size(self.model.get_submodule(name)) < 2 else None)
+            for name, reason in self._blockers[key].items()
+        }
 
     def _checked(self, name: str, layer: nn.Module) -> None:
         reason = self.graph.blocker(layer)
