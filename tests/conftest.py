@@ -18,6 +18,7 @@ E2E_MODULES = {
     "test_compress.py",
     "test_distributed.py",
     "test_distributed_engine.py",
+    "test_own_models.py",
     "operator/test_operator.py",
     "operator/test_pod_template.py",
     "operator/test_restart.py",

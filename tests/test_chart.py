@@ -613,6 +613,10 @@ def test_examples_cover_the_documented_cases():
     assert (gpu.workers, gpu.slots_per_worker, gpu.device, gpu.backend) == (2, 4, "cuda", "horovod")
     mine = jobs["user-model-pvc.yaml"]
     assert mine.model.uri.startswith("pvc://models/") and mine.model.arch and mine.data.uri.startswith("pvc://")
+    tv = jobs["torchvision-pvc.yaml"]
+    assert tv.model.torchvision and tv.model.uri.startswith("pvc://") and tv.data.input_size == (224, 224)
+    factory = jobs["factory-pvc.yaml"]
+    assert factory.model.factory and factory.model.code_uri.startswith("pvc://code/") and factory.model.uri
     claims = {
         o["metadata"]["name"]
         for name in EXAMPLE_FILES
@@ -626,7 +630,12 @@ def test_crd_schema_check_catches_mistakes():
     """The CRD check used on the examples is not vacuous."""
     good = load_all((EXAMPLES / "resnet18-stage1.yaml").read_text())[0]
     validate_compressionjob(good)
-    for spec_patch in ({"delta": -1}, {"delat": 1}, {"backend": "mpi"}, {"model": {"zoo": "a", "uri": "b"}}):
+    for spec_patch in (
+        {"delta": -1},
+        {"delat": 1},
+        {"backend": "mpi"},
+        {"model": {"torchvision": "resnet1", "uri": "b"}},
+    ):
         bad = yaml.safe_load(yaml.safe_dump(good))
         bad["spec"].update(spec_patch)
         with pytest.raises(AssertionError):

@@ -291,10 +291,49 @@ REFUSALS = [
     ({"delta": 0, "stage": 5}, "spec.delta"),  # the first problem in the CRD's field order wins
     ({"model": None}, "spec.model", "missing", "zoo"),
     ({"model": "resnet18"}, "spec.model", "must be a mapping, got the string 'resnet18'"),
-    ({"model": {}}, "spec.model", "give exactly one of zoo and uri, got neither"),
-    ({"model": {"zoo": "r", "uri": "/m.pt"}}, "spec.model", "got both"),
-    ({"model": {"zoo": "r", "weights": "x"}}, "spec.model.weights", "unknown field", "zoo, uri, arch"),
-    ({"model": {"zoo": "r", "arch": "r"}}, "spec.model.arch", "only goes with uri"),
+    ({"model": {}}, "spec.model", "give the network: zoo, torchvision, factory, or uri"),
+    ({"model": {"zoo": "r", "uri": "/m.pt"}}, "spec.model.uri", "a zoo model takes the zoo's weights"),
+    ({"model": {"zoo": "r", "weights": "x"}}, "spec.model.weights", "unknown field", "zoo, torchvision, factory"),
+    ({"model": {"zoo": "r", "arch": "r"}}, "spec.model.arch", "only goes with uri alone"),
+    ({"model": {"factory": "a:b", "arch": "r"}}, "spec.model.arch", "only goes with uri alone"),
+    ({"model": {"zoo": "r", "torchvision": "resnet18"}}, "spec.model.torchvision", "zoo or torchvision, not both"),
+    ({"model": {"torchvision": "resnet18", "factory": "a:b"}}, "spec.model.factory", "not several"),
+    (
+        {"model": {"torchvision": "resnet1", "uri": "/w.pt"}},
+        "spec.model.torchvision",
+        "got 'resnet1' (did you mean 'resnet18'?)",
+    ),
+    ({"model": {"torchvision": "fasterrcnn_resnet50_fpn", "uri": "/w.pt"}}, "spec.model.torchvision", "must be one of"),
+    ({"model": {"torchvision": "resnet18"}}, "spec.model.torchvision", "needs its trained weights"),
+    (
+        {"model": {"torchvision": "resnet18", "uri": "/w.pt", "pretrained": "DEFAULT"}},
+        "spec.model.torchvision",
+        "one of the two",
+    ),
+    ({"model": {"factory": "mynets.build"}}, "spec.model.factory", "must be package.module:function"),
+    ({"model": {"factory": "my-nets:build"}}, "spec.model.factory", "must be package.module:function"),
+    ({"model": {"factory": "a:b", "pretrained": "DEFAULT"}}, "spec.model.pretrained", "only goes with torchvision"),
+    ({"model": {"zoo": "r", "codeUri": "pvc://code/src"}}, "spec.model.codeUri", "only goes with factory"),
+    ({"model": {"factory": "a:b", "codeUri": "s3://b/src"}}, "spec.model.codeUri", "no other scheme"),
+    ({"model": {"zoo": "r", "kwargs": {"width": 2}}}, "spec.model.kwargs", "only goes with torchvision or factory"),
+    (
+        {"data": {"dataset": "fashion-mnist", "inputSize": [0]}},
+        "spec.data.inputSize[0]",
+        "an integer in [1, 4096], got 0",
+    ),
+    ({"data": {"dataset": "fashion-mnist", "inputSize": [32, 32, 3]}}, "spec.data.inputSize", "1 to 2 entries, got 3"),
+    ({"data": {"dataset": "fashion-mnist", "augment": "flip"}}, "spec.data.augment", "crop-flip"),
+    ({"data": {"dataset": "fashion-mnist", "normalize": {"mean": [0.5]}}}, "spec.data.normalize.std", "missing"),
+    (
+        {"data": {"dataset": "fashion-mnist", "normalize": {"mean": [0.5], "std": [0.2, 0.2]}}},
+        "spec.data.normalize.std",
+        "as many as mean",
+    ),
+    (
+        {"data": {"dataset": "fashion-mnist", "normalize": {"mean": [0.5], "std": [0]}}},
+        "spec.data.normalize.std[0]",
+        "0",
+    ),
     ({"model": {"zoo": ""}}, "spec.model.zoo", "1 to 253 characters, got 0"),
     ({"model": {"zoo": " "}}, "spec.model.zoo", "blank"),
     ({"model": {"uri": "s3://b/m.pt"}}, "spec.model.uri", "pvc://CLAIM/path", "no other scheme"),
@@ -480,13 +519,21 @@ def test_engine_arguments(tmp_path):
     from kondense.pipeline.conductor import COSTS
 
     s = S.parse(full()).spec
-    assert S.compress_kwargs(s) == {
+    assert S.compress_kwargs(s, tmp_path) == {
         "delta": 1.0,
         "stage": 1,
         "objective": "macs",
         "device": "cuda",
         "seed": 7,
         "arch": "vgg19",
+        "weights": None,  # the model file itself is compress()'s model argument
+        "pretrained": None,
+        "model_kwargs": None,
+        "code_dir": None,
+        "input_size": None,
+        "augment": "none",
+        "mean": None,
+        "std": None,
     }
     assert S.budget_kwargs(s) == {
         "stage1_epochs": 0.5,
@@ -498,7 +545,7 @@ def test_engine_arguments(tmp_path):
         "val_samples": 200,
     }
     Budget(**S.budget_kwargs(s))  # every key is a Budget field
-    assert set(S.compress_kwargs(s)) <= set(inspect.signature(compress).parameters)
+    assert set(S.compress_kwargs(s, tmp_path)) <= set(inspect.signature(compress).parameters)
     assert set(S.OBJECTIVES) == set(COSTS)  # the engine can cost every objective the CRD allows
     assert (S.model_argument(s, tmp_path), S.data_argument(s, tmp_path)) == (
         str(tmp_path / "models" / "m.pt"),
@@ -510,6 +557,64 @@ def test_engine_arguments(tmp_path):
         "fashion-mnist",
         {},
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "argument", "extra"),
+    [
+        (
+            {"torchvision": "mobilenet_v3_small", "uri": "pvc://models/tv.pt", "kwargs": {"dropout": 0.1}},
+            "torchvision:mobilenet_v3_small",
+            {"weights": "models/tv.pt", "model_kwargs": {"dropout": 0.1}, "code_dir": None, "pretrained": None},
+        ),
+        (
+            {"torchvision": "resnet18", "pretrained": "DEFAULT"},
+            "torchvision:resnet18",
+            {"weights": None, "model_kwargs": None, "code_dir": None, "pretrained": "DEFAULT"},
+        ),
+        (
+            {
+                "factory": "mynets.small:build",
+                "codeUri": "pvc://code/src",
+                "uri": "pvc://models/w.pt",
+                "kwargs": {"w": 8},
+            },
+            "mynets.small:build",
+            {"weights": "models/w.pt", "model_kwargs": {"w": 8}, "code_dir": "code/src", "pretrained": None},
+        ),
+    ],
+)
+def test_model_sources_reach_the_engine_and_round_trip(tmp_path, model, argument, extra):
+    m = minimal()
+    m["spec"]["model"] = model
+    m["spec"]["data"] = {
+        "dataset": "fashion-mnist",
+        "inputSize": [64],
+        "augment": "crop-flip",
+        "normalize": {"mean": [0.5], "std": [0.25]},
+    }
+    job = S.parse(m)
+    assert S.parse(S.to_manifest(job)) == job
+    assert S.model_argument(job.spec, tmp_path) == argument
+    kwargs = S.compress_kwargs(job.spec, tmp_path)
+    local = {k: str(tmp_path / v) if k in ("weights", "code_dir") and v else v for k, v in extra.items()}
+    assert {k: kwargs[k] for k in extra} == local
+    assert (kwargs["input_size"], kwargs["augment"], kwargs["mean"], kwargs["std"]) == (
+        (64, 64),
+        "crop-flip",
+        [0.5],
+        [0.25],
+    )
+    # the code's claim is mounted like the others
+    assert set(S.claims(job.spec)) == {
+        u.split("/")[2] for u in (model.get("uri"), model.get("codeUri"), "pvc://models/o") if u
+    }
+
+
+def test_the_crd_names_every_torchvision_architecture_kondense_builds():
+    from kondense.zoo import torchvision_models
+
+    assert CRD_SPEC["model"]["properties"]["torchvision"]["enum"] == sorted(torchvision_models.names())
 
 
 def test_import_does_not_load_torch():

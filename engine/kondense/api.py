@@ -30,7 +30,7 @@ from kondense.pipeline.exploration import explore
 from kondense.pipeline.plan import Plan
 from kondense.pipeline.runstate import RunDir
 from kondense.pipeline.timing import Stopwatch
-from kondense.sources import load_model
+from kondense.sources import ModelOptions, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ def compress(
     stage: int = DEFAULT_STAGE,
     out: str | Path = "kondense-out",
     arch: str | None = None,
+    weights: str | Path | None = None,
+    pretrained: str | None = None,
+    model_kwargs: dict | None = None,
+    code_dir: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
+    augment: str = "none",
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
     objective: str = DEFAULT_OBJECTIVE,
     device: str = DEFAULT_DEVICE,
     seed: int = DEFAULT_SEED,
@@ -67,9 +75,16 @@ def compress(
 ) -> Result:
     """Compress `model` as far as it goes while its accuracy stays within `delta` points.
 
-    model      an nn.Module, 'zoo:ARCH' (the zoo's trained weights for `data`), or a weights file
-               (a kondense zoo file, or a state dict of the architecture `arch`)
+    model      an nn.Module; 'zoo:ARCH' (the zoo's trained weights for `data`); 'torchvision:NAME' (a
+               torchvision architecture built for the data's classes and channels, with `weights`, a
+               state dict in torchvision's layout, or `pretrained`, published weights by name);
+               'package.module:function' (your factory, called with `model_kwargs`, imported from
+               `code_dir` or the installed packages; optional `weights`); or a weights file (a
+               kondense zoo file, or a state dict of the zoo architecture `arch`)
     data       a data set name or path, or a DataBundle; or None with your own `loaders`
+    input_size the (H, W) the network takes, when it is not the data's own; `augment` the training
+               augmentation ('none', 'crop-flip', 'resized-crop-flip'); `mean`/`std` the network's
+               normalisation, per channel (default: measured on the data)
     delta      the allowed top-1 accuracy drop, in percentage points, in (0, 100]
     stage      1: exploration only; 2: exploration then annealing
     objective  what to minimise: 'params' or 'macs'
@@ -93,8 +108,11 @@ def compress(
     dev = comm.device(device)
     torch.manual_seed(seed)
 
-    splits = _splits(data, loaders, seed, budget)
-    original, base, source = load_model(model, arch, splits.name, splits.num_classes, splits.input_shape)
+    options = ModelOptions(arch, _text(weights), pretrained, dict(model_kwargs or {}), _text(code_dir))
+    # published torchvision weights take RGB images: grayscale data is repeated to 3 channels for them
+    reading = _Reading(input_size, 3 if pretrained else None, augment, mean, std)
+    splits = _splits(data, loaders, seed, budget, reading)
+    original, base, source = load_model(model, options, splits.name, splits.num_classes, splits.input_shape)
     out = Path(out)
     _refuse_overwriting_input(source, out)
     # logged once the inputs are known good, so that a user error stays the one line a user sees
@@ -151,10 +169,13 @@ def compress(
             original_val = evaluate_sharded(original, judge.val, evaluate, comm)
         run.state["originalVal"] = original_val
     train_shard = comm.shard(splits.train, even=True)
-    logger.info(
-        f"teacher: caching the original's outputs on {len(train_shard)} training samples"
-        + (f" per rank, {comm.size} ranks" if comm.size > 1 else "")
-    )
+    if splits.augmented:
+        logger.info("teacher: the original runs on every augmented training batch (each read is a new view)")
+    else:
+        logger.info(
+            f"teacher: caching the original's outputs on {len(train_shard)} training samples"
+            + (f" per rank, {comm.size} ranks" if comm.size > 1 else "")
+        )
     ctx = Context(
         original=original,
         example=example,
@@ -163,7 +184,7 @@ def compress(
         protected=_classifier(original),
         judge=judge,
         finetune=finetune,
-        teacher_data=cache_teacher(original, train_shard),
+        teacher_data=cache_teacher(original, train_shard, augmented=splits.augmented),
         budget=budget,
         run=run,
         original_val=original_val,
@@ -221,6 +242,22 @@ class _Splits:
     test: Dataset
     num_classes: int | None
     input_shape: tuple[int, ...]
+    augmented: bool = False  # every read of a training sample is another random view
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """How a data set given by name or path is read for the network."""
+
+    input_size: tuple[int, int] | None
+    channels: int | None
+    augment: str
+    mean: list[float] | None
+    std: list[float] | None
+
+
+def _text(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _splits(
@@ -228,12 +265,21 @@ def _splits(
     loaders: tuple[DataLoader, DataLoader, DataLoader] | None,
     seed: int,
     budget: Budget,
+    reading: _Reading,
 ) -> _Splits:
     limits = (budget.train_samples, budget.val_samples, budget.test_samples)
     if any(limits) and (loaders is not None or isinstance(data, data_mod.DataBundle)):
         raise KondenseError(
             "budget.train_samples, val_samples and test_samples take subsets of a data set given by name or "
             "path; a DataBundle or your own loaders are used as they are: subset those yourself"
+        )
+    reads = {"input_size": reading.input_size, "mean": reading.mean, "std": reading.std}
+    reads["augment"] = None if reading.augment == "none" else reading.augment
+    given = [k for k, v in reads.items() if v is not None]
+    if given and (loaders is not None or isinstance(data, data_mod.DataBundle)):
+        raise KondenseError(
+            f"{', '.join(given)} say how a data set given by name or path is read; a DataBundle or your own "
+            "loaders are used as they are: pass them to kondense.data.load, or build your loaders with them"
         )
     if loaders is not None:
         if len(loaders) != 3 or any(not isinstance(loader, DataLoader) for loader in loaders):
@@ -257,6 +303,11 @@ def _splits(
         bundle = data_mod.load(
             str(data),
             seed=seed,
+            input_size=reading.input_size,
+            channels=reading.channels,
+            augment=reading.augment,
+            mean=reading.mean,
+            std=reading.std,
             train_samples=budget.train_samples,
             val_samples=budget.val_samples,
             test_samples=budget.test_samples,
@@ -268,6 +319,7 @@ def _splits(
         bundle.test,
         bundle.num_classes,
         bundle.input_shape,
+        bundle.augment != "none",
     )
 
 

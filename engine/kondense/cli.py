@@ -21,8 +21,13 @@ def _profile(args: argparse.Namespace) -> None:
     bundle = None
     input_shape = data.parse_input_shape(args.input_shape) if args.input_shape else None
     if args.data:
-        bundle = data.load(args.data, input_shape=input_shape, test_samples=args.test_samples)
-        input_shape = input_shape or bundle.input_shape
+        bundle = data.load(
+            args.data,
+            input_size=input_shape[1:] if input_shape else None,
+            channels=input_shape[0] if input_shape else None,
+            test_samples=args.test_samples,
+        )
+        input_shape = bundle.input_shape
         if args.num_classes is not None and args.num_classes != bundle.num_classes:
             raise KondenseError(
                 f"--num-classes {args.num_classes} does not match the {bundle.num_classes} classes of '{args.data}'"
@@ -112,7 +117,24 @@ def _zoo_train(args: argparse.Namespace) -> None:
         )
 
 
+def _model_args(items: list[str]) -> dict:
+    """KEY=VALUE pairs, each VALUE read as YAML (so 0.5 is a number, true a boolean, [1, 2] a list)."""
+    import yaml
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise KondenseError(f"--model-arg '{item}' must be KEY=VALUE with KEY a Python identifier")
+        try:
+            kwargs[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise KondenseError(f"--model-arg '{item}': VALUE is not valid YAML: {e}") from None
+    return kwargs
+
+
 def _compress(args: argparse.Namespace) -> None:
+    from kondense import data
     from kondense.api import compress
     from kondense.measure import report
     from kondense.pipeline.budget import Budget
@@ -144,6 +166,14 @@ def _compress(args: argparse.Namespace) -> None:
         stage=args.stage,
         out=args.out,
         arch=args.arch,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        model_kwargs=_model_args(args.model_arg),
+        code_dir=args.code_dir,
+        input_size=data.parse_input_size(args.input_size) if args.input_size else None,
+        augment=args.augment,
+        mean=args.mean,
+        std=args.std,
         objective=args.objective,
         device=args.device,
         seed=args.seed,
@@ -267,9 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_profile)
 
     c = sub.add_parser("compress", help="compress a model within an accuracy budget")
-    c.add_argument("--model", required=True, help="zoo:ARCH (the zoo's trained weights for --data) or a weights file")
-    c.add_argument("--arch", help="the architecture of a plain state-dict file")
+    c.add_argument(
+        "--model",
+        required=True,
+        help="torchvision:NAME (with --weights or --pretrained), package.module:function (your factory), "
+        "zoo:ARCH (the zoo's trained weights for --data), or a weights file",
+    )
+    c.add_argument("--weights", help="the trained state dict of a torchvision:NAME or factory model")
+    c.add_argument(
+        "--pretrained", help="torchvision's published weights by name (DEFAULT, IMAGENET1K_V1; needs internet)"
+    )
+    c.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument of the torchvision builder or the factory (VALUE read as YAML); repeatable",
+    )
+    c.add_argument("--code-dir", help="a directory holding the factory's package, when it is not installed")
+    c.add_argument("--arch", help="the zoo architecture of a plain state-dict file given as --model")
     c.add_argument("--data", required=True, help="data set name (fashion-mnist) or path (ImageFolder directory, .npz)")
+    c.add_argument("--input-size", help="H,W (or S for S x S) the network takes (default: the data's own size)")
+    c.add_argument(
+        "--augment",
+        default="none",
+        choices=("none", "crop-flip", "resized-crop-flip"),
+        help="training augmentation while fine-tuning (default none)",
+    )
+    c.add_argument("--mean", type=float, nargs="+", help="the network's normalisation mean per channel")
+    c.add_argument("--std", type=float, nargs="+", help="the network's normalisation std per channel")
     c.add_argument("--delta", type=float, required=True, help="allowed top-1 accuracy drop, percentage points")
     c.add_argument(
         "--stage",

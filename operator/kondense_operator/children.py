@@ -15,6 +15,7 @@ import re
 import yaml
 
 from kondense.job import spec as spec_mod
+from kondense.job import uris
 from kondense.job.worker_env import WorkerEnv
 
 from .config import WorkerConfig
@@ -180,9 +181,19 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         if cfg.zoo_cache_claim
         else {"name": "home", "emptyDir": {}},
     ]
+    output_claim = uris.claim(s.output_uri)
     for i, claim in enumerate(spec_mod.claims(s)):
-        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
-        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}"})
+        # only the output is written: the model, its code and the data are the user's, never changed
+        read_only = claim != output_claim
+        volumes.append(
+            {
+                "name": f"pvc-{i}",
+                "persistentVolumeClaim": {"claimName": claim, **({"readOnly": True} if read_only else {})},
+            }
+        )
+        mounts.append(
+            {"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", **({"readOnly": True} if read_only else {})}
+        )
 
     container = {
         "name": CONTAINER,

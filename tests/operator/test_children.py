@@ -187,3 +187,30 @@ def test_cli_contract(tmp_path, monkeypatch):
         parse_config(["--worker-config", str(path)])
     with pytest.raises(ConfigError, match="imagePullPolicy"):
         worker_config_from_dict({"imagePullPolicy": "Sometimes"})
+
+
+def test_a_factory_s_code_and_the_inputs_are_mounted_read_only_and_the_output_writable():
+    b = body(
+        model={"factory": "mynets.small:build", "codeUri": "pvc://code/src", "uri": "pvc://weights/w.pt"},
+        data={"uri": "pvc://datasets/train.npz"},
+        output={"uri": "pvc://results/run-1"},
+    )
+    job = spec_mod.parse(b)
+    pod = children.build_job(b, job, 1, WorkerConfig())["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {}
+    for m in c["volumeMounts"]:
+        claim = volumes[m["name"]].get("persistentVolumeClaim")
+        if claim:
+            claims[claim["claimName"]] = (m.get("readOnly", False), claim.get("readOnly", False), m["mountPath"])
+    assert claims == {
+        "code": (True, True, "/mnt/pvc/code"),
+        "weights": (True, True, "/mnt/pvc/weights"),
+        "datasets": (True, True, "/mnt/pvc/datasets"),
+        "results": (False, False, "/mnt/pvc/results"),
+    }
+    # the worker receives the factory and where its code is; the operator itself never imported it
+    manifest = yaml.safe_load(children.build_children(b, job, 1, WorkerConfig())[1]["data"]["job.yaml"])
+    assert manifest["spec"]["model"]["factory"] == "mynets.small:build"
+    assert "mynets" not in sys.modules

@@ -218,7 +218,9 @@ def _problem(error: jsonschema.ValidationError, field: str) -> SpecError:
         return SpecError(field, _explained(f"must be {_TYPE_NAMES[schema['type']]}, got {kind_of(instance)}", schema))
     if kind == "enum":
         allowed = ", ".join(map(str, error.validator_value))
-        return SpecError(field, _explained(f"must be one of {allowed}, got {show(instance)}", schema))
+        close = difflib.get_close_matches(str(instance), list(map(str, error.validator_value)), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return SpecError(field, _explained(f"must be one of {allowed}, got {show(instance)}{hint}", schema))
     if kind in ("minimum", "maximum"):
         return SpecError(
             field, _explained(f"must be {_TYPE_NAMES[schema['type']]} {_bounds(schema)}, got {show(instance)}", schema)

@@ -9,7 +9,7 @@ engine. Torch-free: the operator imports it.
     job = load("job.yaml")                      # or parse(dict) for an object from the API server
     kondense.compress(model_argument(job.spec, "./pvc"), data_argument(job.spec, "./pvc"),
                       out=local_path(job.spec.output_uri, "./pvc"),
-                      budget=Budget(**budget_kwargs(job.spec)), **compress_kwargs(job.spec))
+                      budget=Budget(**budget_kwargs(job.spec)), **compress_kwargs(job.spec, "./pvc"))
 
 Errors are `SpecError`s naming the field (`spec.budget.ratios[1]`) and saying what is allowed.
 """
@@ -56,22 +56,36 @@ _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Exactly one of `zoo` (an architecture, with the zoo's weights trained on the job's data)
-    and `uri` (a weights file); `arch` names the architecture of a plain state dict at `uri`."""
+    """One source of the network: `zoo` (an architecture, with the zoo's weights trained on the job's
+    data), `torchvision` (an architecture name; weights at `uri` or published ones named by
+    `pretrained`), `factory` ('package.module:function', importable or under `code_uri`; optional
+    weights at `uri`), or `uri` alone (a weights file; `arch` names the zoo architecture of a plain
+    state dict). `kwargs` go to the torchvision builder or the factory."""
 
     zoo: str | None = None
     uri: str | None = None
     arch: str | None = None
+    torchvision: str | None = None
+    pretrained: str | None = None
+    factory: str | None = None
+    code_uri: str | None = None
+    kwargs: dict | None = None
 
 
 @dataclass(frozen=True)
 class DataSource:
     """Exactly one of `dataset` (a name the engine knows) and `uri` (an ImageFolder directory or
-    an .npz file). `format` is set whenever `uri` is: given, or inferred from the uri."""
+    an .npz file). `format` is set whenever `uri` is: given, or inferred from the uri. `input_size`
+    is the (H, W) the network takes (None: the data's own), `augment` the training augmentation,
+    `mean`/`std` the normalisation (None: measured on the data)."""
 
     dataset: str | None = None
     uri: str | None = None
     format: str | None = None
+    input_size: tuple[int, int] | None = None
+    augment: str = "none"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -242,9 +256,28 @@ def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
         BUDGET_KEYS[key]: tuple(map(float, v)) if kinds[key] == "array" else float(v) if kinds[key] == "number" else v
         for key, v in budget.items()
     }
+    size = data.get("inputSize")
+    normalize = data.get("normalize", {})
     return JobSpec(
-        model=ModelSource(zoo=model.get("zoo"), uri=where(model.get("uri")), arch=model.get("arch")),
-        data=DataSource(dataset=data.get("dataset"), uri=where(data.get("uri")), format=data_format),
+        model=ModelSource(
+            zoo=model.get("zoo"),
+            uri=where(model.get("uri")),
+            arch=model.get("arch"),
+            torchvision=model.get("torchvision"),
+            pretrained=model.get("pretrained"),
+            factory=model.get("factory"),
+            code_uri=where(model.get("codeUri")),
+            kwargs=copy.deepcopy(model.get("kwargs")),
+        ),
+        data=DataSource(
+            dataset=data.get("dataset"),
+            uri=where(data.get("uri")),
+            format=data_format,
+            input_size=None if size is None else (size[0], size[-1]),
+            augment=data["augment"],
+            mean=tuple(map(float, normalize["mean"])) if normalize else None,
+            std=tuple(map(float, normalize["std"])) if normalize else None,
+        ),
         delta=float(spec["delta"]),
         output_uri=where(spec["output"]["uri"]),
         stage=spec["stage"],
@@ -270,10 +303,27 @@ def to_manifest(job: CompressionJob) -> dict:
     Budget fields left to the engine's defaults are left out (the defaults live in the engine).
     """
     s = job.spec
-    model = {k: v for k, v in (("zoo", s.model.zoo), ("uri", s.model.uri), ("arch", s.model.arch)) if v is not None}
-    data = {
-        k: v for k, v in (("dataset", s.data.dataset), ("uri", s.data.uri), ("format", s.data.format)) if v is not None
+    m, d = s.model, s.data
+    model = {
+        "zoo": m.zoo,
+        "torchvision": m.torchvision,
+        "factory": m.factory,
+        "codeUri": m.code_uri,
+        "kwargs": copy.deepcopy(m.kwargs),
+        "uri": m.uri,
+        "arch": m.arch,
+        "pretrained": m.pretrained,
     }
+    data = {
+        "dataset": d.dataset,
+        "uri": d.uri,
+        "format": d.format,
+        "inputSize": list(d.input_size) if d.input_size else None,
+        "augment": d.augment,
+        "normalize": {"mean": list(d.mean), "std": list(d.std)} if d.mean is not None else None,
+    }
+    model = {k: v for k, v in model.items() if v is not None}
+    data = {k: v for k, v in data.items() if v is not None}
     budget = {}
     for key, attr in BUDGET_KEYS.items():
         v = getattr(s.budget, attr)
@@ -305,19 +355,30 @@ def to_manifest(job: CompressionJob) -> dict:
 
 def claims(spec: JobSpec) -> tuple[str, ...]:
     """The PersistentVolumeClaims the job reads or writes, sorted: the volumes its pods mount."""
-    named = (uris.claim(u) for u in (spec.model.uri, spec.data.uri, spec.output_uri))
+    named = (uris.claim(u) for u in (spec.model.uri, spec.model.code_uri, spec.data.uri, spec.output_uri))
     return tuple(sorted({c for c in named if c is not None}))
 
 
-def compress_kwargs(spec: JobSpec) -> dict:
-    """Keyword arguments for kondense.compress besides model, data, out and budget."""
+def compress_kwargs(spec: JobSpec, pvc_root: str | Path) -> dict:
+    """Keyword arguments for kondense.compress besides model, data, out and budget; paths local
+    under `pvc_root` (where the pods mount the claims)."""
+    m, d = spec.model, spec.data
+    from_source = m.torchvision is not None or m.factory is not None
     return {
         "delta": spec.delta,
         "stage": spec.stage,
         "objective": spec.objective,
         "device": spec.device,
         "seed": spec.seed,
-        "arch": spec.model.arch,
+        "arch": m.arch,
+        "weights": str(local_path(m.uri, pvc_root)) if from_source and m.uri is not None else None,
+        "pretrained": m.pretrained,
+        "model_kwargs": copy.deepcopy(m.kwargs),
+        "code_dir": str(local_path(m.code_uri, pvc_root)) if m.code_uri is not None else None,
+        "input_size": d.input_size,
+        "augment": d.augment,
+        "mean": list(d.mean) if d.mean is not None else None,
+        "std": list(d.std) if d.std is not None else None,
     }
 
 
@@ -329,10 +390,16 @@ def budget_kwargs(spec: JobSpec) -> dict:
 
 
 def model_argument(spec: JobSpec, pvc_root: str | Path) -> str:
-    """compress()'s `model`: 'zoo:ARCH', or the local path of the model's uri."""
-    if spec.model.zoo is not None:
-        return f"zoo:{spec.model.zoo}"
-    return str(local_path(spec.model.uri, pvc_root))
+    """compress()'s `model`: 'zoo:ARCH', 'torchvision:NAME', the factory's 'package.module:function',
+    or the local path of the weights file."""
+    m = spec.model
+    if m.zoo is not None:
+        return f"zoo:{m.zoo}"
+    if m.torchvision is not None:
+        return f"torchvision:{m.torchvision}"
+    if m.factory is not None:
+        return m.factory
+    return str(local_path(m.uri, pvc_root))
 
 
 def data_argument(spec: JobSpec, pvc_root: str | Path) -> str:

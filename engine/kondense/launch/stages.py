@@ -35,7 +35,7 @@ def run_stage(job: spec_mod.CompressionJob, stage: int, pvc_root: str | Path, co
     from kondense.pipeline.budget import Budget
 
     s = job.spec
-    kwargs = {k: v for k, v in spec_mod.compress_kwargs(s).items() if k not in ("stage",)}
+    kwargs = {k: v for k, v in spec_mod.compress_kwargs(s, pvc_root).items() if k not in ("stage",)}
     out = spec_mod.local_path(s.output_uri, pvc_root)
     result = compress(
         spec_mod.model_argument(s, pvc_root),

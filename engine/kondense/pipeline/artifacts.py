@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kondense import zoo
+from kondense import sources
 from kondense.errors import KondenseError
 from kondense.files import atomic_write, save_torch
 from kondense.pipeline.plan import Step, replay, steps_from_json, steps_to_json
@@ -33,7 +33,7 @@ def save_state(
     input_shape: tuple[int, ...] | None = None,
 ) -> Path:
     """Write `model`'s weights and the `steps` that shaped it. model.pt adds `base`, naming the
-    original ({'arch', 'num_classes', 'in_channels'} for zoo models, {} for a user's module), and
+    original (kondense.sources' base: a zoo or torchvision architecture, a factory; {} for a module object), and
     `input_shape`, so that load_compressed can rebuild it alone."""
     content = {
         "format": FORMAT,
@@ -56,22 +56,22 @@ def load_state(path: str | Path, original: nn.Module, example: torch.Tensor) -> 
     return model, steps
 
 
-def load_compressed(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a compressed model.pt on the CPU, in eval mode. Zoo-based files rebuild alone; for a
-    user's own model, pass the uncompressed module it started from as `base_model` (not modified)."""
+def load_compressed(
+    path: str | Path, base_model: nn.Module | None = None, code_dir: str | Path | None = None
+) -> nn.Module:
+    """Rebuild a compressed model.pt on the CPU, in eval mode. Models from the zoo, torchvision or a
+    factory rebuild alone (a factory's package importable, or under `code_dir`); for a module object
+    passed to compress(), pass that uncompressed module as `base_model` (not modified)."""
     content = _read(path)
     base = content.get("base")
     if base is None:
         raise KondenseError(
             f"'{path}' is a run checkpoint, not a finished model: load the model.pt of the run's output directory"
         )
-    if base_model is not None:
-        model = copy.deepcopy(base_model).cpu()
-    elif base.get("arch"):
-        model = zoo.build(base["arch"], base["num_classes"], base["in_channels"])
-    else:
+    model = copy.deepcopy(base_model).cpu() if base_model is not None else sources.rebuild(base, code_dir)
+    if model is None:
         raise KondenseError(
-            f"'{path}' was compressed from a user's own model: pass that model as base_model to rebuild it"
+            f"'{path}' was compressed from a module object: pass that uncompressed module as base_model to rebuild it"
         )
     example = torch.zeros(1, *content["input_shape"])
     return _rebuild(model, steps_from_json(content["steps"]), content["state_dict"], example).eval()

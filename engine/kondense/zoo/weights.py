@@ -77,20 +77,29 @@ def load_into(model: nn.Module, path: str | Path, arch: str, num_classes: int, i
         state = content["state_dict"]
     else:
         state = content
+    return fit(
+        model, state, f"weights file '{path}'", f"{arch} with {num_classes} classes and {in_channels} input channels"
+    )
+
+
+def fit(model: nn.Module, state: dict, what: str, model_name: str) -> nn.Module:
+    """Load `state` into `model`, saying clearly which keys or shapes do not fit and what each side is."""
+    if isinstance(state.get("state_dict"), dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        state = state["state_dict"]  # {"state_dict": ..., "epoch": ...}, as many training scripts save
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise KondenseError(
-            f"weights file '{path}' does not fit {arch}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{what} does not fit {model_name}: {len(missing)} missing keys (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]}); is it for another architecture?"
         )
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
     if wrong:
         k, got, want = wrong[0]
         raise KondenseError(
-            f"weights file '{path}' does not fit {arch} with {num_classes} classes and {in_channels} input channels: "
-            f"{k} has shape {list(got)}, expected {list(want)}"
+            f"{what} does not fit {model_name}: {k} has shape {list(got)}, expected {list(want)} "
+            "(the number of classes comes from the data, the input channels from the data's images)"
         )
     model.load_state_dict(state)
     return model
