@@ -436,7 +436,9 @@ def as_tensors(dataset: Dataset) -> TensorDataset:
 def prepare(args: argparse.Namespace) -> Setup:
     bundle = data_mod.load(args.data, seed=args.seed, train_samples=args.train_samples, val_samples=args.val_samples)
     content_shape = bundle.input_shape
-    original, base, _ = sources.load_model(args.model, args.arch, args.data, bundle.num_classes, content_shape)
+    original, base, _ = sources.load_model(
+        args.model, sources.ModelOptions(arch=args.arch), args.data, bundle.num_classes, content_shape
+    )
     original.eval()
     arch = base.get("arch") or args.arch
     train = as_tensors(bundle.train)

@@ -171,3 +171,13 @@ def test_a_googlenet_state_dict_saved_with_its_auxiliary_classifiers_loads(tmp_p
         "torchvision:googlenet", ModelOptions(weights=str(tmp_path / "g.pt")), "x", 10, (3, 32, 32)
     )
     assert torch.equal(model.state_dict()["fc.weight"], trained.state_dict()["fc.weight"])
+
+
+def test_a_second_code_directory_with_the_same_package_name_is_the_one_imported(tmp_path: Path) -> None:
+    for width, where in ((3, "first"), (5, "second")):
+        package = tmp_path / where / "samename"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "nets.py").write_text(f"from torch import nn\n\n\ndef build():\n    return nn.Linear(2, {width})\n")
+    assert call_factory("samename.nets:build", {}, tmp_path / "first").out_features == 3
+    assert call_factory("samename.nets:build", {}, tmp_path / "second").out_features == 5

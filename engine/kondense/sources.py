@@ -129,6 +129,11 @@ def _on_path(code_dir: str | Path | None) -> Iterator[None]:
     directory = Path(code_dir)
     if not directory.is_dir():
         raise KondenseError(f"code directory '{code_dir}' does not exist or is not a directory")
+    # the code directory comes first: a package of the same name imported earlier from elsewhere (another
+    # run's code directory in the same process) would otherwise answer instead
+    for name in [n for n, m in sys.modules.items() if _imported_from_elsewhere(m, directory)]:
+        del sys.modules[name]
+    importlib.invalidate_caches()  # files written since the last import (a fresh checkout) must be seen
     sys.path.insert(0, str(directory.resolve()))
     try:
         yield
@@ -155,6 +160,19 @@ _TAKES = {
     "factory": {"weights", "kwargs", "code_dir"},
     "file": {"arch"},
 }
+
+
+def _imported_from_elsewhere(module: object, directory: Path) -> bool:
+    """A module loaded from a file that a top-level package of `directory` would shadow, but from another place."""
+    file = getattr(module, "__file__", None)
+    name = getattr(module, "__name__", "")
+    if file is None or not name:
+        return False
+    top = name.split(".")[0]
+    own = directory / top
+    if not (own.is_dir() or own.with_suffix(".py").is_file()):
+        return False
+    return not Path(file).resolve().is_relative_to(directory.resolve())
 
 
 def _refuse_misplaced(model: nn.Module | str, options: ModelOptions) -> None:

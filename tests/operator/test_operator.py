@@ -98,7 +98,7 @@ def test_two_stages_to_succeeded_with_metrics(api, operator, namespace):
     [
         ({"output": {"uri": "/tmp/out"}}, "spec.output.uri"),
         ({"delta": 0}, "spec.delta"),
-        ({"model": {"zoo": "resnet18", "uri": "pvc://m/x.pt"}}, "spec.model"),
+        ({"model": {"zoo": "resnet18", "uri": "pvc://m/x.pt"}}, "spec.model.uri"),
     ],
 )
 def test_invalid_spec_fails_without_children(api, operator, namespace, spec, field):
