@@ -185,6 +185,12 @@ def test_a_small_vision_transformer_from_an_installed_package(tmp_path: Path, fm
         finetune=FineTune(batch_size=64),
     )
     assert result.report["stage2"]["paramsM"] <= result.report["original"]["paramsM"]
+    # every attention unpacked first (a 'heads' step keeping all heads), so the scan could reach heads and width
+    steps = json.loads((result.out / "plan.json").read_text())["steps"]
+    attention = [f"encoder.layers.encoder_layer_{i}.self_attention.out_proj" for i in range(2)]
+    assert steps[:2] == [[name, "heads", 1.0] for name in attention]
+    scan = json.loads((result.out / "checkpoints" / "state.json").read_text())["scan"]
+    assert {(o["layer"], o["transform"]) for o in scan} >= {(name, "heads") for name in attention}
     rebuilt = kondense.load_compressed(result.out / "model.pt", code_dir=code)
     x = torch.randn(2, 1, *SIZE)
     with torch.no_grad():

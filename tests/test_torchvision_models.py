@@ -99,12 +99,15 @@ def _params(model: nn.Module) -> int:
 
 def _transform_all(model: nn.Module, x: torch.Tensor, protected: set[str]) -> list[Step]:
     """'prune' 0.5 on every layer that allows it (asking again after each: pruning one group can leave
-    another at one channel), then 'lowrank' 0.5 on every original layer that allows it."""
-    steps = []
-    for name in transforms.optimizable_layers(model):
-        if "prune" in transforms.candidates(model, name, protected, example_input=x):
-            transforms.apply(model, name, "prune", 0.5, x)
-            steps.append(Step(name, "prune", 0.5))
+    another at one channel), 'heads' 0.5 on every attention, then 'lowrank' 0.5 on every layer that allows it.
+    Attention is unpacked first, as stage 1 does, so that its projections and the model's width can be reached."""
+    steps = [Step(name, "heads", 1.0) for name in transforms.packed_attention(model)]
+    replay(model, steps, x)
+    for kind in ("prune", "heads"):
+        for name in transforms.optimizable_layers(model):
+            if kind in transforms.candidates(model, name, protected, example_input=x):
+                transforms.apply(model, name, kind, 0.5, x)
+                steps.append(Step(name, kind, 0.5))
     layers = transforms.optimizable_layers(model)
     low = [n for n in layers if "lowrank" in transforms.candidates(model, n, protected, example_input=x)]
     for name in low:
@@ -127,6 +130,11 @@ def test_family_transforms(family, tmp_path):
     pruned = {s.layer for s in steps if s.transform == "prune"}
     factorised = {s.layer for s in steps if s.transform == "lowrank"}
     assert pruned, f"{family}: no layer could be pruned"
+    if family == "vit":  # its heads, and its width once the attention is unpacked
+        assert {s.layer for s in steps if s.transform == "heads" and s.ratio < 1} == {
+            f"encoder.layers.encoder_layer_{i}.self_attention.out_proj" for i in range(2)
+        }
+        assert model.hidden_dim < 64
     assert factorised, f"{family}: no layer could be factorised"
     assert _params(model) < before
 

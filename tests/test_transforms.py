@@ -12,7 +12,7 @@ from torch import nn
 
 from kondense import KondenseError, zoo
 from kondense.pipeline.plan import cost_under, layer_costs
-from kondense.transforms import TRANSFORMS, apply, candidates, optimizable_layers
+from kondense.transforms import apply, candidates, optimizable_layers
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,7 +129,7 @@ def test_candidates_protect_the_classifier_and_skip_depthwise() -> None:
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     assert candidates(model, "classifier", {"classifier"}, example_input=x) == ["lowrank"]
     assert candidates(model, "features.3", example_input=x) == []  # depthwise: follows features.0; nothing to factorise
-    assert candidates(model, "features.6", example_input=x) == list(TRANSFORMS)
+    assert candidates(model, "features.6", example_input=x) == ["prune", "lowrank"]  # no attention: no heads
     assert candidates(model, "features.4", example_input=x) == []  # a BatchNorm
     # inspecting must leave no trace: train flags and BatchNorm statistics as they were
     assert model.training and all(m.training for m in model.modules())
@@ -359,3 +359,23 @@ def test_trials_planned_on_one_trace_equal_pruning_each_copy(arch: str, monkeypa
     replayed.load_state_dict(together.state_dict(), strict=True)
     torch.testing.assert_close(run(replayed, x), run(together, x), rtol=0, atol=0)
     assert n_params(together) < n_params(model)
+
+
+class StoredWidth(nn.Module):
+    """A forward pass that reshapes to a width it stored: the graph sees channels kept, the code breaks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.width, self.fc = nn.Conv2d(3, 8, 3, padding=1), 8, nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.reshape(len(y), self.width, y.shape[2] * y.shape[3]).mean(-1))
+
+
+def test_a_pruning_that_breaks_the_forward_pass_is_refused_with_reason() -> None:
+    model, x = StoredWidth().eval(), torch.randn(1, 3, 6, 6)
+    assert candidates(model, "conv", {"fc"}, example_input=x) == ["lowrank"]
+    with pytest.raises(KondenseError, match="forward pass fails once it is pruned"):
+        apply(model, "conv", "prune", 0.5, x)
+    assert model.conv.out_channels == 8 and model(x).shape == (1, 10)  # refused before changing anything

@@ -175,10 +175,11 @@ def scan(
 
 
 def in_order(picks: list[Option], options: list[Option]) -> list[Step]:
-    """Steps in the order they can be applied: prunings first (they change neighbouring shapes),
-    then factorisations, each in model order."""
+    """Steps in the order they can be applied: prunings first (they change neighbouring shapes), then
+    head prunings (they need an attention's projections whole), then factorisations, each in model order."""
     order = {o.layer: i for i, o in enumerate(options)}
-    return [o.step() for o in sorted(picks, key=lambda o: (o.transform != "prune", order[o.layer]))]
+    kind = {t: i for i, t in enumerate(transforms.TRANSFORMS)}
+    return [o.step() for o in sorted(picks, key=lambda o: (kind[o.transform], order[o.layer]))]
 
 
 def priced(options: list[Option], base_accuracy: float) -> list[Option]:
@@ -205,6 +206,8 @@ def estimated(
         _, saving, coupled = made.make(layer, transform, ratio)
         if transform == "prune":
             harm = estimate.prune_harm(model, moments, layer, ratio, example)
+        elif transform == "heads":
+            harm = estimate.heads_harm(model, moments, layer, ratio)
         else:
             harm = estimate.lowrank_harm(model, moments, layer, ratio)
         options.append(Option(layer, transform, ratio, None, saving, coupled, harm))

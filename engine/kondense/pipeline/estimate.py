@@ -5,7 +5,8 @@ evaluates it, about a thousand forward passes each. Annealing rescans after ever
 measured that way its scans cost more than the fine-tuning they steer. So a step estimates: with
 the loss gradient g and its second moment F (the diagonal empirical Fisher, standing in for the
 Hessian) at the current weights, a weight change dW costs about |g . dW| + 1/2 sum(F * dW^2).
-Removing channels zeroes the weights that read them; factorising replaces a weight by its
+Removing channels zeroes the weights that read them (removing attention heads, the output
+projection's columns that read those heads); factorising replaces a weight by its
 low-rank approximation. Only the composed probes that decide how far a step goes are measured.
 """
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from kondense import transforms
 from kondense.device import batch_to, in_mode
-from kondense.transforms import lowrank
+from kondense.transforms import attention, lowrank
 
 CHUNK = 16  # samples per gradient: small batches, so their squared gradients estimate the Fisher
 
@@ -95,3 +96,16 @@ def prune_harm(model: nn.Module, est: Moments, layer: str, ratio: float, example
 def lowrank_harm(model: nn.Module, est: Moments, layer: str, ratio: float) -> float:
     module = model.get_submodule(layer)
     return est.harm(layer, lowrank.approximation(module, ratio) - module.weight.detach())
+
+
+def heads_harm(model: nn.Module, est: Moments, layer: str, ratio: float) -> float:
+    """Removing the heads that pruning the attention whose output projection is `layer` removes: zeroing
+    the projection's columns that read them."""
+    owner, out = attention.owner(model, layer), model.get_submodule(layer)
+    kept = set(attention.kept_heads(owner, ratio))
+    d = owner.head_dim
+    dropped = [h * d + i for h in range(owner.num_heads) if h not in kept for i in range(d)]
+    w = out.weight.detach()
+    change = torch.zeros_like(w)
+    change[:, dropped] = -w[:, dropped]
+    return est.harm(layer, change)

@@ -1,5 +1,7 @@
 """Stage 1, exploration: a full sensitivity scan, a coarse plan, short distillation.
 
+Every nn.MultiheadAttention is unpacked first (a 'heads' step at ratio 1.0: the same computation with
+plain projections), so the scan can reach attention projections, heads and the model's width.
 The plan ranks every measured candidate by saving per point of scan accuracy it costs and takes
 the longest prefix whose composed model keeps the scan accuracy within `stage1_drop` deltas; if
 fine-tuning cannot bring it back within delta, the allowance halves and it tries again.
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kondense import transforms
 from kondense.measure.profile import size_mb
 from kondense.pipeline.conductor import fit, options_from_json, options_to_json, priced, ranked, scan
 from kondense.pipeline.context import Context
@@ -36,16 +39,18 @@ def explore(ctx: Context) -> StageResult:
         logger.info(f"stage 1: resumed from checkpoint ({len(steps)} steps, val acc {done['valAccuracy']:.2f}%)")
         return StageResult(model, steps, done["valAccuracy"])
 
+    unpack = [Step(name, "heads", 1.0) for name in transforms.packed_attention(ctx.original)]
+    base = applied(ctx.original, unpack, ctx.example)  # what the scan and every plan start from
     with ctx.stopwatch.timing("scan"):
         if "scan" in run.state:
             options = options_from_json(run.state["scan"])
             logger.info(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
         else:
             logger.info(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
-            options = scan(ctx.original, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected)
+            options = scan(base, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected)
             run.state["scan"] = options_to_json(options)
             run.save()
-        base_scan = ctx.judge.scan_accuracy(applied(ctx.original, [], ctx.example))
+        base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
         planned = ctx.finetune.samples(len(ctx.teacher_data), budget.stage1_epochs) * ctx.comm.size
@@ -54,12 +59,12 @@ def explore(ctx: Context) -> StageResult:
             break
         with ctx.stopwatch.timing("scan"):
             picks = ranked(priced(options, base_scan))
-            steps, _ = fit(ctx.original, picks, options, ctx.judge, ctx.example, base_scan, base_scan - drop)
+            steps, _ = fit(base, picks, options, ctx.judge, ctx.example, base_scan, base_scan - drop)
             steps = ctx.comm.broadcast_object(steps)
         if not steps:
             break
         began = time.perf_counter()
-        model = applied(ctx.original, steps, ctx.example)
+        model = applied(base, steps, ctx.example)
         ctx.fine_tune(model, budget.stage1_epochs, seed=ctx.seed, description="stage 1 fine-tune")
         val = ctx.val_accuracy(model)
         logger.info(
@@ -67,10 +72,10 @@ def explore(ctx: Context) -> StageResult:
             f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s"
         )
         if val >= ctx.accept_floor:
-            return _finish(ctx, model, steps, val)
+            return _finish(ctx, model, unpack + steps, val)
         drop /= 2
     logger.info("stage 1: no coarse plan stays within delta after fine-tuning; keeping the original")
-    return _finish(ctx, applied(ctx.original, [], ctx.example), [], ctx.original_val)
+    return _finish(ctx, base, unpack, ctx.original_val)
 
 
 def _finish(ctx: Context, model: nn.Module, steps: list[Step], val: float) -> StageResult:

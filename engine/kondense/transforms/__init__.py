@@ -6,6 +6,8 @@ the list on a freshly built architecture recreates the structure and its state_d
 
 - 'prune': structured output-channel pruning (see pruning.py); the ratio applies to the whole
   group of channels coupled to the layer (residual additions, concatenations, depthwise convs).
+- 'heads': removing whole heads of a multi-head attention (see attention.py), a step on the
+  attention's output projection; an nn.MultiheadAttention becomes an equivalent `Attention` first.
 - 'lowrank': truncated SVD (Linear, 1x1 conv) or Tucker-2 (kxk conv) factorisation into a
   Sequential at the same name, whose inner layers can be transformed again later.
 """
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from kondense.errors import KondenseError
-from kondense.transforms import lowrank, pruning
+from kondense.transforms import attention, lowrank, pruning
 from kondense.transforms._common import (
     LAYER_TYPES,
     called,
@@ -31,9 +33,19 @@ from kondense.transforms._common import (
 )
 from kondense.transforms.pruning import Recipe
 
-TRANSFORMS: tuple[str, ...] = ("prune", "lowrank")
+# the order a plan applies them in: prunings change neighbouring shapes, head pruning needs the projections whole
+TRANSFORMS: tuple[str, ...] = ("prune", "heads", "lowrank")
 
-__all__ = ["TRANSFORMS", "optimizable_layers", "candidates", "skipped", "apply", "prune_recipe", "Recipe"]
+__all__ = [
+    "TRANSFORMS",
+    "optimizable_layers",
+    "candidates",
+    "skipped",
+    "apply",
+    "prune_recipe",
+    "packed_attention",
+    "Recipe",
+]
 
 
 def optimizable_layers(model: nn.Module) -> list[str]:
@@ -60,6 +72,8 @@ def candidates(
     found = []
     if pruning.blockers(model, set(protected or ()), x).get(name) is None:
         found.append("prune")
+    if _heads_blocker(model, name) is None:
+        found.append("heads")
     if lowrank.blocker(module, id(module) not in uncalled(model, x)) is None:
         found.append("lowrank")
     return found
@@ -76,9 +90,36 @@ def skipped(model: nn.Module, protected: set[str] | None = None, *, example_inpu
         if not isinstance(m, LAYER_TYPES):
             continue
         low = lowrank.blocker(m, id(m) not in missing)
-        if prune_reasons.get(name) is not None and low is not None:
-            found[name] = f"prune: {prune_reasons[name]}; lowrank: {low}"
+        if prune_reasons.get(name) is None or low is None:
+            continue
+        heads = _heads_blocker(model, name)
+        if heads is None:
+            continue
+        # a layer that is no attention's output projection says nothing about heads
+        about_heads = f"; heads: {heads}" if attention.owner(model, name) is not None else ""
+        found[name] = f"prune: {prune_reasons[name]}{about_heads}; lowrank: {low}"
     return found
+
+
+def packed_attention(model: nn.Module) -> list[str]:
+    """The output projections of the model's nn.MultiheadAttention modules whose heads can be pruned. A
+    'heads' step at ratio 1.0 on each unpacks them into the same computation with plain projections: those
+    the dependency graph can follow, so that low-rank factorisation reaches them and the model's width
+    (the channels every block adds to) can be pruned, which one packed attention would block."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and isinstance(attention.owner(model, name), nn.MultiheadAttention)
+        and _heads_blocker(model, name) is None
+    ]
+
+
+def _heads_blocker(model: nn.Module, name: str) -> str | None:
+    owner = attention.owner(model, name)
+    if owner is None:
+        return "it is not the output projection of a multi-head attention"
+    return attention.blocker(owner)
 
 
 def _check_ratio(ratio: float) -> float:
@@ -92,7 +133,8 @@ def apply(model: nn.Module, name: str, transform: str, ratio: float, example_inp
 
     The resulting shapes depend only on the model's current shapes, `name`, `transform` and
     `ratio`, never on weight values, so a list of steps replays onto a fresh model exactly.
-    ratio == 1.0 is a no-op (after checking the name, transform and ratio). 'prune' refuses a
+    ratio == 1.0 is a no-op (after checking the name, transform and ratio), except that 'heads' at 1.0 keeps
+    every head of an nn.MultiheadAttention but unpacks it (see packed_attention()). 'prune' refuses a
     layer whose channels reach the model output or input; a classifier protected by the caller
     in candidates() is thereby refused here too when it produces the model output.
     """
@@ -101,7 +143,7 @@ def apply(model: nn.Module, name: str, transform: str, ratio: float, example_inp
     ratio = _check_ratio(ratio)
     layer = get_layer(model, name)
     x = prepare_input(model, example_input)
-    if ratio == 1.0:
+    if ratio == 1.0 and transform != "heads":
         return model
     if transform == "lowrank":
         reason = lowrank.blocker(layer, id(layer) not in uncalled(model, x))
@@ -109,6 +151,13 @@ def apply(model: nn.Module, name: str, transform: str, ratio: float, example_inp
             raise KondenseError(f"'lowrank' does not apply to '{name}': {reason}")
         replacement = lowrank.factorise(layer, ratio)
         set_module(model, name, replacement)
+        called(model, replacement)
+    elif transform == "heads":
+        reason = _heads_blocker(model, name)
+        if reason is not None:
+            raise KondenseError(f"'heads' does not apply to '{name}': {reason}")
+        replacement = attention.prune(attention.owner(model, name), ratio)
+        set_module(model, name.rpartition(".")[0], replacement)
         called(model, replacement)
     else:
         pruning.prune(model, name, ratio, x)

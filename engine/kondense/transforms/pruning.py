@@ -10,6 +10,7 @@ not change any shape, so replays on a fresh model reproduce the structure.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch_pruning.dependency import index_mapping
+from torchvision.models import VisionTransformer
 
 from kondense.device import in_mode
 from kondense.errors import KondenseError
@@ -213,6 +215,15 @@ class Graph:
         drop = self.dropped(layer, ratio)
         if drop:
             self.group(layer, drop).prune(record_history=False)
+            synced(self.dg.model)
+
+
+def synced(model: nn.Module) -> None:
+    """Width attributes a model's own forward reads, brought in line with its pruned layers: torchvision's
+    ViT reshapes its patches to `hidden_dim` channels, a number the dependency graph cannot see."""
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):  # conv_proj may have been factorised into a Sequential of convs
+            m.hidden_dim = [c for c in m.conv_proj.modules() if isinstance(c, nn.Conv2d)][-1].out_channels
 
 
 @dataclass(frozen=True)
@@ -250,6 +261,7 @@ class Recipe:
                 setattr(parent, attr, cut.handler(getattr(parent, attr), list(cut.idxs)))
             else:
                 cut.handler(model.get_submodule(cut.name), list(cut.idxs))
+        synced(model)
 
 
 class Pruner:
@@ -264,7 +276,9 @@ class Pruner:
             raise KondenseError(f"could not trace the model to find channel dependencies: {e}") from e
         self.model = model
         self.names = {id(m): n for n, m in reversed(list(model.named_modules()))}  # first name wins when shared
+        self.example = x
         self._blockers: dict[frozenset[str], dict[str, str | None]] = {}
+        self._breaks: dict[frozenset, str | None] = {}
 
     def blockers(self, protected: set[str]) -> dict[str, str | None]:
         key = frozenset(protected)
@@ -280,7 +294,11 @@ class Pruner:
                 if isinstance(m, LAYER_TYPES) and any(n == p or n.startswith(p + ".") for p in protected)
             }
             self._blockers[key] = {
-                name: ("it is protected" if id(m) in shielded else self.graph.blocker(m, shielded))
+                name: (
+                    "it is protected"
+                    if id(m) in shielded
+                    else self.graph.blocker(m, shielded) or self._breaks_forward(name)
+                )
                 for name, m in modules.items()
                 if isinstance(m, LAYER_TYPES)
             }
@@ -291,15 +309,33 @@ class Pruner:
             for name, reason in self._blockers[key].items()
         }
 
+    def _breaks_forward(self, name: str) -> str | None:
+        """Why a copy pruned at layer `name` no longer runs, or None: a model's own code may hold a channel
+        count the graph cannot see (a reshape to a stored width), and a candidate that breaks the forward
+        pass would end the whole run when the scan tries it."""
+        recipe = self.recipe(name, 0.5, checked=False)
+        group = frozenset(recipe.touches())  # one check per channel group (a ViT's width couples ~50 layers)
+        if group not in self._breaks:
+            trial = copy.deepcopy(self.model)
+            try:
+                recipe.apply(trial)
+                with in_mode(trial, training=False), torch.no_grad():
+                    trial(self.example)
+                self._breaks[group] = None
+            except Exception as e:  # noqa: BLE001 - whatever the user's forward raises, it is the reason
+                self._breaks[group] = f"the model's forward pass fails once it is pruned ({type(e).__name__}: {e})"
+        return self._breaks[group]
+
     def _checked(self, name: str, layer: nn.Module) -> None:
-        reason = self.graph.blocker(layer)
+        reason = self.graph.blocker(layer) or self._breaks_forward(name)
         if reason is not None:
             raise KondenseError(f"'prune' does not apply to '{name}': {reason}")
 
-    def recipe(self, name: str, ratio: float) -> Recipe:
+    def recipe(self, name: str, ratio: float, checked: bool = True) -> Recipe:
         """The cuts pruning layer `name` to `ratio` makes, planned without changing the model."""
         layer = self.model.get_submodule(name)
-        self._checked(name, layer)
+        if checked:
+            self._checked(name, layer)
         drop = self.graph.dropped(layer, ratio)
         if not drop:
             return Recipe(())
