@@ -38,8 +38,8 @@ from kondense import Budget, logs
 from kondense import data as data_mod
 from kondense.files import save_json, save_torch
 from kondense.measure.profile import accuracy
-from kondense.train import recalibrate_batchnorm, train_epoch
-from kondense.zoo import weights
+from kondense.zoo import torchvision_models, weights
+from kondense.zoo.training import train_model
 
 HERE = Path(__file__).parent / "results"
 TRAIN_RESULTS = HERE / "torchvision-fmnist-train.json"
@@ -51,24 +51,7 @@ TARGETS = {"mobilenet_v3_small": 5.0, "resnet18": 20.0}
 
 def build(name: str) -> nn.Module:
     """The torchvision model for one-channel 10-class input, in torchvision's own state-dict layout."""
-    try:
-        from kondense.zoo.torchvision_models import build as tv_build
-    except ImportError:  # the engine's builder is being added alongside this benchmark
-        return _build_here(name)
-    return tv_build(name, 10, 1)
-
-
-def _build_here(name: str) -> nn.Module:
-    import torchvision
-
-    model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    if name == "resnet18":
-        model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    elif name == "mobilenet_v3_small":
-        model.features[0][0] = nn.Conv2d(1, 16, 3, 2, 1, bias=False)
-    else:
-        raise SystemExit(f"no one-channel stem known for {name}")
-    return model
+    return torchvision_models.build(name, 10, 1)
 
 
 def weights_path(name: str) -> Path:
@@ -80,51 +63,17 @@ def load_data(**subset: int | None) -> data_mod.DataBundle:
 
 
 def train(name: str, epochs: int, lr: float = 0.1, batch_size: int = 128, seed: int = 0) -> dict:
-    """The zoo's recipe (kondense/zoo/training.py) on a torchvision model; resumable per epoch."""
+    """The zoo's recipe (kondense.zoo.training.train_model) on a torchvision model; resumable per epoch."""
     bundle = load_data()
     path = weights_path(name)
     checkpoint = path.with_suffix(".ckpt")
     torch.manual_seed(seed)
     model = build(name).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    steps = len(bundle.train) // batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(epochs * steps, 8), pct_start=0.25
+    fitted = train_model(
+        model, bundle, epochs=epochs, checkpoint=checkpoint, batch_size=batch_size, lr=lr, seed=seed, name=name
     )
-    start, elapsed, history = 0, 0.0, []
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state["epochs"] == epochs:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start, elapsed, history = state["epoch"], state["elapsed"], state["history"]
-    for epoch in range(start, epochs):
-        began = time.perf_counter()
-        # reseeded per epoch so that a resumed run shuffles as an unbroken one would
-        train_loader, val_loader, _ = bundle.loaders(batch_size=batch_size, seed=seed * 1000 + epoch)
-        torch.manual_seed(seed * 1000 + epoch)
-        loss = train_epoch(
-            model, train_loader, optimizer, scheduler=scheduler, use_augment=True, description=f"{name} {epoch + 1}"
-        )
-        recalibrate_batchnorm(model, train_loader)
-        val = accuracy(model, val_loader)
-        elapsed += time.perf_counter() - began
-        history.append(round(val, 2))
-        print(f"{name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val {val:.2f}%, {elapsed:.0f}s", file=sys.stderr)
-        save_torch(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "epochs": epochs,
-                "elapsed": elapsed,
-                "history": history,
-            },
-            checkpoint,
-        )
-    _, val_loader, test_loader = bundle.loaders()
+    history, elapsed = fitted.val_by_epoch, fitted.wall_seconds
+    _, _, test_loader = bundle.loaders()
     # the bare state dict, contiguous (channels_last otherwise survives into the file)
     save_torch({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
     checkpoint.unlink(missing_ok=True)

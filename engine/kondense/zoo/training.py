@@ -27,6 +27,89 @@ PEAK_LR = {"vgg19": 0.05}
 
 
 @dataclass
+class Fitted:
+    val_accuracy: float
+    wall_seconds: float  # training time over every run that contributed, resumed ones included
+    val_by_epoch: list[float]
+
+
+def train_model(
+    model: torch.nn.Module,
+    bundle: data_mod.DataBundle,
+    *,
+    epochs: int,
+    checkpoint: Path,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    precision: str = "fp32",
+    name: str = "model",
+) -> Fitted:
+    """Train `model` in place on `bundle`: SGD with a one-cycle schedule and light augmentation,
+    checkpointed after every epoch to `checkpoint`, which a second call with the same epochs and data
+    continues from instead of starting over. The caller removes it once the trained weights are saved."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    steps_per_epoch = (
+        math.ceil(len(bundle.train) / batch_size)
+        if len(bundle.train) <= batch_size
+        else len(bundle.train) // batch_size
+    )
+    # one-cycle needs a few steps per phase; very short runs (tests) just stop early in the cycle
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=max(epochs * steps_per_epoch, 8), pct_start=0.25
+    )
+    start_epoch, elapsed, history = 0, 0.0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=next(model.parameters()).device, weights_only=True)
+        if state["epochs"] == epochs and state["train_samples"] == len(bundle.train):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, elapsed, history = state["epoch"], state["elapsed"], state.get("history", [])
+            logger.info(f"resuming {name} from epoch {start_epoch}/{epochs} ({checkpoint})")
+        else:
+            logger.info(f"ignoring checkpoint {checkpoint}: it was made for other settings")
+    for epoch in range(start_epoch, epochs):
+        began = time.perf_counter()
+        # reseeding per epoch makes the shuffle of epoch k the same whether or not the run resumed
+        train_loader, val_loader, _ = bundle.loaders(batch_size=batch_size, seed=seed * 1000 + epoch)
+        torch.manual_seed(seed * 1000 + epoch)
+        loss = train_epoch(
+            model,
+            train_loader,
+            optimizer,
+            scheduler=scheduler,
+            precision=precision,
+            use_augment=True,
+            description=f"{name} epoch {epoch + 1}/{epochs}",
+        )
+        recalibrate_batchnorm(model, train_loader)
+        history.append(round(accuracy(model, val_loader), 2))
+        elapsed += time.perf_counter() - began
+        eta = elapsed / (epoch + 1 - start_epoch) * (epochs - epoch - 1)
+        logger.info(
+            f"{name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val acc {history[-1]:.2f}%, "
+            f"{elapsed:.0f}s so far, ETA {eta:.0f}s"
+        )
+        save_torch(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "epochs": epochs,
+                "train_samples": len(bundle.train),
+                "elapsed": elapsed,
+                "history": history,
+            },
+            checkpoint,
+        )
+    val_acc = accuracy(model, bundle.loaders()[1])
+    return Fitted(val_acc, elapsed, history)
+
+
+@dataclass
 class TrainResult:
     path: Path
     arch: str
@@ -83,71 +166,25 @@ def train_zoo(
 
     torch.manual_seed(seed)
     model = build(arch, bundle.num_classes, in_channels).to(dev).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps_per_epoch = (
-        math.ceil(len(bundle.train) / batch_size)
-        if len(bundle.train) <= batch_size
-        else len(bundle.train) // batch_size
-    )
-    # one-cycle needs a few steps per phase; very short runs (tests) just stop early in the cycle
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(epochs * steps_per_epoch, 8), pct_start=0.25
-    )
-
-    start_epoch, elapsed = 0, 0.0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
-        if state["epochs"] == epochs and state["train_samples"] == len(bundle.train):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, elapsed = state["epoch"], state["elapsed"]
-            logger.info(f"resuming {arch} on {dataset_key} from epoch {start_epoch}/{epochs} ({checkpoint})")
-        else:
-            logger.info(f"ignoring checkpoint {checkpoint}: it was made for other settings")
-
     logger.info(
         f"training {arch} on {dataset_key}: {len(bundle.train)} train / {len(bundle.val)} val samples, "
         f"{epochs} epochs, batch {batch_size}, {dev}, {prec}"
     )
-    val_acc = float("nan")
-    for epoch in range(start_epoch, epochs):
-        began = time.perf_counter()
-        # reseeding per epoch makes the shuffle of epoch k the same whether or not the run resumed
-        train_loader, val_loader, _ = bundle.loaders(batch_size=batch_size, seed=seed * 1000 + epoch)
-        torch.manual_seed(seed * 1000 + epoch)
-        loss = train_epoch(
-            model,
-            train_loader,
-            optimizer,
-            scheduler=scheduler,
-            precision=prec,
-            use_augment=True,
-            description=f"{arch} epoch {epoch + 1}/{epochs}",
-        )
-        recalibrate_batchnorm(model, train_loader)
-        val_acc = accuracy(model, val_loader)
-        elapsed += time.perf_counter() - began
-        eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-        logger.info(
-            f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, val acc {val_acc:.2f}%, {elapsed:.0f}s so far, ETA {eta:.0f}s"
-        )
-        save_torch(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "epochs": epochs,
-                "train_samples": len(bundle.train),
-                "elapsed": elapsed,
-            },
-            checkpoint,
-        )
+    fitted = train_model(
+        model,
+        bundle,
+        epochs=epochs,
+        checkpoint=checkpoint,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        precision=prec,
+        name=arch,
+    )
+    val_acc, elapsed = fitted.val_accuracy, fitted.wall_seconds
 
-    _, val_loader, test_loader = bundle.loaders()
-    if start_epoch == epochs:  # finished before; the checkpoint holds the final state
-        val_acc = accuracy(model, val_loader)
+    _, _, test_loader = bundle.loaders()
     test_acc = accuracy(model, test_loader)
     meta = {
         "dataset": dataset_key,
