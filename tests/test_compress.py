@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnxruntime
 import pytest
 import torch
 
@@ -73,7 +74,10 @@ def test_report_splits_the_time_between_search_fine_tuning_and_evaluation(result
 
 def test_outputs_are_complete(result) -> None:
     files = {p.name for p in result.out.iterdir() if p.is_file()}
-    assert {"model.pt", "model.ts", "plan.json", "report.json", "report.md", "annealing.png"} <= files
+    assert {"model.pt", "model.ts", "model.onnx", "plan.json", "report.json", "report.md", "annealing.png"} <= files
+    onnx = result.report["onnx"]
+    assert onnx["file"] == "model.onnx" and onnx["parity"]["passed"] and onnx["opset"] >= 17
+    assert onnx["parity"]["samples"] == result.report["data"]["test"]
     plan = json.loads((result.out / "plan.json").read_text())
     assert plan["steps"] and all(len(s) == 3 for s in plan["steps"])
     changed = [v for v in plan["layers"].values() if v["paramsAfter"] < v["paramsBefore"]]
@@ -83,6 +87,7 @@ def test_outputs_are_complete(result) -> None:
     )
     md = (result.out / "report.md").read_text()
     assert "| Metric | Original | Stage 1 | Stage 2 | Enhance |" in md
+    assert "ONNX: model.onnx (opset" in md and "top-1 agreement" in md
     assert (result.out / "annealing.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -91,6 +96,9 @@ def test_saved_models_reproduce_reported_accuracy(result, tiny, bundle) -> None:
     reported = result.report["stage2"]["accuracy"]
     scripted = torch.jit.load(str(result.out / "model.ts"))
     assert accuracy(scripted, test_loader) == pytest.approx(reported, abs=0.01)
+    session = onnxruntime.InferenceSession(str(result.out / "model.onnx"), providers=["CPUExecutionProvider"])
+    right = sum(int((session.run(None, {"input": x.numpy()})[0].argmax(1) == y.numpy()).sum()) for x, y in test_loader)
+    assert 100.0 * right / len(test_loader.dataset) == pytest.approx(reported, abs=0.01)
     rebuilt = kondense.load_compressed(result.out / "model.pt", base_model=TinyNet())
     assert accuracy(rebuilt, test_loader) == pytest.approx(reported, abs=0.01)
     assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(result.report["stage2"]["paramsM"])

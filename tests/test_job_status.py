@@ -197,3 +197,11 @@ def test_run_job_writes_the_operators_status_shape(tmp_path: Path, monkeypatch: 
         assert types(status) == {"Created": "True", "Running": "False", "Succeeded": "True"}
         assert set(status["metrics"]) == {"original", "stage1", "stage2", "enhancement"}
     jsonschema.validate(status, STATUS_SCHEMA)
+
+
+def test_the_onnx_artifact_is_named_only_where_it_was_written():
+    kept = {**report(2), "onnx": {"file": "model.onnx", "opset": 20}}
+    refused = {**report(2), "onnx": {"file": None, "error": "the ONNX export does not compute what ..."}}
+    assert st.stage_summary(kept, 2, "pvc://m/out")["artifacts"]["onnx"] == "pvc://m/out/model.onnx"
+    assert "onnx" not in st.stage_summary(refused, 2, "pvc://m/out")["artifacts"]
+    assert "onnx" not in st.stage_summary(report(2), 2, "pvc://m/out")["artifacts"]

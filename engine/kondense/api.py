@@ -27,6 +27,7 @@ from kondense.pipeline.conductor import EvalFn, Judge, evaluate_sharded
 from kondense.pipeline.context import Context
 from kondense.pipeline.distill import FineTune, cache_teacher
 from kondense.pipeline.exploration import explore
+from kondense.pipeline.onnx_export import save_onnx
 from kondense.pipeline.plan import Plan
 from kondense.pipeline.runstate import RunDir
 from kondense.pipeline.timing import Stopwatch
@@ -34,7 +35,7 @@ from kondense.sources import ModelOptions, load_model
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("model.pt", "model.ts", "plan.json", "report.json", "report.md", "annealing.png")
+OUTPUTS = ("model.pt", "model.ts", "model.onnx", "plan.json", "report.json", "report.md", "annealing.png")
 
 
 @dataclass
@@ -223,6 +224,7 @@ def compress(
     if comm.is_root:
         save_state(out / "model.pt", final.model, final.steps, base=base, input_shape=splits.input_shape)
         save_torchscript(out / "model.ts", final.model, example)
+        report["onnx"] = save_onnx(out / "model.onnx", final.model, example, DataLoader(splits.test, batch_size=256))
         save_json(plan.to_dict(), out / "plan.json")
         save_json(report, out / "report.json")
         report_mod.write_markdown(report, out / "report.md")

@@ -136,14 +136,16 @@ def failed(status: dict, reason: str, message: str, generation: int) -> dict:
 
 
 def stage_summary(report: dict, stage: int, output_uri: str) -> dict:
-    """A finished stage: its metrics so far, the enhancement, where the artifacts are."""
+    """A finished stage: its metrics so far, the enhancement, where the artifacts are (model.onnx only where
+    it was written: its parity check passed)."""
     base = output_uri.rstrip("/")
     return {
         "stage": stage,
         "metrics": {k: report[k] for k in ("original", "stage1", "stage2") if k in report},
         "enhancement": report["enhancement"],
         "trainingSamples": report.get("trainingSamples", 0),
-        "artifacts": {key: f"{base}/{name}" for key, name in ARTIFACTS.items()},
+        "artifacts": {key: f"{base}/{name}" for key, name in ARTIFACTS.items()}
+        | ({"onnx": f"{base}/{onnx}"} if (onnx := (report.get("onnx") or {}).get("file")) else {}),
     }
 
 

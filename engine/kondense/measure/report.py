@@ -107,7 +107,22 @@ def write_markdown(report: dict, path) -> None:
         "|---|" + "---:|" * (len(header) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if "onnx" in report:
+        lines += ["", _onnx_line(report["onnx"])]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+def _onnx_line(entry: dict) -> str:
+    parity = entry.get("parity")
+    checked = (
+        f"largest logit difference from PyTorch {parity['maxAbsLogitDiff']:.1e} on {parity['samples']} test samples "
+        f"(tolerance {parity['tolerance']:.1e}), top-1 agreement {parity['top1Agreement']:.2f}%"
+        if parity
+        else ""
+    )
+    if entry.get("file"):
+        return f"ONNX: {entry['file']} (opset {entry['opset']}, dynamic batch, {entry['runtime']}): {checked}."
+    return f"ONNX: not written: {entry.get('error', 'no reason recorded')}" + (f" ({checked})" if checked else "")
 
 
 def plot_annealing(

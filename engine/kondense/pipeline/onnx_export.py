@@ -1,0 +1,130 @@
+"""model.onnx: the compressed model in ONNX, checked against PyTorch in ONNX Runtime before it is kept.
+
+The export is torch's own (torch.onnx.export with the torch.export-based exporter, the one torch
+maintains; the TorchScript-based one is deprecated), with a dynamic batch dimension. An export can
+be wrong without failing (an operator translated with other semantics), so the file is only kept
+once ONNX Runtime's logits on real inputs match the PyTorch model's: the largest logit difference
+within a tolerance scaled to the logits. Top-1 agreement is reported beside it; a near tie may flip
+within the tolerance, so it informs rather than decides.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kondense.errors import KondenseError
+from kondense.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "input", "logits"
+RELATIVE_TOLERANCE = 1e-4  # of the largest |logit|: float32 kernels that fuse or reorder differ by ~1e-6
+
+
+@dataclass(frozen=True)
+class Parity:
+    samples: int
+    maxAbsLogitDiff: float  # noqa: N815 - report.json's key
+    tolerance: float
+    top1Agreement: float  # noqa: N815 - percent
+    passed: bool
+
+
+def export(path: str | Path, model: nn.Module, example: torch.Tensor) -> int:
+    """Write `model` (copied to the CPU, in eval mode) as ONNX with a dynamic batch dimension; returns the opset."""
+    model = _cpu_eval(model)
+    example = example[:1].detach().cpu().contiguous()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+    except Exception as e:  # noqa: BLE001 - what torch.export or the translation refused is the reason
+        raise KondenseError(f"torch could not export the model to ONNX: {type(e).__name__}: {e}") from e
+    atomic_write(path, lambda tmp: program.save(str(tmp)))
+    return int(program.model.opset_imports.get("", 0))
+
+
+def parity(path: str | Path, model: nn.Module, loader: DataLoader) -> Parity:
+    """ONNX Runtime's logits against the PyTorch model's on every batch of `loader`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = _cpu_eval(model)
+    samples, agree, worst, largest = 0, 0, 0.0, 0.0
+    with torch.no_grad():
+        for x, _ in loader:
+            x = x.float().contiguous()
+            expected = model(x).numpy()
+            got = session.run([OUTPUT], {INPUT: x.numpy()})[0]
+            worst = max(worst, float(np.abs(got - expected).max()))
+            largest = max(largest, float(np.abs(expected).max()))
+            agree += int((got.argmax(1) == expected.argmax(1)).sum())
+            samples += len(x)
+    if samples == 0:
+        raise KondenseError("the ONNX parity check needs at least one sample; the test split is empty")
+    tolerance = RELATIVE_TOLERANCE * max(largest, 1.0)
+    return Parity(samples, worst, tolerance, 100.0 * agree / samples, worst <= tolerance)
+
+
+def save_onnx(path: str | Path, model: nn.Module, example: torch.Tensor, loader: DataLoader) -> dict:
+    """Export, check parity and only then put model.onnx in place; report.json's "onnx" entry. A failed export
+    or a failed check leaves no model.onnx and says why in the entry (the other outputs stand)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx.") as tmp:
+        candidate = Path(tmp) / path.name
+        try:
+            opset = export(candidate, model, example)
+            check = parity(candidate, model, loader)
+        except KondenseError as e:
+            logger.warning(f"model.onnx not written: {e}")
+            return {"file": None, "error": str(e)}
+        entry = {"file": None, "opset": opset, "dynamicBatch": True, "runtime": _runtime(), "parity": asdict(check)}
+        if not check.passed:
+            entry["error"] = mismatch(check)
+            logger.warning(f"model.onnx not written: {entry['error']}")
+            return entry
+        candidate.replace(path)
+    entry["file"] = path.name
+    logger.info(
+        f"model.onnx: opset {opset}, max |logit difference| {check.maxAbsLogitDiff:.1e} on {check.samples} test "
+        f"samples, top-1 agreement {check.top1Agreement:.2f}%"
+    )
+    return entry
+
+
+def mismatch(check: Parity) -> str:
+    return (
+        f"the ONNX export does not compute what the PyTorch model does: logits differ by up to "
+        f"{check.maxAbsLogitDiff:.3g} (tolerance {check.tolerance:.3g}) and top-1 agrees on "
+        f"{check.top1Agreement:.2f}% of {check.samples} test samples; report it with the model's architecture"
+    )
+
+
+def _cpu_eval(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy in eval mode: the caller's model keeps its device, dtype and mode."""
+    return copy.deepcopy(model).cpu().float().eval()
+
+
+def _runtime() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
