@@ -180,7 +180,7 @@ def train_zoo(
         weight_decay=weight_decay,
         seed=seed,
         precision=prec,
-        name=arch,
+        name=f"{arch} on {dataset_key}",
     )
     val_acc, elapsed = fitted.val_accuracy, fitted.wall_seconds
 
