@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -43,7 +44,8 @@ class Parity:
 def export(path: str | Path, model: nn.Module, example: torch.Tensor) -> int:
     """Write `model` (copied to the CPU, in eval mode) as ONNX with a dynamic batch dimension; returns the opset."""
     model = _cpu_eval(model)
-    example = example[:1].detach().cpu().contiguous()
+    # two samples: torch.export specialises a dimension of size 1, which would fix the batch at 1
+    example = example[:1].detach().cpu().float().repeat(2, *[1] * (example.dim() - 1)).contiguous()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -57,7 +59,7 @@ def export(path: str | Path, model: nn.Module, example: torch.Tensor) -> int:
                 verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - what torch.export or the translation refused is the reason
-        raise KondenseError(f"torch could not export the model to ONNX: {type(e).__name__}: {e}") from e
+        raise KondenseError(f"torch could not export the model to ONNX: {_summary(e)}") from e
     atomic_write(path, lambda tmp: program.save(str(tmp)))
     return int(program.model.opset_imports.get("", 0))
 
@@ -117,6 +119,15 @@ def mismatch(check: Parity) -> str:
         f"{check.maxAbsLogitDiff:.3g} (tolerance {check.tolerance:.3g}) and top-1 agrees on "
         f"{check.top1Agreement:.2f}% of {check.samples} test samples; report it with the model's architecture"
     )
+
+
+def _summary(error: Exception) -> str:
+    """The line of an exporter error that says what went wrong, without its colour codes and advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "## Exception summary" in lines and lines.index("## Exception summary") + 1 < len(lines):
+        return lines[lines.index("## Exception summary") + 1]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _cpu_eval(model: nn.Module) -> nn.Module:
