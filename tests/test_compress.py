@@ -38,7 +38,15 @@ def tiny(bundle):
 def result(tiny, bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("compress")
     return kondense.compress(
-        tiny, bundle, delta=DELTA, stage=2, out=out, device="cpu", finetune=FINETUNE, budget=Budget(**BUDGET)
+        tiny,
+        bundle,
+        delta=DELTA,
+        stage=2,
+        out=out,
+        device="cpu",
+        finetune=FINETUNE,
+        budget=Budget(**BUDGET),
+        quantize="int8",
     )
 
 
@@ -96,15 +104,32 @@ def test_saved_models_reproduce_reported_accuracy(result, tiny, bundle) -> None:
     reported = result.report["stage2"]["accuracy"]
     scripted = torch.jit.load(str(result.out / "model.ts"))
     assert accuracy(scripted, test_loader) == pytest.approx(reported, abs=0.01)
-    session = onnxruntime.InferenceSession(str(result.out / "model.onnx"), providers=["CPUExecutionProvider"])
-    right = sum(int((session.run(None, {"input": x.numpy()})[0].argmax(1) == y.numpy()).sum()) for x, y in test_loader)
-    assert 100.0 * right / len(test_loader.dataset) == pytest.approx(reported, abs=0.01)
+    assert _onnx_accuracy(result.out / "model.onnx", test_loader) == pytest.approx(reported, abs=0.01)
     rebuilt = kondense.load_compressed(result.out / "model.pt", base_model=TinyNet())
     assert accuracy(rebuilt, test_loader) == pytest.approx(reported, abs=0.01)
     assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(result.report["stage2"]["paramsM"])
     # checkpoints share model.pt's format (kondense.pipeline.artifacts) but do not name their original
     with pytest.raises(kondense.KondenseError, match="a run checkpoint, not a finished model"):
         kondense.load_compressed(result.out / "checkpoints" / "stage1.pt")
+
+
+def _onnx_accuracy(path: Path, loader) -> float:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    right = sum(int((session.run(None, {"input": x.numpy()})[0].argmax(1) == y.numpy()).sum()) for x, y in loader)
+    return 100.0 * right / len(loader.dataset)
+
+
+def test_int8_follows_the_last_stage_within_delta(result, bundle) -> None:
+    int8 = result.report["int8"]
+    assert int8["file"] == "model.int8.onnx", int8
+    assert int8["valAccuracy"] >= result.report["validation"]["original"] - DELTA
+    # weights at one byte where quantised; per-channel scales and 32-bit biases weigh a lot in a net this small
+    assert int8["sizeMB"] < int8["fp32SizeMB"] / 2
+    assert _onnx_accuracy(result.out / "model.int8.onnx", bundle.loaders()[2]) == pytest.approx(
+        int8["testAccuracy"], abs=0.01
+    )
+    assert {"runtime", "threads", "batch", "int8Ms", "fp32Ms"} <= set(int8["latency"])
+    assert "INT8: model.int8.onnx" in (result.out / "report.md").read_text()
 
 
 def test_inputs_untouched(tiny, bundle, tmp_path) -> None:

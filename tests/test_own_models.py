@@ -221,6 +221,7 @@ def test_a_user_module_from_a_code_directory_through_a_manifest(tmp_path: Path) 
             "delta": DELTA,
             "stage": 2,
             "device": "cpu",
+            "quantize": "int8",
             "output": {"uri": "pvc://models/out"},
             "budget": {
                 "ratios": [0.5],
@@ -240,6 +241,10 @@ def test_a_user_module_from_a_code_directory_through_a_manifest(tmp_path: Path) 
     status = json.loads(result.stdout)
     assert status["phase"] == "Succeeded"
     out = tmp_path / "pvc" / "models" / "out"
+    # INT8 follows the last stage only: stage 1's summary names no int8 file, the job's status does
+    stage1 = json.loads((out / "checkpoints" / "termination-stage1.json").read_text())
+    assert "int8" not in stage1["artifacts"] and "onnx" in stage1["artifacts"]
+    assert status["artifacts"]["int8"] == "pvc://models/out/model.int8.onnx" and (out / "model.int8.onnx").exists()
     rebuilt = kondense.load_compressed(out / "model.pt", code_dir=package.parent)
     assert sum(p.numel() for p in rebuilt.parameters()) <= sum(p.numel() for p in model.parameters())
     x = torch.randn(2, 1, 28, 28)

@@ -52,6 +52,7 @@ def full() -> dict:
             "backend": "horovod",
             "device": "cuda",
             "objective": "macs",
+            "quantize": "int8",
             "suspend": True,
             "seed": 7,
             "budget": {
@@ -128,11 +129,17 @@ def test_defaults_are_the_crds():
             ("backend", "backend"),
             ("device", "device"),
             ("objective", "objective"),
+            ("quantize", "quantize"),
             ("suspend", "suspend"),
             ("seed", "seed"),
         ]
     } == S.DEFAULTS
-    for name, key in [("BACKENDS", "backend"), ("DEVICES", "device"), ("OBJECTIVES", "objective")]:
+    for name, key in [
+        ("BACKENDS", "backend"),
+        ("DEVICES", "device"),
+        ("OBJECTIVES", "objective"),
+        ("QUANTIZE", "quantize"),
+    ]:
         assert getattr(S, name) == tuple(CRD_SPEC[key]["enum"])
     assert S.DATA_FORMATS == tuple(CRD_SPEC["data"]["properties"]["format"]["enum"])
     assert (s.budget, s.resources, s.model.arch, s.data.format) == (S.BudgetSpec(), {}, None, None)
@@ -216,7 +223,7 @@ def test_to_manifest_round_trips(job):
         k: getattr(job.spec, a)
         for k, a in zip(
             S.DEFAULTS,
-            ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "suspend", "seed"),
+            ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "quantize", "suspend", "seed"),
             strict=True,
         )
     }
@@ -523,6 +530,7 @@ def test_engine_arguments(tmp_path):
         "delta": 1.0,
         "stage": 1,
         "objective": "macs",
+        "quantize": "int8",
         "device": "cuda",
         "seed": 7,
         "arch": "vgg19",

@@ -20,6 +20,7 @@ from kondense.files import save_json
 from kondense.job.spec import DEFAULT_DEVICE, DEFAULT_OBJECTIVE, DEFAULT_SEED, DEFAULT_STAGE, check_settings
 from kondense.measure import report as report_mod
 from kondense.measure.profile import Metrics, accuracy, profile
+from kondense.pipeline import quantize as quantize_mod
 from kondense.pipeline.annealing import anneal
 from kondense.pipeline.artifacts import save_state, save_torchscript
 from kondense.pipeline.budget import Budget
@@ -35,7 +36,16 @@ from kondense.sources import ModelOptions, load_model
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("model.pt", "model.ts", "model.onnx", "plan.json", "report.json", "report.md", "annealing.png")
+OUTPUTS = (
+    "model.pt",
+    "model.ts",
+    "model.onnx",
+    "model.int8.onnx",
+    "plan.json",
+    "report.json",
+    "report.md",
+    "annealing.png",
+)
 
 
 @dataclass
@@ -66,6 +76,7 @@ def compress(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     objective: str = DEFAULT_OBJECTIVE,
+    quantize: str = "none",
     device: str = DEFAULT_DEVICE,
     seed: int = DEFAULT_SEED,
     budget: Budget | None = None,
@@ -89,6 +100,8 @@ def compress(
     delta      the allowed top-1 accuracy drop, in percentage points, in (0, 100]
     stage      1: exploration only; 2: exploration then annealing
     objective  what to minimise: 'params' or 'macs'
+    quantize   'int8': after the last stage, INT8 post-training quantisation of model.onnx, written as
+               model.int8.onnx where its validation accuracy stays within delta; 'none' (default)
     device     'cpu', 'cuda', 'cuda:N' or 'auto'
     budget     how much work the run may do, and on how many samples (Budget(train_samples=...))
     finetune   batch size, learning rate, precision, optimizer and loss of fine-tuning (FineTune())
@@ -102,7 +115,7 @@ def compress(
     Bad settings raise KondenseError naming the field.
     """
     began = time.perf_counter()
-    check_settings(delta=delta, stage=stage, objective=objective, seed=seed)
+    check_settings(delta=delta, stage=stage, objective=objective, quantize=quantize, seed=seed)
     budget = budget or Budget()
     finetune = finetune or FineTune()
     comm = comm or SingleComm()
@@ -225,6 +238,8 @@ def compress(
         save_state(out / "model.pt", final.model, final.steps, base=base, input_shape=splits.input_shape)
         save_torchscript(out / "model.ts", final.model, example)
         report["onnx"] = save_onnx(out / "model.onnx", final.model, example, DataLoader(splits.test, batch_size=256))
+        if quantize == "int8":
+            report["int8"] = _int8(out, report["onnx"], splits, example, ctx.accept_floor, final.val_accuracy, seed)
         save_json(plan.to_dict(), out / "plan.json")
         save_json(report, out / "report.json")
         report_mod.write_markdown(report, out / "report.md")
@@ -335,6 +350,24 @@ def _metrics(
     metrics = comm.broadcast_object(profile(m, input_shape) if comm.is_root else None)
     metrics.accuracy = accuracy_
     return metrics
+
+
+def _int8(out: Path, onnx: dict, splits: _Splits, example: torch.Tensor, floor: float, val: float, seed: int) -> dict:
+    """Stage 3 on model.onnx (see pipeline.quantize): report.json's "int8" entry."""
+    if not onnx.get("file"):
+        return {"file": None, "error": f"INT8 quantises model.onnx, which was not written: {onnx.get('error')}"}
+    return quantize_mod.stage3(
+        out / onnx["file"],
+        out / "model.int8.onnx",
+        calibration=DataLoader(
+            splits.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        ),
+        val=DataLoader(splits.val, batch_size=256),
+        test=DataLoader(splits.test, batch_size=256),
+        example=example.cpu(),
+        floor=floor,
+        fp32_val=val,
+    )
 
 
 def _classifier(model: nn.Module) -> set[str]:

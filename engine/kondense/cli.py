@@ -8,7 +8,7 @@ import sys
 
 from kondense import logs
 from kondense.errors import KondenseError
-from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES
+from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES, QUANTIZE
 from kondense.pipeline import budget
 
 
@@ -175,6 +175,7 @@ def _compress(args: argparse.Namespace) -> None:
         mean=args.mean,
         std=args.std,
         objective=args.objective,
+        quantize=args.quantize,
         device=args.device,
         seed=args.seed,
         budget=budget,
@@ -340,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS["objective"],
         choices=OBJECTIVES,
         help=f"what to minimise (default {DEFAULTS['objective']})",
+    )
+    c.add_argument(
+        "--quantize",
+        default=DEFAULTS["quantize"],
+        choices=QUANTIZE,
+        help="int8: INT8 post-training quantisation of model.onnx after the last stage, kept within delta "
+        f"(model.int8.onnx; default {DEFAULTS['quantize']})",
     )
     c.add_argument("--device", default=DEFAULTS["device"], help=f"cpu, cuda or auto (default {DEFAULTS['device']})")
     c.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"(default {DEFAULTS['seed']})")

@@ -44,7 +44,10 @@ DEFAULT_STAGE, DEFAULT_OBJECTIVE = DEFAULTS["stage"], DEFAULTS["objective"]
 DEFAULT_DEVICE, DEFAULT_SEED = DEFAULTS["device"], DEFAULTS["seed"]
 BACKENDS = tuple(_PROPERTIES["backend"]["enum"])
 DEVICES = tuple(_PROPERTIES["device"]["enum"])
-OBJECTIVES = tuple(_PROPERTIES["objective"]["enum"])  # what the conductor can minimise (it imports this list)
+OBJECTIVES = tuple(_PROPERTIES["objective"]["enum"])
+QUANTIZE = tuple(
+    _PROPERTIES["quantize"]["enum"]
+)  # the CLI's --quantize choices  # what the conductor can minimise (it imports this list)
 DATA_FORMATS = tuple(_PROPERTIES["data"]["properties"]["format"]["enum"])
 
 SPEC_KEYS = tuple(_PROPERTIES)
@@ -119,6 +122,7 @@ class JobSpec:
     backend: str
     device: str
     objective: str
+    quantize: str
     suspend: bool
     seed: int
     budget: BudgetSpec
@@ -286,6 +290,7 @@ def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
         backend=spec["backend"],
         device=spec["device"],
         objective=spec["objective"],
+        quantize=spec["quantize"],
         suspend=spec["suspend"],
         seed=spec["seed"],
         budget=BudgetSpec(**values),
@@ -339,6 +344,7 @@ def to_manifest(job: CompressionJob) -> dict:
         "backend": s.backend,
         "device": s.device,
         "objective": s.objective,
+        "quantize": s.quantize,
         "output": {"uri": s.output_uri},
         "suspend": s.suspend,
         "seed": s.seed,
@@ -368,6 +374,7 @@ def compress_kwargs(spec: JobSpec, pvc_root: str | Path) -> dict:
         "delta": spec.delta,
         "stage": spec.stage,
         "objective": spec.objective,
+        "quantize": spec.quantize,
         "device": spec.device,
         "seed": spec.seed,
         "arch": m.arch,

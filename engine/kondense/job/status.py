@@ -145,7 +145,7 @@ def stage_summary(report: dict, stage: int, output_uri: str) -> dict:
         "enhancement": report["enhancement"],
         "trainingSamples": report.get("trainingSamples", 0),
         "artifacts": {key: f"{base}/{name}" for key, name in ARTIFACTS.items()}
-        | ({"onnx": f"{base}/{onnx}"} if (onnx := (report.get("onnx") or {}).get("file")) else {}),
+        | {key: f"{base}/{name}" for key in ("onnx", "int8") if (name := (report.get(key) or {}).get("file"))},
     }
 
 

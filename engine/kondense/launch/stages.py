@@ -36,6 +36,8 @@ def run_stage(job: spec_mod.CompressionJob, stage: int, pvc_root: str | Path, co
 
     s = job.spec
     kwargs = {k: v for k, v in spec_mod.compress_kwargs(s, pvc_root).items() if k not in ("stage",)}
+    if stage != s.stage:  # quantisation follows the last stage only
+        kwargs["quantize"] = "none"
     out = spec_mod.local_path(s.output_uri, pvc_root)
     result = compress(
         spec_mod.model_argument(s, pvc_root),

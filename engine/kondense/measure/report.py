@@ -109,6 +109,8 @@ def write_markdown(report: dict, path) -> None:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if "onnx" in report:
         lines += ["", _onnx_line(report["onnx"])]
+    if "int8" in report:
+        lines += ["", _int8_line(report["int8"])]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
@@ -123,6 +125,21 @@ def _onnx_line(entry: dict) -> str:
     if entry.get("file"):
         return f"ONNX: {entry['file']} (opset {entry['opset']}, dynamic batch, {entry['runtime']}): {checked}."
     return f"ONNX: not written: {entry.get('error', 'no reason recorded')}" + (f" ({checked})" if checked else "")
+
+
+def _int8_line(entry: dict) -> str:
+    if "valAccuracy" not in entry:
+        return f"INT8: not written: {entry.get('error', 'no reason recorded')}"
+    latency = entry["latency"]
+    measured = (
+        f"val accuracy {entry['valAccuracy']:.2f}% (float {entry['fp32ValAccuracy']:.2f}%), test accuracy "
+        f"{entry['testAccuracy']:.2f}%, weights {entry['sizeMB']:.3f} MB (float {entry['fp32SizeMB']:.3f} MB), "
+        f"{latency['int8Ms']:.2f} ms (float {latency['fp32Ms']:.2f} ms) at batch {latency['batch']}, "
+        f"{latency['threads']} threads, {latency['runtime']}"
+    )
+    if entry.get("file"):
+        return f"INT8: {entry['file']} ({entry['method']}): {measured}."
+    return f"INT8: not written: {entry['error']} ({measured})"
 
 
 def plot_annealing(

@@ -1,0 +1,67 @@
+"""INT8 post-training quantisation of model.onnx: kept only above the floor, with the reason where not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from kondense import zoo
+from kondense.errors import KondenseError
+from kondense.job import spec
+from kondense.pipeline import onnx_export, quantize
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = zoo.build("lenet5", num_classes=10, in_channels=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    onnx_export.export(path, model, torch.randn(1, 1, 28, 28))
+    data = TensorDataset(torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,)))
+    return path, DataLoader(data, batch_size=32)
+
+
+def _stage3(exported, tmp_path, floor):
+    path, loader = exported
+    return quantize.stage3(
+        path,
+        tmp_path / "model.int8.onnx",
+        calibration=loader,
+        val=loader,
+        test=loader,
+        example=torch.randn(1, 1, 28, 28),
+        floor=floor,
+        fp32_val=quantize.accuracy(path, loader, 1),
+        samples=64,
+    )
+
+
+def test_int8_is_written_above_the_floor_and_smaller(exported, tmp_path):
+    entry = _stage3(exported, tmp_path, floor=0.0)
+    assert entry["file"] == "model.int8.onnx" and (tmp_path / "model.int8.onnx").exists()
+    assert entry["calibrationSamples"] == 64
+    assert entry["sizeMB"] < entry["fp32SizeMB"] / 3  # lenet's weights are nearly all in its layers
+    assert entry["valAccuracy"] == pytest.approx(quantize.accuracy(tmp_path / "model.int8.onnx", exported[1], 1))
+
+
+def test_int8_below_the_floor_is_not_written_and_says_why(exported, tmp_path):
+    entry = _stage3(exported, tmp_path, floor=101.0)
+    assert entry["file"] is None and "below the floor 101.00%" in entry["error"]
+    assert list(tmp_path.iterdir()) == []  # no model.int8.onnx, no temporary left
+
+
+def test_a_model_onnx_runtime_cannot_read_is_reported(tmp_path):
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(KondenseError, match="ONNX Runtime could not quantise the model"):
+        quantize.quantize_int8(broken, tmp_path / "int8.onnx", DataLoader(TensorDataset(torch.zeros(2, 1))), 2)
+
+
+def test_quantize_is_a_setting_the_crd_and_the_cli_share():
+    assert spec.QUANTIZE == ("none", "int8") and spec.DEFAULTS["quantize"] == "none"
+    with pytest.raises(spec.SpecError, match="spec.quantize"):
+        spec.check_settings(quantize="int4")
