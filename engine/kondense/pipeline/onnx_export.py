@@ -66,16 +66,14 @@ def export(path: str | Path, model: nn.Module, example: torch.Tensor) -> int:
 
 def parity(path: str | Path, model: nn.Module, loader: DataLoader) -> Parity:
     """ONNX Runtime's logits against the PyTorch model's on every batch of `loader`."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    run = session(path, torch.get_num_threads())
     model = _cpu_eval(model)
     samples, agree, worst, largest = 0, 0, 0.0, 0.0
     with torch.no_grad():
         for x, _ in loader:
             x = x.float().contiguous()
             expected = model(x).numpy()
-            got = session.run([OUTPUT], {INPUT: x.numpy()})[0]
+            got = run.run([OUTPUT], {INPUT: x.numpy()})[0]
             worst = max(worst, float(np.abs(got - expected).max()))
             largest = max(largest, float(np.abs(expected).max()))
             agree += int((got.argmax(1) == expected.argmax(1)).sum())
@@ -84,6 +82,15 @@ def parity(path: str | Path, model: nn.Module, loader: DataLoader) -> Parity:
         raise KondenseError("the ONNX parity check needs at least one sample; the test split is empty")
     tolerance = RELATIVE_TOLERANCE * max(largest, 1.0)
     return Parity(samples, worst, tolerance, 100.0 * agree / samples, worst <= tolerance)
+
+
+def session(path: str | Path, threads: int):
+    """An ONNX Runtime session on the CPU with `threads` intra-op threads: every ONNX measurement's."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def save_onnx(path: str | Path, model: nn.Module, example: torch.Tensor, loader: DataLoader) -> dict:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kondense.errors import KondenseError
-from kondense.pipeline.onnx_export import INPUT, OUTPUT
+from kondense.pipeline.onnx_export import INPUT, OUTPUT, session
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +75,6 @@ def _inputs(loader: DataLoader, samples: int) -> Iterator[dict]:
         x = x[: samples - seen].float().contiguous()
         seen += len(x)
         yield {INPUT: x.numpy()}
-
-
-def session(path: str | Path, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def accuracy(path: str | Path, loader: DataLoader, threads: int) -> float:
