@@ -28,6 +28,7 @@ TESTS = Path(__file__).parent
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end (processes, the operator, whole compressions); make test-e2e")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one); pytest -m gpu")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

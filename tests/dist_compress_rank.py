@@ -2,6 +2,8 @@
 
     python tests/dist_compress_rank.py OUT [STAGE]
 
+KONDENSE_TEST_DEVICE picks the device (default cpu; cuda: this rank's GPU, NCCL between ranks).
+
 Every rank writes what it decided to OUT/rank-R.json, and its pid to OUT/pid-R, so tests
 can compare ranks and kill one.
 """
@@ -28,7 +30,8 @@ def main(out: str, stage: int = 2) -> None:
     # The batch is per rank: 64 // size keeps the global batch, and so the number and size of the
     # optimizer steps, equal to the one-process run's, which the tests compare this run with.
     logs.setup()  # rank 0's progress lines reach the launcher (tests look for "resumed from checkpoint")
-    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device="cpu")
+    device = os.environ.get("KONDENSE_TEST_DEVICE", "cpu")
+    comm = distributed.init(os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device=device)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"pid-{comm.rank}").write_text(str(os.getpid()))
     bundle = small_data()
@@ -38,7 +41,7 @@ def main(out: str, stage: int = 2) -> None:
         delta=3.0,
         stage=stage,
         out=out,
-        device="cpu",
+        device=device,
         budget=Budget(**BUDGET),
         finetune=FineTune(batch_size=64 // comm.size),
         comm=comm,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from kondense.errors import KondenseError
 from kondense.job import spec
 from kondense.job.worker_env import WorkerEnv
 from kondense.launch import rendezvous
-from kondense.launch.worker import free_port, launch_local, rank_environ, torchrun_args
+from kondense.launch.worker import GRACE_S, free_port, launch_local, rank_environ, torchrun_args
 
 SCRIPT = Path(__file__).parent / "dist_scripts" / "check_comm.py"
 ENGINE = str(Path(distributed.__file__).parents[2])
@@ -275,7 +276,7 @@ def test_torchrun_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
         "static",
         0,
     )
-    assert args.rdzv_conf == "timeout=60"
+    assert args.rdzv_conf == "timeout=60" and args.shutdown_timeout == GRACE_S
     assert args.no_python and (args.training_script, args.training_script_args) == ("python", ["train.py", "--lr", "1"])
     assert rank_environ(env) == {
         "KONDENSE_BACKEND": "torch",
@@ -284,6 +285,26 @@ def test_torchrun_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
         "NCCL_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 4)),
     }
+
+
+def test_torchrun_without_shutdown_timeout_gets_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose torchrun predates --shutdown-timeout (2.11, in many CUDA images) still starts its ranks."""
+    import torch.distributed.run as run
+
+    full = run.get_args_parser
+
+    def older() -> argparse.ArgumentParser:
+        parser = full()
+        action = next(a for a in parser._actions if "--shutdown-timeout" in a.option_strings)
+        parser._remove_action(action)
+        for option in action.option_strings:
+            parser._option_string_actions.pop(option)
+        return parser
+
+    monkeypatch.setattr(run, "get_args_parser", older)
+    line = torchrun_args(WorkerEnv(0, 1, 1, "127.0.0.1", 29501, "torch", "pod-0", "lo"), ["python", "x.py"])
+    assert "--shutdown-timeout" not in line
+    assert run.parse_args(line).training_script == "python"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,7 +1,8 @@
 """One rank of the distributed tests: exercises every Comm operation and writes what it saw to
 OUT_DIR/rank<R>.json, for the test to compare across ranks.
 
-    python check_comm.py BACKEND OUT_DIR [--fail-rank R [--sleep]]
+    python check_comm.py BACKEND OUT_DIR [--device D] [--fail-rank R [--sleep]]
+    --device D: where the tensors live (default cpu; cuda puts them on this rank's GPU, over NCCL with torch)
     --fail-rank R: rank R exits 3 mid-run while the others wait in a collective (--sleep: in time.sleep)
 Each rank first writes its pid to OUT_DIR/pid<R>, for tests that signal or look for it.
 """
@@ -19,9 +20,11 @@ from kondense import distributed
 
 backend, out_dir = sys.argv[1], sys.argv[2]
 fail_rank = int(sys.argv[sys.argv.index("--fail-rank") + 1]) if "--fail-rank" in sys.argv else None
+requested = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
 torch.set_num_threads(1)
 
-comm = distributed.init(backend, device="cpu")
+comm = distributed.init(backend, device=requested)
+dev = comm.device(requested)
 with open(os.path.join(out_dir, f"pid{comm.rank}"), "w") as f:
     f.write(str(os.getpid()))
 result = {
@@ -30,7 +33,7 @@ result = {
     "local_rank": comm.local_rank,
     "backend": comm.backend,
     "is_root": comm.is_root,
-    "device": str(comm.device("cpu")),
+    "device": str(dev),
     "env_local_world_size": os.environ.get("LOCAL_WORLD_SIZE"),
 }
 
@@ -48,7 +51,7 @@ result["object"] = comm.broadcast_object({"plan": [1, 2, 3], "from": comm.rank} 
 
 # broadcast_module: different random weights and buffers on each rank, root's everywhere afterwards.
 torch.manual_seed(100 + comm.rank)
-model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).to(dev)
 model[1].running_mean.normal_()
 comm.broadcast_module(model)
 result["broadcast_state"] = {k: v.tolist() for k, v in model.state_dict().items()}
@@ -60,10 +63,10 @@ result["shard"] = [int(items[i][0]) for i in comm.shard(items).indices]
 # Training on this rank's shard only; averaged gradients keep all ranks identical, and equal to one
 # process training on the full batch (equal shards, mean loss).
 torch.manual_seed(0)
-data = TensorDataset(torch.randn(8, 4), torch.randn(8, 2))
-reference = nn.Linear(4, 2)
+data = TensorDataset(torch.randn(8, 4).to(dev), torch.randn(8, 2).to(dev))
+reference = nn.Linear(4, 2).to(dev)
 torch.manual_seed(200 + comm.rank)
-model = nn.Linear(4, 2)
+model = nn.Linear(4, 2).to(dev)
 comm.broadcast_module(model)
 reference.load_state_dict(model.state_dict())
 mine = comm.shard(data, even=True)

@@ -200,11 +200,18 @@ def torchrun_args(env: WorkerEnv, command: list[str]) -> list[str]:
         f"timeout={_timeout_s()}",
         "--max-restarts",
         "0",
-        "--shutdown-timeout",
-        str(GRACE_S),
+        *(["--shutdown-timeout", str(GRACE_S)] if _torchrun_knows("--shutdown-timeout") else []),
         "--no-python",
         *command,
     ]
+
+
+def _torchrun_knows(option: str) -> bool:
+    """Whether this torch's torchrun takes `option`: --shutdown-timeout came after 2.11, which CUDA images
+    still carry, and an option it does not know stops every rank before it starts."""
+    from torch.distributed.run import get_args_parser
+
+    return any(option in action.option_strings for action in get_args_parser()._actions)
 
 
 def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
