@@ -30,15 +30,10 @@ CALIBRATION_SAMPLES = 512
 LATENCY_RUNS = 30
 
 
-def quantize_int8(source: str | Path, target: str | Path, calibration: DataLoader, samples: int) -> None:
-    """Write the INT8 form of the ONNX model `source` to `target`, calibrated on up to `samples` inputs."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+def quantize_int8(source: str | Path, target: str | Path, calibration: DataLoader, samples: int) -> str:
+    """Write the INT8 form of the ONNX model `source` to `target`, calibrated on up to `samples` inputs.
+    Returns how the graph was prepared (see _prepare)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -51,8 +46,7 @@ def quantize_int8(source: str | Path, target: str | Path, calibration: DataLoade
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".int8.") as tmp:
         prepared, quantised = Path(tmp) / "prepared.onnx", Path(tmp) / target.name
         try:
-            # shape inference and graph clean-up first, as ONNX Runtime advises before quantising
-            quant_pre_process(str(source), str(prepared))
+            preparation = _prepare(source, prepared)
             quantize_static(
                 str(prepared),
                 str(quantised),
@@ -65,6 +59,24 @@ def quantize_int8(source: str | Path, target: str | Path, calibration: DataLoade
         except Exception as e:  # noqa: BLE001 - what ONNX Runtime refused is the reason
             raise KondenseError(f"ONNX Runtime could not quantise the model: {type(e).__name__}: {e}") from e
         quantised.replace(target)
+    return preparation
+
+
+def _prepare(source: str | Path, prepared: Path) -> str:
+    """Shape inference and graph clean-up, as ONNX Runtime advises before quantising. Its symbolic shape
+    inference asserts on some exporters' graphs (seen on a GPU machine with torch 2.11 and onnxruntime
+    1.30: a Range whose limit it could not read as a scalar); ONNX's own shape inference then does, since
+    the shapes only place the quantisation nodes."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(prepared))
+        return "onnxruntime pre-processing (symbolic shape inference)"
+    except Exception as e:  # noqa: BLE001 - any failure of the optional inference has the same remedy
+        reason = f"{type(e).__name__}: {e}".rstrip(": ")
+    logger.info(f"INT8: ONNX Runtime's symbolic shape inference failed ({reason}); using ONNX's shape inference")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    return f"onnxruntime pre-processing with ONNX shape inference (symbolic shape inference failed: {reason})"
 
 
 def _inputs(loader: DataLoader, samples: int) -> Iterator[dict]:
@@ -129,7 +141,7 @@ def stage3(
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".stage3.") as tmp:
         candidate = Path(tmp) / target.name
         try:
-            quantize_int8(onnx_path, candidate, calibration, samples)
+            entry["preparation"] = quantize_int8(onnx_path, candidate, calibration, samples)
         except KondenseError as e:
             logger.warning(f"model.int8.onnx not written: {e}")
             return entry | {"error": str(e)}
