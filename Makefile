@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO    ?= out/demo
 
-.PHONY: install data horovod helm test test-fast test-e2e lint format demo clean image sync-crd sync-rbac sync-values-schema deploy-manifests
+.PHONY: install data horovod helm test test-fast test-e2e test-gpu lint format demo clean image sync-crd sync-rbac sync-values-schema deploy-manifests
 
 install: $(STAMP) data horovod helm
 
@@ -39,6 +39,10 @@ test-fast: $(STAMP)
 
 test-e2e: install
 	$(PY) -m pytest -q -ra -m e2e
+
+# the CUDA paths (tests/test_cuda.py): on a machine with an NVIDIA GPU; skipped everywhere else
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -ra -m gpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
