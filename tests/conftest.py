@@ -19,6 +19,7 @@ E2E_MODULES = {
     "test_distributed.py",
     "test_distributed_engine.py",
     "test_own_models.py",
+    "test_latency_objective.py",
     "operator/test_operator.py",
     "operator/test_pod_template.py",
     "operator/test_restart.py",

@@ -432,7 +432,7 @@ def test_check_settings_judges_with_the_crd():
     for values, field, words in [
         ({"delta": 0}, "spec.delta", "(0, 100]"),
         ({"stage": 3}, "spec.stage", "1, 2"),
-        ({"objective": "latency"}, "spec.objective", "params, macs"),
+        ({"objective": "flops"}, "spec.objective", "params, macs, latency"),
         ({"workers": 0}, "spec.workers", ">= 1"),
         ({"seed": 1.5}, "spec.seed", "integer"),
         ({"budget": {"ratios": [2]}}, "spec.budget.ratios[0]", "(0, 1)"),

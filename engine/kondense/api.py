@@ -18,7 +18,9 @@ from kondense.distributed import Comm, SingleComm
 from kondense.errors import KondenseError
 from kondense.files import save_json
 from kondense.job.spec import DEFAULT_DEVICE, DEFAULT_OBJECTIVE, DEFAULT_SEED, DEFAULT_STAGE, check_settings
+from kondense.measure import latency_table
 from kondense.measure import report as report_mod
+from kondense.measure.deployed_latency import latency_report
 from kondense.measure.profile import Metrics, accuracy, profile
 from kondense.pipeline import quantize as quantize_mod
 from kondense.pipeline.annealing import anneal
@@ -99,7 +101,7 @@ def compress(
                normalisation, per channel (default: measured on the data)
     delta      the allowed top-1 accuracy drop, in percentage points, in (0, 100]
     stage      1: exploration only; 2: exploration then annealing
-    objective  what to minimise: 'params' or 'macs'
+    objective  what to minimise: 'params', 'macs' or 'latency' (measured at batch 1 on `device`, per layer shape)
     quantize   'int8': after the last stage, INT8 post-training quantisation of model.onnx, written as
                model.int8.onnx where its validation accuracy stays within delta; 'none' (default)
     device     'cpu', 'cuda', 'cuda:N' or 'auto'
@@ -238,6 +240,14 @@ def compress(
         save_state(out / "model.pt", final.model, final.steps, base=base, input_shape=splits.input_shape)
         save_torchscript(out / "model.ts", final.model, example)
         report["onnx"] = save_onnx(out / "model.onnx", final.model, example, DataLoader(splits.test, batch_size=256))
+        onnx_file = out / report["onnx"]["file"] if report["onnx"].get("file") else None
+        report["latency"] = latency_report(original, final.model, onnx_file, example)
+        if objective == "latency":
+            table = latency_table.table(str(example.device))
+            report["latencyTable"] = table.describe() | {
+                "originalMs": table.model_ms(original, splits.input_shape),
+                "finalMs": table.model_ms(final.model, splits.input_shape),
+            }
         if quantize == "int8":
             report["int8"] = _int8(out, report["onnx"], splits, example, ctx.accept_floor, final.val_accuracy, seed)
         save_json(plan.to_dict(), out / "plan.json")

@@ -25,6 +25,7 @@ from kondense import transforms
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
 from kondense.errors import KondenseError
+from kondense.measure.latency_table import latency_cost
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
@@ -82,6 +83,7 @@ class Judge:
 COSTS: dict[str, Callable[[nn.Module, tuple[int, ...]], float]] = {
     "params": lambda model, input_shape: params_m(model),  # millions
     "macs": macs_g,  # billions
+    "latency": latency_cost,  # milliseconds at batch 1 on the job's device, from a per-layer table
 }
 
 
@@ -171,7 +173,9 @@ def scan(
     if spread:
         for part in comm.allgather_object(judged):
             judged.update(part)
-    return [judged[i] for i in range(len(trials))]
+    options = [judged[i] for i in range(len(trials))]
+    # rank 0's, so that all rank alike: measured savings (the latency objective) differ a little per process
+    return comm.broadcast_object(options) if comm.size > 1 and not spread else options
 
 
 def in_order(picks: list[Option], options: list[Option]) -> list[Step]:

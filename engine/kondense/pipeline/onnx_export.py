@@ -106,7 +106,7 @@ def save_onnx(path: str | Path, model: nn.Module, example: torch.Tensor, loader:
         except KondenseError as e:
             logger.warning(f"model.onnx not written: {e}")
             return {"file": None, "error": str(e)}
-        entry = {"file": None, "opset": opset, "dynamicBatch": True, "runtime": _runtime(), "parity": asdict(check)}
+        entry = {"file": None, "opset": opset, "dynamicBatch": True, "runtime": runtime(), "parity": asdict(check)}
         if not check.passed:
             entry["error"] = mismatch(check)
             logger.warning(f"model.onnx not written: {entry['error']}")
@@ -142,7 +142,7 @@ def _cpu_eval(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().float().eval()
 
 
-def _runtime() -> str:
+def runtime() -> str:
     import onnxruntime
 
     return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"

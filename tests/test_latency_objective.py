@@ -1,0 +1,55 @@
+"""objective='latency' end to end on the tiny CNN: the conductor ranks by measured milliseconds, and the
+report times both models in torch and ONNX Runtime, saying where and how."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import kondense
+from kondense import Budget, FineTune
+from kondense.measure.deployed_latency import speedups
+
+from .tinynet import small_data, trained_tiny
+
+DELTA = 3.0
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    bundle = small_data()
+    return kondense.compress(
+        trained_tiny(bundle),
+        bundle,
+        delta=DELTA,
+        stage=2,
+        out=tmp_path_factory.mktemp("latency"),
+        device="cpu",
+        objective="latency",
+        finetune=FineTune(batch_size=64),
+        budget=Budget(ratios=(0.5, 0.25), stage1_epochs=1, step_epochs=1, max_steps=2, scan_samples=300),
+    )
+
+
+def test_the_plan_minimises_measured_latency_within_delta(result) -> None:
+    r = result.report
+    assert r["objective"] == "latency" and json.loads((result.out / "plan.json").read_text())["objective"] == "latency"
+    assert r["validation"]["original"] - r["validation"]["stage2"] <= DELTA
+    table = r["latencyTable"]
+    assert table["finalMs"] < table["originalMs"], table
+    assert {table["device"], table["batch"]} == {"cpu", 1} and table["layerShapes"] >= 5
+    # the scan priced every option in the table's milliseconds, never more than the whole model's
+    scan = json.loads((result.out / "checkpoints" / "state.json").read_text())["scan"]
+    savings = [o["saving"] for o in scan]
+    assert max(savings) > 0 and max(savings) < table["originalMs"]
+
+
+def test_both_models_are_timed_in_torch_and_onnx_runtime(result) -> None:
+    latency = result.report["latency"]
+    assert latency["unit"] == "ms per call"
+    for runtime, device in (("torch", "cpu"), ("onnxruntime", "cpu")):
+        part = latency[runtime]
+        assert part["device"] == device and part["threads"] >= 1 and part["runtime"]
+        assert all(part[m][b] > 0 for m in ("original", "final") for b in ("1", "32"))
+    assert set(speedups(latency)) == {f"{r} batch {b}" for r in ("torch", "onnxruntime") for b in (1, 32)}
