@@ -1,7 +1,7 @@
 """Torchvision's mobilenet_v3_small and resnet18 on Fashion-MNIST at 32x32: trained, then compressed at delta = 1.
 
     python benchmarks/torchvision_fmnist.py train resnet18:4 mobilenet_v3_small:10
-    python benchmarks/torchvision_fmnist.py compress resnet18 mobilenet_v3_small [--train-samples N]
+    python benchmarks/torchvision_fmnist.py compress resnet18 mobilenet_v3_small [--train-samples N] [--objective O]
 
 `train` fits each NAME:EPOCHS on all 54,000 training images (the engine's split; 6,000 carved
 for validation) with the zoo's recipe (SGD, one-cycle, light augmentation), checkpoints after
@@ -13,7 +13,8 @@ wall time go to benchmarks/results/torchvision-fmnist-train.json.
 `compress` runs kondense.compress("torchvision:NAME", ...) on those weights at the same input size
 with the zoo benchmark's budget (benchmarks/compress_zoo.py) and writes the six metrics of the
 original, stage 1 and stage 2, the test drop, the wall time and the training samples to
-benchmarks/results/torchvision-fmnist.json.
+benchmarks/results/torchvision-fmnist.json (with --objective latency or macs: torchvision-fmnist-OBJECTIVE.json;
+benchmarks/latency_objective.py compares the latency objective's models with the params objective's).
 
 Why 32x32: torchvision's ImageNet stems halve the input five times (resnet18: stride-2 conv,
 max-pool, three stride-2 stages; mobilenet_v3_small: five stride-2 blocks), so 32 is the
@@ -108,6 +109,7 @@ def compress(name: str, args: argparse.Namespace) -> dict:
         stage=2,
         out=Path(args.out) / name,
         device=args.device,
+        objective=args.objective,
         budget=Budget(
             max_samples=args.max_samples,
             scan_samples=args.scan_samples,
@@ -122,6 +124,7 @@ def compress(name: str, args: argparse.Namespace) -> dict:
         "command": " ".join(["python benchmarks/torchvision_fmnist.py compress", name, *flags]),
         "inputSize": [SIZE, SIZE],
         "delta": args.delta,
+        "objective": args.objective,
         "report": r,
         "wallSeconds": round(time.time() - began),
         "machine": machine(),
@@ -161,6 +164,7 @@ def main() -> None:
     c.add_argument("--recal-samples", type=int, default=256)
     c.add_argument("--train-samples", type=int)
     c.add_argument("--out", default="out/bench-torchvision")
+    c.add_argument("--objective", default="params", choices=["params", "macs", "latency"])
     args = parser.parse_args()
     logs.setup()
     if args.command == "train":
@@ -174,7 +178,8 @@ def main() -> None:
     else:
         for name in args.models:
             entry = compress(name, args)
-            record(RESULTS, name, entry)
+            results = RESULTS if args.objective == "params" else HERE / f"torchvision-fmnist-{args.objective}.json"
+            record(results, name, entry)
             print(json.dumps({name: entry["targets"]}, indent=2), file=sys.stderr)
 
 
