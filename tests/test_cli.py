@@ -260,3 +260,13 @@ def test_compress_user_errors(quick_zoo_file: Path, tmp_path: Path) -> None:
         "spec.delta: ",
         "got 0",
     )
+
+
+def test_compress_stage_3_with_quantize_none_is_refused_before_any_work(tmp_path: Path) -> None:
+    args = ["--model", "zoo:resnet18", "--data", "fashion-mnist", "--delta", "1", "--out", str(tmp_path / "o")]
+    assert_user_error(
+        run_cli("compress", *args, "--stage", "3", "--quantize", "none"),
+        "spec.quantize: must be int8 or omitted at stage 3",
+        "choose stage 2",
+    )
+    assert not (tmp_path / "o").exists()

@@ -1,4 +1,4 @@
-"""Both stages end to end on a small CNN and a few hundred Fashion-MNIST samples."""
+"""The three stages end to end on a small CNN and a few hundred Fashion-MNIST samples."""
 
 from __future__ import annotations
 
@@ -41,12 +41,11 @@ def result(tiny, bundle, tmp_path_factory):
         tiny,
         bundle,
         delta=DELTA,
-        stage=2,
+        stage=3,  # stages 1 and 2, then INT8 (quantize='int8' implied)
         out=out,
         device="cpu",
         finetune=FINETUNE,
         budget=Budget(**BUDGET),
-        quantize="int8",
     )
 
 
@@ -94,7 +93,7 @@ def test_outputs_are_complete(result) -> None:
         for v in plan["layers"].values()
     )
     md = (result.out / "report.md").read_text()
-    assert "| Metric | Original | Stage 1 | Stage 2 | Enhance |" in md
+    assert "| Metric | Original | Stage 1 | Stage 2 | Stage 3 | Enhance |" in md
     assert "ONNX: model.onnx (opset" in md and "top-1 agreement" in md
     assert (result.out / "annealing.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -128,8 +127,26 @@ def test_int8_follows_the_last_stage_within_delta(result, bundle) -> None:
     assert _onnx_accuracy(result.out / "model.int8.onnx", bundle.loaders()[2]) == pytest.approx(
         int8["testAccuracy"], abs=0.01
     )
-    assert {"runtime", "threads", "batch", "int8Ms", "fp32Ms"} <= set(int8["latency"])
+    assert {"runtime", "threads", "batch", "int8Ms", "fp32Ms", "perSample"} <= set(int8["latency"])
     assert "INT8: model.int8.onnx" in (result.out / "report.md").read_text()
+
+
+def test_stage3_is_the_int8_models_column_and_the_enhancement_is_against_it(result) -> None:
+    r = result.report
+    s2, s3, int8 = r["stage2"], r["stage3"], r["int8"]
+    assert r["stage"] == 3 and set(s3) == set(s2)
+    assert s3["accuracy"] == int8["testAccuracy"] and r["validation"]["stage3"] == int8["valAccuracy"]
+    assert s3["sizeMB"] == int8["sizeMB"] < s2["sizeMB"] / 2  # the stored weights, 1 byte where quantised
+    assert (s3["macsG"], s3["paramsM"]) == (s2["macsG"], s2["paramsM"])
+    # the float model's memory with its weights at their stored width
+    assert s3["memoryMB"] == pytest.approx(s2["memoryMB"] - s2["sizeMB"] + s3["sizeMB"])
+    assert s3["latencyMs"] == int8["latency"]["perSample"]["int8Ms"] > 0
+    assert int8["latency"]["perSample"]["batch"] == 32  # per sample at the float columns' batch
+    assert r["enhancement"]["size"] == pytest.approx(r["original"]["sizeMB"] / s3["sizeMB"])
+    assert r["enhancement"]["accuracyDrop"] == pytest.approx(r["original"]["accuracy"] - s3["accuracy"])
+    md = (result.out / "report.md").read_text()
+    assert "Stage 3 is model.int8.onnx in onnxruntime (CPUExecutionProvider)" in md
+    assert "Latency: per sample at batch 32" in md
 
 
 def test_inputs_untouched(tiny, bundle, tmp_path) -> None:
@@ -216,7 +233,8 @@ def test_bad_arguments(tiny, bundle, tmp_path) -> None:
     # kondense.job.spec.check_settings judges them, as it judges a manifest: the field, and the value refused
     for kwargs, message in [
         ({"delta": 0}, r"spec\.delta: .*got 0"),
-        ({"delta": 1, "stage": 3}, r"spec\.stage: .*got 3"),
+        ({"delta": 1, "stage": 4}, r"spec\.stage: .*got 4"),
+        ({"delta": 1, "stage": 3, "quantize": "none"}, r"spec\.quantize: must be int8 or omitted at stage 3"),
         ({"delta": 1, "objective": "speed"}, r"spec\.objective: .*got 'speed'"),
     ]:
         with pytest.raises(kondense.KondenseError, match=message):

@@ -77,6 +77,10 @@ def test_a_model_onnx_runtime_cannot_read_is_reported(tmp_path):
 
 
 def test_quantize_is_a_setting_the_crd_and_the_cli_share():
-    assert spec.QUANTIZE == ("none", "int8") and spec.DEFAULTS["quantize"] == "none"
+    assert spec.QUANTIZE == ("none", "int8") and "quantize" not in spec.DEFAULTS  # it follows the stage
+    assert [spec.resolve_quantize(stage, None) for stage in (1, 2, 3)] == ["none", "none", "int8"]
+    assert spec.resolve_quantize(2, "int8") == "int8"
     with pytest.raises(spec.SpecError, match="spec.quantize"):
         spec.check_settings(quantize="int4")
+    with pytest.raises(spec.SpecError, match="spec.quantize: must be int8 or omitted at stage 3"):
+        spec.check_settings(stage=3, quantize="none")

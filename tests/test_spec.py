@@ -129,11 +129,11 @@ def test_defaults_are_the_crds():
             ("backend", "backend"),
             ("device", "device"),
             ("objective", "objective"),
-            ("quantize", "quantize"),
             ("suspend", "suspend"),
             ("seed", "seed"),
         ]
     } == S.DEFAULTS
+    assert "quantize" not in S.DEFAULTS and s.quantize == "none", "quantize depends on the stage (resolve_quantize)"
     for name, key in [
         ("BACKENDS", "backend"),
         ("DEVICES", "device"),
@@ -223,11 +223,30 @@ def test_to_manifest_round_trips(job):
         k: getattr(job.spec, a)
         for k, a in zip(
             S.DEFAULTS,
-            ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "quantize", "suspend", "seed"),
+            ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "suspend", "seed"),
             strict=True,
         )
     }
     assert None not in manifest["spec"]["budget"].values() and manifest["metadata"]["namespace"] == job.namespace
+
+
+def test_stage_3_implies_int8_and_runs_as_the_tail_of_stage_2():
+    s = S.parse(with_spec(stage=3)).spec
+    assert (s.stage, s.quantize) == (3, "int8")
+    assert S.parse(with_spec(stage=3, quantize="int8")).spec == s
+    assert S.parse(S.to_manifest(S.parse(with_spec(stage=3)))).spec == s
+    for stage in (1, 2):  # quantize: int8 after stage 1 or 2 stays what it was
+        assert S.parse(with_spec(stage=stage, quantize="int8")).spec.quantize == "int8"
+        assert S.parse(with_spec(stage=stage)).spec.quantize == "none"
+    assert S.compress_kwargs(s, "pvc")["quantize"] == "int8"
+    # one Job per stage for stages 1 and 2; stage 3 is the last Job's tail, which runs compress(stage=3)
+    assert [S.job_stages(n) for n in (1, 2, 3)] == [(1,), (1, 2), (1, 2)]
+    assert [S.run_stage_of(3, n) for n in (1, 2)] == [1, 3]
+    assert [S.run_stage_of(2, n) for n in (1, 2)] == [1, 2]
+    assert S.STAGES == (1, 2, 3)
+    S.check_settings(stage=3)
+    S.check_settings(stage=3, quantize="int8")
+    S.check_settings(quantize="none")  # no stage given: nothing to contradict
 
 
 # --------------------------------------------------------------------------------------------- refused
@@ -286,7 +305,8 @@ REFUSALS = [
     ({"delta": "1.0"}, "spec.delta", "must be a number, got the string '1.0'"),
     ({"delta": True}, "spec.delta", "must be a number, got bool True"),
     ({"delta": float("nan")}, "spec.delta", "finite"),
-    ({"stage": 3}, "spec.stage", "one of 1, 2", "annealing"),
+    ({"stage": 4}, "spec.stage", "one of 1, 2, 3", "annealing", "INT8"),
+    ({"stage": 3, "quantize": "none"}, "spec.quantize", "must be int8 or omitted at stage 3", "choose stage 2"),
     ({"workers": 0}, "spec.workers", "an integer >= 1, got 0", "Pods"),
     ({"slotsPerWorker": 2.0}, "spec.slotsPerWorker", "must be an integer, got float 2.0"),
     ({"backend": "Horovod"}, "spec.backend", "one of torch, horovod"),
@@ -431,7 +451,8 @@ def test_check_settings_judges_with_the_crd():
     )
     for values, field, words in [
         ({"delta": 0}, "spec.delta", "(0, 100]"),
-        ({"stage": 3}, "spec.stage", "1, 2"),
+        ({"stage": 4}, "spec.stage", "1, 2, 3"),
+        ({"stage": 3, "quantize": "none"}, "spec.quantize", "for float outputs only, choose stage 2"),
         ({"objective": "flops"}, "spec.objective", "params, macs, latency"),
         ({"workers": 0}, "spec.workers", ">= 1"),
         ({"seed": 1.5}, "spec.seed", "integer"),

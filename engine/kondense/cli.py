@@ -8,7 +8,7 @@ import sys
 
 from kondense import logs
 from kondense.errors import KondenseError
-from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES, QUANTIZE
+from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES, QUANTIZE, STAGES
 from kondense.pipeline import budget
 
 
@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage",
         type=int,
         default=DEFAULTS["stage"],
-        choices=[1, 2],
-        help=f"1: exploration; 2: exploration then annealing (default {DEFAULTS['stage']})",
+        choices=STAGES,
+        help="1: exploration; 2: exploration then annealing; 3: both, then INT8 post-training quantisation of the "
+        f"stage 2 model (--quantize int8 implied) (default {DEFAULTS['stage']})",
     )
     c.add_argument("--out", required=True, help="output directory; running again with it resumes a killed run")
     c.add_argument(
@@ -344,10 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--quantize",
-        default=DEFAULTS["quantize"],
         choices=QUANTIZE,
         help="int8: INT8 post-training quantisation of model.onnx after the last stage, kept within delta "
-        f"(model.int8.onnx; default {DEFAULTS['quantize']})",
+        "(model.int8.onnx; default int8 at stage 3, none otherwise)",
     )
     c.add_argument("--device", default=DEFAULTS["device"], help=f"cpu, cuda or auto (default {DEFAULTS['device']})")
     c.add_argument("--seed", type=int, default=DEFAULTS["seed"], help=f"(default {DEFAULTS['seed']})")

@@ -90,7 +90,7 @@ def _step(ctx: Context, body: dict, status: dict) -> dict:
         ctx.event(body, "Normal", "Created", status["conditions"][0]["message"])
     status["observedGeneration"] = generation
 
-    stages = [1] if job.spec.stage == 1 else [1, 2]
+    stages = spec_mod.job_stages(job.spec.stage)  # stage 3 is the tail of stage 2's Job, not a Job of its own
     while True:
         stage = int(status.get("stage") or 1)
         k8s_job = _ensure_children(ctx, body, job, stage)

@@ -137,7 +137,12 @@ CASES = {
     "delta over 100": ({"delta": 150}, False),
     "delta a string": ({"delta": "1"}, False),
     "delta null": ({"delta": None}, False),
-    "stage 3": ({"stage": 3}, False),
+    "stage 3": ({"stage": 3}, True),
+    "stage 3, int8": ({"stage": 3, "quantize": "int8"}, True),
+    "stage 3, quantize none": ({"stage": 3, "quantize": "none"}, False),
+    "stage 2, quantize none": ({"stage": 2, "quantize": "none"}, True),
+    "stage 1, int8": ({"stage": 1, "quantize": "int8"}, True),
+    "stage 4": ({"stage": 4}, False),
     "stage 2.0": ({"stage": 2.0}, False),
     "workers 0": ({"workers": 0}, False),
     "slots a bool": ({"slotsPerWorker": True}, False),
@@ -399,6 +404,7 @@ def test_spec_is_immutable_but_suspend():
         ({"seed": 7}, "spec.seed"),
         ({"resources": {"limits": {"cpu": 2}}}, "spec.resources"),
         ({"backend": "horovod"}, "spec.backend"),
+        ({"quantize": "int8"}, "spec.quantize"),
         ({"budget": None}, "spec.budget"),
     ]:
         new = copy.deepcopy(old)

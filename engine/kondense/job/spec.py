@@ -31,6 +31,8 @@ from kondense.job.uris import local_path
 
 _CRD = schema.crd()["spec"]
 _PROPERTIES = schema.spec_schema()["properties"]
+# spec's own x-kubernetes-validations without its properties: check_settings holds only some of the fields
+_CROSS_FIELD_RULES = {"x-kubernetes-validations": schema.spec_schema().get("x-kubernetes-validations", [])}
 
 API_VERSION = f"{_CRD['group']}/{_CRD['versions'][0]['name']}"
 KIND = _CRD["names"]["kind"]
@@ -44,10 +46,9 @@ DEFAULT_STAGE, DEFAULT_OBJECTIVE = DEFAULTS["stage"], DEFAULTS["objective"]
 DEFAULT_DEVICE, DEFAULT_SEED = DEFAULTS["device"], DEFAULTS["seed"]
 BACKENDS = tuple(_PROPERTIES["backend"]["enum"])
 DEVICES = tuple(_PROPERTIES["device"]["enum"])
-OBJECTIVES = tuple(_PROPERTIES["objective"]["enum"])
-QUANTIZE = tuple(
-    _PROPERTIES["quantize"]["enum"]
-)  # the CLI's --quantize choices  # what the conductor can minimise (it imports this list)
+OBJECTIVES = tuple(_PROPERTIES["objective"]["enum"])  # what the conductor can minimise (--objective choices)
+QUANTIZE = tuple(_PROPERTIES["quantize"]["enum"])  # the CLI's --quantize choices
+STAGES = tuple(_PROPERTIES["stage"]["enum"])  # the CLI's --stage choices
 DATA_FORMATS = tuple(_PROPERTIES["data"]["properties"]["format"]["enum"])
 
 SPEC_KEYS = tuple(_PROPERTIES)
@@ -122,7 +123,7 @@ class JobSpec:
     backend: str
     device: str
     objective: str
-    quantize: str
+    quantize: str  # resolved: never absent (see resolve_quantize)
     suspend: bool
     seed: int
     budget: BudgetSpec
@@ -149,6 +150,34 @@ def check_settings(**values: Any) -> None:
         if key not in _PROPERTIES:
             raise SpecError(f"spec.{key}", f"not a CompressionJob setting; known: {', '.join(SPEC_KEYS)}")
         schema.validate(given[key], _PROPERTIES[key], f"spec.{key}")
+    # the rules between fields (stage 3 and quantize); those naming oldSelf only judge updates and are skipped
+    schema.validate(given, _CROSS_FIELD_RULES, "spec")
+
+
+def resolve_quantize(stage: int, quantize: str | None) -> str:
+    """What an omitted quantize means: int8 at stage 3 (stage 3 is the INT8 quantisation of the stage 2
+    model), none otherwise. The CRD gives it no default so that an explicit none at stage 3 stays visible to
+    its rule, which refuses it."""
+    if quantize is not None:
+        return quantize
+    return "int8" if stage == 3 else "none"
+
+
+def job_stages(stage: int) -> tuple[int, ...]:
+    """The stages that run as processes of their own (one Job each on Kubernetes), in order, for `spec.stage`.
+
+    Stage 3 is no Job of its own: it is the tail of stage 2's rank 0 (as `quantize: int8` is after any last
+    stage). INT8 calibration and measurement are single-process CPU work in ONNX Runtime on model.onnx, which
+    stage 2's rank 0 has just written, with the data splits already loaded; a third Job would start pods
+    (on GPU nodes where the job asks for GPUs) only to load the same data again and leave all but one
+    process idle, and it would add a stage boundary where there is nothing to hand over but files."""
+    return (1,) if stage == 1 else (1, 2)
+
+
+def run_stage_of(spec_stage: int, job_stage: int) -> int:
+    """The `stage` that kondense.compress gets in job stage `job_stage` of a spec asking for `spec_stage`:
+    the last Job runs the spec's stage (stage 3 is stage 2's tail), earlier ones their own."""
+    return spec_stage if job_stage == job_stages(spec_stage)[-1] else job_stage
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +319,7 @@ def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
         backend=spec["backend"],
         device=spec["device"],
         objective=spec["objective"],
-        quantize=spec["quantize"],
+        quantize=resolve_quantize(spec["stage"], spec.get("quantize")),
         suspend=spec["suspend"],
         seed=spec["seed"],
         budget=BudgetSpec(**values),

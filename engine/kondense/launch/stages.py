@@ -36,13 +36,15 @@ def run_stage(job: spec_mod.CompressionJob, stage: int, pvc_root: str | Path, co
 
     s = job.spec
     kwargs = {k: v for k, v in spec_mod.compress_kwargs(s, pvc_root).items() if k not in ("stage",)}
-    if stage != s.stage:  # quantisation follows the last stage only
+    # the last Job runs the spec's stage: stage 3 is stage 2's, followed by INT8 (spec.job_stages says why)
+    run = spec_mod.run_stage_of(s.stage, stage)
+    if run != s.stage:  # quantisation follows the last stage only
         kwargs["quantize"] = "none"
     out = spec_mod.local_path(s.output_uri, pvc_root)
     result = compress(
         spec_mod.model_argument(s, pvc_root),
         spec_mod.data_argument(s, pvc_root),
-        stage=stage,
+        stage=run,
         out=out,
         budget=Budget(**spec_mod.budget_kwargs(s)),
         comm=comm,
@@ -94,7 +96,7 @@ def run_job(path: str | Path, pvc_root: str | Path) -> dict:
     generation = 1  # a manifest on disk has no generations; the operator's first is 1 too
     status = st.accepted(s, generation)
     logger.info("%s: %s", job.name, status["conditions"][0]["message"])
-    for stage in [1] if s.stage == 1 else [1, 2]:
+    for stage in spec_mod.job_stages(s.stage):
         status = dict(st.running(status, stage, s, generation), stageStartTime=st.now())
         save_json(status, status_file)
         logger.info("== %s: %s", job.name, status["message"])

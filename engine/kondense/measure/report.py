@@ -27,7 +27,7 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
-COLUMNS = {"original": "Original", "stage1": "Stage 1", "stage2": "Stage 2"}
+COLUMNS = {"original": "Original", "stage1": "Stage 1", "stage2": "Stage 2", "stage3": "Stage 3"}
 
 
 def enhancement(original: Metrics, final: Metrics) -> dict:
@@ -35,8 +35,14 @@ def enhancement(original: Metrics, final: Metrics) -> dict:
     return {m.enhancement: m.enhance(getattr(original, m.key), getattr(final, m.key)) for m in METRICS}
 
 
+def last_stage(columns: dict) -> str:
+    """The key of the last stage that produced a model ("stage3", "stage2" or "stage1") among `columns`."""
+    return next(k for k in reversed(COLUMNS) if k in columns and k != "original")
+
+
 def build_report(metrics: dict[str, Metrics], **extra) -> dict:
-    final = metrics.get("stage2") or metrics["stage1"]
+    """report.json's metrics: each model's six, and the enhancement of the last stage that produced one."""
+    final = metrics[last_stage(metrics)]
     return {
         **{k: m.to_dict() for k, m in metrics.items()},
         "enhancement": enhancement(metrics["original"], final),
@@ -86,7 +92,8 @@ def _summary(report: dict) -> str:
 
 def report_table(report: dict) -> Table:
     header, rows = _rows(report)
-    table = Table(title=f"kondense: {_summary(report)}")
+    notes = _stage3_notes(report)
+    table = Table(title=f"kondense: {_summary(report)}", caption="\n".join(notes) or None, caption_justify="left")
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
@@ -107,11 +114,31 @@ def write_markdown(report: dict, path) -> None:
         "|---|" + "---:|" * (len(header) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    notes = _stage3_notes(report)
+    if notes:
+        lines += ["", *notes]
     if "onnx" in report:
         lines += ["", _onnx_line(report["onnx"])]
     if "int8" in report:
         lines += ["", _int8_line(report["int8"])]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+def _stage3_notes(report: dict) -> list[str]:
+    """Under the table of a stage 3 run: what its Latency is (another runtime and precision than the float
+    columns'), or why there is no Stage 3 column."""
+    if report.get("stage") != 3:
+        return []
+    int8 = report.get("int8") or {}
+    if "stage3" not in report:
+        return [f"Stage 3: no INT8 model kept, so no Stage 3 column: {int8.get('error', 'no reason recorded')}"]
+    latency = int8["latency"]
+    return [
+        f"Stage 3 is {int8['file']} in {latency['runtime']}, {latency['threads']} threads. Latency: per sample at "
+        f"batch {latency['perSample']['batch']}, as the float columns' are in PyTorch on the run's device. Size: the "
+        "weights stored in the file (1 byte where quantised, with scales and biases); Memory: the float model's "
+        "with its weights at that width; MACs and Params: the float model's."
+    ]
 
 
 def _onnx_line(entry: dict) -> str:

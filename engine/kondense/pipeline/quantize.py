@@ -6,10 +6,14 @@ runtimes read). Chosen over PyTorch's PT2E path because the result is the file t
 its accuracy is measured in the runtime that will run it, not in a simulation of it. The quantised
 model is kept only if its validation accuracy, like every other decision's, stays above the run's
 floor; the test split is only reported.
+
+This is stage 3 (`stage=3`), which `quantize='int8'` also runs after stage 1 or 2. Where a stage 3 run keeps
+its model, report.json's "stage3" holds its six metrics (stage3_metrics), beside the float stages' columns.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import statistics
 import tempfile
@@ -19,15 +23,20 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from kondense.errors import KondenseError
+from kondense.measure.profile import MB, Metrics, profile
 from kondense.pipeline.onnx_export import INPUT, OUTPUT, session
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLES = 512
 LATENCY_RUNS = 30
+# the batch at which every float column's latencyMs is a per-sample time (profile's default): stage 3's is
+# measured the same way, so that the column compares runtimes and precisions, not batch sizes
+PROFILE_BATCH = inspect.signature(profile).parameters["latency_batch"].default
 
 
 def quantize_int8(source: str | Path, target: str | Path, calibration: DataLoader, samples: int) -> str:
@@ -99,14 +108,16 @@ def accuracy(path: str | Path, loader: DataLoader, threads: int) -> float:
     return 100.0 * right / max(count, 1)
 
 
-def latency_ms(path: str | Path, example: torch.Tensor, threads: int, batch: int = 1) -> float:
+def latency_ms(
+    path: str | Path, example: torch.Tensor, threads: int, batch: int = 1, runs: int = LATENCY_RUNS
+) -> float:
     """Median wall time of one inference at `batch` in ONNX Runtime, after warm-up."""
     run = session(path, threads)
     x = {INPUT: example[:1].float().repeat(batch, *[1] * (example.dim() - 1)).numpy()}
     for _ in range(5):
         run.run([OUTPUT], x)
     times = []
-    for _ in range(LATENCY_RUNS):
+    for _ in range(runs):
         began = time.perf_counter()
         run.run([OUTPUT], x)
         times.append(time.perf_counter() - began)
@@ -114,9 +125,33 @@ def latency_ms(path: str | Path, example: torch.Tensor, threads: int, batch: int
 
 
 def weights_mb(path: str | Path) -> float:
-    """MB of the model's stored constants (weights at their stored width: 1 byte where quantised)."""
+    """MB (2^20 bytes, as every sizeMB of the report) of the model's stored constants: weights at their stored
+    width (1 byte where quantised), with the scales, zero points and biases that quantisation stores."""
     model = onnx.load(str(path))
-    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer) / 1e6
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer) / MB
+
+
+def stage3_metrics(entry: dict, stage2: Metrics, model: nn.Module) -> Metrics:
+    """The six metrics of the kept INT8 model (`entry`: stage3's report.json "int8" entry), where `stage2`
+    are those of the float `model` it was quantised from.
+
+    accuracy   its test accuracy in ONNX Runtime
+    sizeMB     the stored constants of model.int8.onnx (weights_mb)
+    macsG      the float model's: quantisation changes the width of each multiply-accumulate, not their number
+    paramsM    the float model's, for the same reason
+    memoryMB   the float model's with its parameters counted at their stored width in model.int8.onnx
+               (input and activations as the float model's)
+    latencyMs  ONNX Runtime on the CPU, per sample at PROFILE_BATCH (entry["latency"]["perSample"])
+    """
+    float_params = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
+    return Metrics(
+        accuracy=entry["testAccuracy"],
+        sizeMB=entry["sizeMB"],
+        macsG=stage2.macsG,
+        paramsM=stage2.paramsM,
+        memoryMB=stage2.memoryMB - float_params + entry["sizeMB"],
+        latencyMs=entry["latency"]["perSample"]["int8Ms"],
+    )
 
 
 def stage3(
@@ -170,6 +205,11 @@ def stage3(
             return entry
         candidate.replace(target)
     entry["file"] = target.name
+    # stage3.latencyMs: measured like the float columns' (per sample at their batch), in the runtime that runs it
+    entry["latency"]["perSample"] = {
+        "batch": PROFILE_BATCH,
+        "int8Ms": latency_ms(target, example, threads, batch=PROFILE_BATCH, runs=10) / PROFILE_BATCH,
+    }
     logger.info(
         f"model.int8.onnx: {entry['fp32SizeMB'] / max(entry['sizeMB'], 1e-9):.1f}x smaller than model.onnx, val acc "
         f"{val_acc:.2f}% (float {fp32_val:.2f}%, floor {floor:.2f}%), {entry['latency']['int8Ms']:.2f} ms against "
