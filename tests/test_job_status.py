@@ -205,3 +205,81 @@ def test_the_onnx_artifact_is_named_only_where_it_was_written():
     assert st.stage_summary(kept, 2, "pvc://m/out")["artifacts"]["onnx"] == "pvc://m/out/model.onnx"
     assert "onnx" not in st.stage_summary(refused, 2, "pvc://m/out")["artifacts"]
     assert "onnx" not in st.stage_summary(report(2), 2, "pvc://m/out")["artifacts"]
+
+
+def report3(kept: bool) -> dict:
+    """A stage 3 run's report: stage 2's, then the INT8 model's column where it was kept (and the enhancement
+    measured against it), else int8.error."""
+    out = {**report(2), "stage": 3}
+    if kept:
+        out["stage3"] = {**SIX, "sizeMB": 0.0625, "accuracy": 89.5}
+        out["enhancement"] = {**out["enhancement"], "size": 16.0, "accuracyDrop": 0.5}
+        out["int8"] = {"file": "model.int8.onnx", "testAccuracy": 89.5}
+    else:
+        out["int8"] = {"file": None, "error": "the INT8 model's validation accuracy 80.00% is below the floor"}
+    return out
+
+
+def printer_column(status: dict, name: str):
+    """What `kubectl get cpj` shows in column `name`: its jsonPath read off the object."""
+    (path,) = [c["jsonPath"] for c in CRD["spec"]["versions"][0]["additionalPrinterColumns"] if c["name"] == name]
+    value = {"status": status}
+    for key in path.strip(".").split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_stage_3_is_the_tail_of_stage_2_and_its_metrics_reach_the_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
+):
+    """`kondense run` of a stage 3 manifest: two stage processes (stage 3 runs at the end of the second),
+    metrics.stage3 where the INT8 model was kept, status.stage 3, `kubectl get cpj` showing its size ratio."""
+    from kondense.launch import stages, worker
+
+    launched = []
+
+    def launch_local(workers, slots, backend, command, port=None, *, env=None):
+        stage = int(command[command.index("--stage") + 1])
+        launched.append(stage)
+        message = Path(env["KONDENSE_TERMINATION_LOG"])
+        message.parent.mkdir(parents=True, exist_ok=True)
+        done = report3(kept) if stage == 2 else report(1)
+        message.write_text(st.summary_text(st.stage_summary(done, stage, "pvc://models/out")))
+        return 0
+
+    monkeypatch.setattr(worker, "launch_local", launch_local)
+    manifest = tmp_path / "job.yaml"
+    spec = {"model": {"zoo": "resnet18"}, "data": {"dataset": "fashion-mnist"}, "delta": 1.0, "stage": 3}
+    document = {"apiVersion": "kondense.dev/v1alpha1", "kind": "CompressionJob", "metadata": {"name": "q"}}
+    manifest.write_text(yaml.safe_dump({**document, "spec": {**spec, "output": {"uri": "pvc://models/out"}}}))
+    status = stages.run_job(manifest, tmp_path / "pvc")
+    assert launched == [1, 2], "no process of its own for stage 3"
+    assert (status["phase"], status["stage"]) == (st.SUCCEEDED, 3)
+    assert printer_column(status, "Stage") == 3
+    if kept:
+        assert set(status["metrics"]) == {"original", "stage1", "stage2", "stage3", "enhancement"}
+        assert status["metrics"]["stage3"]["sizeMB"] == 0.0625
+        assert status["artifacts"]["int8"] == "pvc://models/out/model.int8.onnx"
+        assert printer_column(status, "Size x") == 16.0 and printer_column(status, "Acc drop") == 0.5
+        assert status["message"] == "compressed 3.0x (params), 16.0x (size) at 0.50 points"
+    else:
+        assert "stage3" not in status["metrics"] and "int8" not in status["artifacts"]
+        assert printer_column(status, "Size x") == 4.0, "the last stage that produced a model: stage 2"
+        assert status["message"].endswith("(stage 3 kept no INT8 model: see report.md)")
+    jsonschema.validate(status, STATUS_SCHEMA)
+
+
+def test_stage_3_summary_and_messages():
+    kept = st.stage_summary(report3(True), 2, "pvc://m/out")
+    assert kept["metrics"]["stage3"]["sizeMB"] == 0.0625 and kept["stage3"] == "kept"
+    assert st.stage_message(2, kept) == "stages 2 and 3 succeeded: 3.0x (params), 16.0x (size) at 0.50 points"
+    refused = st.stage_summary(report3(False), 2, "pvc://m/out")
+    assert "stage3" not in refused["metrics"] and refused["stage3"].startswith("the INT8 model's validation accuracy")
+    assert st.stage_message(2, refused).endswith("; stage 3 kept no INT8 model: " + refused["stage3"])
+    assert "stage3" not in st.stage_summary(report(2), 2, "pvc://m/out"), "stage 2 runs say nothing of stage 3"
+    long = {**report3(False), "int8": {"error": "x" * 10_000}}
+    assert len(st.summary_text(st.stage_summary(long, 2, "pvc://m/out"))) <= st.TERMINATION_LIMIT
+    spec = job_spec(stage=3)
+    assert st.running({}, 2, spec, 1)["message"].startswith("stage 2 (then stage 3, INT8, in the same processes)")
+    assert st.running({}, 1, spec, 1)["message"].startswith("stage 1 running")

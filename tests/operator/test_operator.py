@@ -93,6 +93,34 @@ def test_two_stages_to_succeeded_with_metrics(api, operator, namespace):
         assert r.status == 200
 
 
+def test_stage_3_runs_at_the_end_of_stage_2s_job(api, operator, namespace):
+    """No Job of its own for stage 3: stage 2's Job ends with it; the status then says stage 3, holds
+    metrics.stage3, and the enhancement `kubectl get cpj` shows is the INT8 model's."""
+    name = "int8"
+    api.create_cj(namespace, cj_manifest(name, namespace, stage=3))
+    job1 = stage_job(api, namespace, name, 1)
+    api.succeed_job(job1, api.start_job(job1), summary(1))
+    job2 = stage_job(api, namespace, name, 2)
+    assert job2["spec"]["template"]["spec"]["containers"][0]["command"][-3:] == ["2", "--pvc-root", "/mnt/pvc"]
+    pods2 = api.start_job(job2)
+    running = wait_phase(api, namespace, name, "Running")
+    assert running["message"].startswith("stage 2 (then stage 3, INT8, in the same processes) running")
+    last = summary(2)
+    last["metrics"]["stage3"] = {**last["metrics"]["stage2"], "sizeMB": 0.0625}
+    last["enhancement"] = {**last["enhancement"], "size": 16.0}
+    last["stage3"] = "kept"
+    api.succeed_job(job2, pods2, last)
+
+    status = wait_phase(api, namespace, name, "Succeeded")
+    assert status["stage"] == 3 and status["metrics"]["stage3"]["sizeMB"] == 0.0625
+    assert status["metrics"]["enhancement"]["size"] == 16.0  # the printer column "Size x" reads it
+    assert api.get("Job", namespace, child_name(name, 3)) is None
+    events = wait_for(
+        lambda: [e["message"] for e in api.list("Event", namespace) if e["reason"] == "Stage2Succeeded"], 10
+    )
+    assert events[0].startswith("stages 2 and 3 succeeded: 3.0x (params), 16.0x (size)")
+
+
 @pytest.mark.parametrize(
     "spec, field",
     [

@@ -22,6 +22,7 @@ TERMINAL = (SUCCEEDED, FAILED)
 
 TERMINATION_LIMIT = 4096  # bytes the kubelet keeps of a termination message
 ERROR_LIMIT = 3000  # characters of an error a summary keeps: within TERMINATION_LIMIT once quoted
+STAGE3_NOTE_LIMIT = 400  # characters of why stage 3 kept no model: beside the metrics, within TERMINATION_LIMIT
 ARTIFACTS = {"model": "model.pt", "torchscript": "model.ts", "report": "report.json", "plan": "plan.json"}
 
 
@@ -100,7 +101,9 @@ def accepted(spec: JobSpec, generation: int = 1) -> dict:
 
 def running(status: dict, stage: int, spec: JobSpec, generation: int) -> dict:
     """`stage` runs; condition Running stays True from stage to stage (its reason names the stage)."""
-    reason, message = f"Stage{stage}Running", f"stage {stage} running on {workers_text(spec)}"
+    # stage 3 has no Job of its own: it is the end of stage 2's (kondense.job.spec.job_stages)
+    then = " (then stage 3, INT8, in the same processes)" if spec.stage == 3 and stage == 2 else ""
+    reason, message = f"Stage{stage}Running", f"stage {stage}{then} running on {workers_text(spec)}"
     out = dict(status, phase=RUNNING, stage=stage, reason=reason, message=message)
     out["conditions"] = set_condition(out.get("conditions") or [], "Running", True, reason, message, generation)
     return out
@@ -136,17 +139,23 @@ def failed(status: dict, reason: str, message: str, generation: int) -> dict:
 
 
 def stage_summary(report: dict, stage: int, output_uri: str) -> dict:
-    """A finished stage: its metrics so far, the enhancement, where the artifacts are (model.onnx only where
-    it was written: its parity check passed)."""
+    """A finished stage (its Job's, `stage`): its metrics so far, the enhancement (of the last stage that
+    produced a model), where the artifacts are (model.onnx only where it was written: its parity check passed).
+    Where the run was stage 3 (the tail of stage 2's Job), "stage3" says "kept" or why no INT8 model was."""
     base = output_uri.rstrip("/")
-    return {
+    summary = {
         "stage": stage,
-        "metrics": {k: report[k] for k in ("original", "stage1", "stage2") if k in report},
+        "metrics": {k: report[k] for k in ("original", "stage1", "stage2", "stage3") if k in report},
         "enhancement": report["enhancement"],
         "trainingSamples": report.get("trainingSamples", 0),
         "artifacts": {key: f"{base}/{name}" for key, name in ARTIFACTS.items()}
         | {key: f"{base}/{name}" for key in ("onnx", "int8") if (name := (report.get(key) or {}).get("file"))},
     }
+    if report.get("stage") == 3:
+        int8 = report.get("int8") or {}
+        reason = int8.get("error") or "no reason recorded"
+        summary["stage3"] = "kept" if "stage3" in report else reason[:STAGE3_NOTE_LIMIT]
+    return summary
 
 
 def error_summary(stage: int, error: str) -> dict:
@@ -180,6 +189,8 @@ def apply_summary(status: dict, summary: dict) -> dict:
     if summary.get("enhancement"):
         metrics["enhancement"] = summary["enhancement"]
     out["metrics"] = metrics
+    if summary.get("stage3"):
+        out["stage"] = 3  # "the last stage that ran": stage 3 ran at the end of stage 2's Job
     if summary.get("artifacts"):
         out["artifacts"] = summary["artifacts"]
     if "trainingSamples" in summary:
@@ -213,10 +224,15 @@ def enhancement_text(enhancement: dict | None) -> str:
 def stage_message(stage: int, summary: dict) -> str:
     """What a finished stage achieved, for an Event or a log line."""
     text = enhancement_text(summary.get("enhancement"))
-    return f"stage {stage} succeeded" + (f": {text}" if text else "")
+    stage3 = summary.get("stage3")
+    done = f"stages {stage} and 3 succeeded" if stage3 else f"stage {stage} succeeded"
+    kept = f"; stage 3 kept no INT8 model: {stage3}" if stage3 and stage3 != "kept" else ""
+    return done + (f": {text}" if text else "") + kept
 
 
 def success_message(status: dict) -> str:
     """The status message of a job whose every stage succeeded."""
-    text = enhancement_text((status.get("metrics") or {}).get("enhancement"))
-    return f"compressed {text}" if text else "all stages succeeded"
+    metrics = status.get("metrics") or {}
+    text = enhancement_text(metrics.get("enhancement"))
+    kept = "" if status.get("stage") != 3 or "stage3" in metrics else " (stage 3 kept no INT8 model: see report.md)"
+    return (f"compressed {text}" if text else "all stages succeeded") + kept
