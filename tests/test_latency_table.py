@@ -31,7 +31,9 @@ def test_each_shape_is_timed_once() -> None:
     assert len(table.entries) == 2  # the two 16->16 layers share an entry
     spent = table.seconds
     assert table.model_ms(model, (16,)) == first and table.seconds == spent
-    assert first == 2 * table.entries[lt.LayerShape.of(model[0], (16,))] + table.entries[lt.LayerShape.of(model[3], (16,))]
+    assert (
+        first == 2 * table.entries[lt.LayerShape.of(model[0], (16,))] + table.entries[lt.LayerShape.of(model[3], (16,))]
+    )
 
 
 def test_a_layer_with_sixteen_times_the_work_costs_more() -> None:
