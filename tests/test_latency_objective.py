@@ -53,3 +53,6 @@ def test_both_models_are_timed_in_torch_and_onnx_runtime(result) -> None:
         assert part["device"] == device and part["threads"] >= 1 and part["runtime"]
         assert all(part[m][b] > 0 for m in ("original", "final") for b in ("1", "32"))
     assert set(speedups(latency)) == {f"{r} batch {b}" for r in ("torch", "onnxruntime") for b in (1, 32)}
+    md = (result.out / "report.md").read_text()
+    assert "Latency, original -> compressed, ms per call:" in md and "onnxruntime" in md
+    assert "the objective's table (torch" in md and "batch 1" in md

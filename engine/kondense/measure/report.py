@@ -121,6 +121,8 @@ def write_markdown(report: dict, path) -> None:
         lines += ["", _onnx_line(report["onnx"])]
     if "int8" in report:
         lines += ["", _int8_line(report["int8"])]
+    if "latency" in report:
+        lines += ["", *_latency_lines(report["latency"], report.get("latencyTable"))]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
@@ -139,6 +141,25 @@ def _stage3_notes(report: dict) -> list[str]:
         "weights stored in the file (1 byte where quantised, with scales and biases); Memory: the float model's "
         "with its weights at that width; MACs and Params: the float model's."
     ]
+
+
+def _latency_lines(latency: dict, table: dict | None) -> list[str]:
+    """Both models timed where they would run (measure.deployed_latency), each figure with its conditions."""
+    lines = ["Latency, original -> compressed, ms per call:"]
+    for key in ("torch", "onnxruntime"):
+        part = latency.get(key)
+        if part and "original" in part and "final" in part:
+            timed = ", ".join(f"batch {b} {part['original'][b]:.3f} -> {part['final'][b]:.3f}" for b in part["final"])
+            lines.append(f"- {part['runtime']} on {part['device']}, {part['threads']} threads: {timed}")
+    if latency.get("onnxruntimeNote"):
+        lines.append(f"- {latency['onnxruntimeNote']}")
+    if table:
+        lines.append(
+            f"- the objective's table ({table['runtime']} on {table['device']}, {table['threads']} threads, batch "
+            f"{table['batch']}, {table['layerShapes']} layer shapes timed once in {table['measureSeconds']:.1f} s): "
+            f"Conv2d/Linear time {table['originalMs']:.3f} -> {table['finalMs']:.3f} ms"
+        )
+    return lines
 
 
 def _onnx_line(entry: dict) -> str:
