@@ -54,6 +54,35 @@ def test_int8_below_the_floor_is_not_written_and_says_why(exported, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no model.int8.onnx, no temporary left
 
 
+def test_recipes_are_tried_in_order_until_one_clears_the_floor(exported, tmp_path, monkeypatch):
+    measured = iter([70.0, 10.0, 60.0])  # the float model; minmax misses the floor, percentile clears it
+
+    def val_then_test(path, loader, threads):
+        return next(measured, 55.0)
+
+    monkeypatch.setattr(quantize, "accuracy", val_then_test)
+    entry = _stage3(exported, tmp_path, floor=50.0)
+    assert entry["attempts"] == [
+        {"recipe": "minmax", "valAccuracy": 10.0},
+        {"recipe": "percentile", "valAccuracy": 60.0},
+    ]
+    assert entry["file"] == "model.int8.onnx" and entry["recipe"] == "percentile" and entry["valAccuracy"] == 60.0
+    assert entry["method"].endswith(quantize.RECIPES["percentile"])
+
+
+def test_float_ends_keeps_the_first_and_last_layer_in_float(exported, tmp_path):
+    import onnx
+
+    path, loader = exported
+    quantize.quantize_int8(path, tmp_path / "ends.onnx", loader, 64, recipe="float-ends")
+    graph = onnx.load(str(tmp_path / "ends.onnx")).graph
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    dequantised = [made_by.get(n.input[1]) == "DequantizeLinear" for n in weighted]
+    assert dequantised[0] is False and dequantised[-1] is False, dequantised
+    assert any(dequantised[1:-1]), dequantised  # the layers between stay INT8
+
+
 def test_int8_survives_a_failing_symbolic_shape_inference(exported, tmp_path, monkeypatch):
     """ONNX Runtime's symbolic shape inference asserted on a graph torch 2.11 exported on a GPU machine
     (a Range it could not read); ONNX's own shape inference takes over, and the report says so."""
