@@ -18,9 +18,11 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kmock
 import pytest
 from kmock._internal import enums
@@ -38,6 +40,26 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass
+class Refusal:
+    """An answer the emulator gives instead of serving a request, as an API server that validates
+    (422) or authorises (403) would: to `method` on `path` (without the query), for an object named
+    `name` (any if empty), `times` times (for ever if None)."""
+
+    method: str
+    path: str
+    status: int
+    body: dict
+    name: str = ""
+    times: int | None = None
+
+    def matches(self, method: str, path: str, data: Any) -> bool:
+        if self.times == 0 or method != self.method or path != self.path:
+            return False
+        name = ((data or {}).get("metadata") or {}).get("name") if isinstance(data, dict) else None
+        return not self.name or name == self.name or path.endswith("/" + self.name)
+
+
 class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator plus what a real API server does to metadata: uid, resourceVersion,
     creationTimestamp, generation (bumped when the spec changes) and names from generateName. It also logs every request
@@ -46,13 +68,21 @@ class Emulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.log: list[tuple[str, str, str]] = []  # (token, method, path)
+        self.refusals: list[Refusal] = []  # kmock validates nothing: the tests say what to refuse
         self._versions = itertools.count(1000)
 
     async def _handle(self, request):  # type: ignore[override]
         if request.resource is not None:
             token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
-            self.log.append((token, str(getattr(request.method, "value", request.method)).upper(), request.url.path_qs))
+            method = str(getattr(request.method, "value", request.method)).upper()
+            self.log.append((token, method, request.url.path_qs))
             data = request.data
+            # before kmock's own handling, which would store the object even if a reaction answered
+            for refusal in self.refusals:
+                if refusal.matches(method, request.url.path, data):
+                    if refusal.times is not None:
+                        refusal.times -= 1
+                    return aiohttp.web.json_response(refusal.body, status=refusal.status)
             if isinstance(data, dict):
                 meta = data.setdefault("metadata", {})
                 if request.action == enums.action.CREATE:
