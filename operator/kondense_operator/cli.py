@@ -3,6 +3,7 @@
     kondense-operator [--namespace NS]... | [--all-namespaces]
                       [--metrics-port 9090] [--health-port 8080]
                       [--worker-config PATH] [--worker-image IMAGE]
+                      [--forbidden-retry-seconds 300]
 
 Environment alternatives: KONDENSE_WATCH_NAMESPACES (comma-separated), KONDENSE_WORKER_CONFIG,
 KONDENSE_WORKER_IMAGE; flags win. kopf runs standalone (no peering objects) with CRD and
@@ -17,6 +18,7 @@ import os
 import sys
 
 from .config import (
+    DEFAULT_FORBIDDEN_RETRY_S,
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
     KEYS,
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE",
         help=f"the worker image, over the config's (default $KONDENSE_WORKER_IMAGE, else {WorkerConfig().image})",
     )
+    p.add_argument(
+        "--forbidden-retry-seconds",
+        type=_seconds,
+        default=DEFAULT_FORBIDDEN_RETRY_S,
+        metavar="S",
+        help=f"how long a job refused a right (403) waits before its next try (default {DEFAULT_FORBIDDEN_RETRY_S:g})",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -80,6 +89,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argparse.Namespace]:
     """The OperatorConfig that argv (and the environment) describe; exits on a bad setting."""
     parser = build_parser()
@@ -90,7 +109,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argpars
     except ConfigError as e:
         parser.exit(2, f"kondense-operator: {e}\n")
     return OperatorConfig(
-        namespaces=namespaces, metrics_port=args.metrics_port, health_port=args.health_port, worker=worker
+        namespaces=namespaces,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        worker=worker,
+        forbidden_retry_s=args.forbidden_retry_seconds,
     ), args
 
 

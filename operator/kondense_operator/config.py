@@ -27,6 +27,8 @@ import yaml
 SCHEMA_FILE = "worker-config.schema.json"
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_HEALTH_PORT = 8080
+# a 403 is retried this slowly: it waits for an admin, and each try posts nothing new
+DEFAULT_FORBIDDEN_RETRY_S = 300.0
 
 
 class ConfigError(ValueError):
@@ -155,6 +157,7 @@ class OperatorConfig:
     metrics_port: int = DEFAULT_METRICS_PORT
     health_port: int = DEFAULT_HEALTH_PORT
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    forbidden_retry_s: float = DEFAULT_FORBIDDEN_RETRY_S
 
     @property
     def clusterwide(self) -> bool:

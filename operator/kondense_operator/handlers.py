@@ -18,9 +18,9 @@ from typing import Any
 import kopf
 
 from . import kube as kube_mod
-from . import metrics
+from . import metrics, refusals
 from .config import OperatorConfig
-from .reconcile import Context, reconcile
+from .reconcile import Context, Forbidden, reconcile
 
 GROUP, VERSION, PLURAL = kube_mod.GROUP, kube_mod.VERSION, kube_mod.PLURAL
 CHILD_LABELS = {"app.kubernetes.io/name": "kondense", "app.kubernetes.io/managed-by": "kondense-operator"}
@@ -29,6 +29,18 @@ CHILD_LABELS = {"app.kubernetes.io/name": "kondense", "app.kubernetes.io/managed
 def _post_event(body: dict, type_: str, reason: str, message: str) -> None:
     ref = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": body.get("metadata")}
     (kopf.warn if type_ == "Warning" else kopf.info)(ref, reason=reason, message=message[:1024])
+
+
+class _ForbiddenNotPosted(logging.Filter):
+    """kopf logs "... failed temporarily: <error>" on every retry and posts that line as an Event.
+    For a 403 the condition Forbidden and its one Warning Event already say it, so the line stays
+    in the operator's log but is not posted again and again (kopf's k8s_skip)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "failed temporarily" in text and refusals.FORBIDDEN_MARK in text:
+            record.k8s_skip = True
+        return True
 
 
 def _context(memo: Any) -> Context:
@@ -48,8 +60,14 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
         prefix="kondense.dev", key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_ForbiddenNotPosted())
     settings.watching.server_timeout = 300  # re-list now and then: a missed event is caught up
-    memo.context = Context(kube=kube_mod.Kube(kube_mod.load_config()), worker=cfg.worker, event=_post_event)
+    memo.context = Context(
+        kube=kube_mod.Kube(kube_mod.load_config()),
+        worker=cfg.worker,
+        event=_post_event,
+        forbidden_retry_s=cfg.forbidden_retry_s,
+    )
     logger.info(
         "kondense operator: worker image %s, %s",
         cfg.worker.image,
@@ -57,15 +75,34 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
     )
 
 
+def _retrying(ctx: Context, namespace: str, name: str) -> None:
+    """A pass from a handler that kopf retries: every 5 s (backoff) after most errors, but after
+    `delay` for a 403, which waits on an admin and has already said so in condition Forbidden.
+    A 422 fails the job inside the pass, so it never gets here."""
+    try:
+        reconcile(ctx, namespace, name)
+    except Forbidden as e:
+        raise kopf.TemporaryError(str(e), delay=e.delay) from None
+
+
+def _once(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> None:
+    """A pass from an event handler, which kopf never retries: a 403 is already in the status and
+    the create/resume handler's slow retry; logging it again here would only repeat it."""
+    try:
+        reconcile(ctx, namespace, name)
+    except Forbidden as e:
+        logger.debug("CompressionJob %s/%s: %s", namespace, name, e)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=5)
 @kopf.on.create(GROUP, VERSION, PLURAL, backoff=5)
 def created(namespace: str, name: str, memo: Any, **_: Any) -> None:
-    reconcile(_context(memo), namespace, name)
+    _retrying(_context(memo), namespace, name)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend", backoff=5)
 def suspend_changed(namespace: str, name: str, memo: Any, **_: Any) -> None:
-    reconcile(_context(memo), namespace, name)
+    _retrying(_context(memo), namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -85,12 +122,12 @@ def _owner(body: kopf.Body) -> str | None:
 def job_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
     owner = _owner(body)
     if owner and type != "DELETED":
-        reconcile(_context(memo), body.metadata.namespace, owner)
+        _once(_context(memo), body.metadata.namespace, owner, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def pod_event(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+def pod_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
     # pods are owned by their Job; the CompressionJob is named in their annotation
     owner = (body.metadata.get("annotations") or {}).get("kondense.dev/compressionjob")
     if owner and type != "DELETED":
-        reconcile(_context(memo), body.metadata.namespace, owner)
+        _once(_context(memo), body.metadata.namespace, owner, logger)

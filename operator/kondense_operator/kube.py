@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -22,16 +22,56 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
-    """A non-2xx answer: `status` is the HTTP status code (404, 409, ...)."""
+    """A non-2xx answer: `status` is the HTTP status code (404, 409, ...). Where the body is a
+    Kubernetes Status object, its `message`, `reason` and `details.causes` are kept apart, so that
+    a refusal can be told to the user field by field."""
 
     def __init__(self, status: int, method: str, path: str, body: str):
         self.status = status
+        self.method = method
+        self.path = path
         self.body = body
-        try:
-            detail = json.loads(body).get("message", body)
-        except (ValueError, AttributeError):
-            detail = body
-        super().__init__(f"{method} {path}: {status} {str(detail)[:300]}")
+        self.subject = ""  # the child the request was about ("Job x-s1"), where the caller says so
+        parsed = _status_object(body)
+        self.message = str(parsed.get("message") or body)
+        self.reason = str(parsed.get("reason") or "")
+        details = parsed.get("details") if isinstance(parsed.get("details"), dict) else {}
+        self.causes: list[dict] = [c for c in details.get("causes") or [] if isinstance(c, dict)]
+        super().__init__(f"{method} {path}: {status} {self.message[:300]}")
+
+
+def _status_object(body: str) -> dict:
+    """The body as a dict (a metav1.Status on errors), or {} where it is not JSON."""
+    try:
+        value = json.loads(body)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def request_attributes(method: str, path: str) -> tuple[str, str, str]:
+    """(verb, resource, namespace) of a request as the API server's authorizer names them, e.g.
+    ("create", "jobs.batch", "team-a"): what an admin must grant after a 403."""
+    parts = [p for p in urlsplit(path).path.split("/") if p]
+    group, rest = "", parts[2:]  # /api/v1/...
+    if parts[:1] == ["apis"]:
+        group, rest = parts[1], parts[3:]  # /apis/GROUP/VERSION/...
+    namespace = ""
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    named = len(rest) > 1
+    resource = rest[0] if rest else ""
+    if group:
+        resource += "." + group
+    if len(rest) > 2:
+        resource += "/" + rest[2]  # a subresource: compressionjobs.kondense.dev/status
+    verb = _VERBS.get(method.upper(), method.lower())
+    if verb == "get" and not named:
+        verb = "watch" if "watch=" in urlsplit(path).query else "list"
+    return verb, resource, namespace
 
 
 def load_config() -> k8s.ApiClient:

@@ -29,6 +29,14 @@ STAGE_DURATION = Histogram(
     registry=REGISTRY,
 )
 
+CHILD_REFUSALS = Counter(
+    "kondense_child_refusals_total",
+    "The API server's refusals of the operator's requests about a job's children, by HTTP code "
+    "(422: an invalid child, the job failed; 403: a missing right, condition Forbidden), once per transition",
+    ["code"],
+    registry=REGISTRY,
+)
+
 # Known failure reasons; anything else is counted as "Other" to keep the label set bounded.
 FAILURE_REASONS = (
     "InvalidSpec",
@@ -41,6 +49,7 @@ FAILURE_REASONS = (
     "DeadlineExceeded",
     "PodFailurePolicy",
     "JobFailed",
+    "InvalidChild",
 )
 
 

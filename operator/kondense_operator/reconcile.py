@@ -10,17 +10,21 @@ restarted operator picks up where the last one stopped without creating anything
 from __future__ import annotations
 
 import copy
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kondense.job import spec as spec_mod
 from kondense.job.spec import parse_for_kubernetes  # re-exported: the operator's validation lives there
 
-from . import children, metrics
+from . import children, metrics, refusals
 from . import status as st
-from .config import WorkerConfig
-from .kube import Kube
+from .config import DEFAULT_FORBIDDEN_RETRY_S, WorkerConfig
+from .kube import ApiError, Kube
+
+log = logging.getLogger(__name__)
 
 # Event(body, type, reason, message): kopf.event in the operator, a list in tests
 EventSink = Callable[[dict, str, str, str], None]
@@ -41,6 +45,26 @@ class Context:
     kube: Kube
     worker: WorkerConfig
     event: EventSink
+    forbidden_retry_s: float = DEFAULT_FORBIDDEN_RETRY_S  # how long a 403 waits before the next try
+
+
+class Forbidden(Exception):
+    """The pass was refused a right (403) and wrote condition Forbidden; the handler retries it
+    after `delay` seconds (an admin may grant the right meanwhile)."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+class _Interrupted(Exception):
+    """A pass stopped by an API error after it had moved the status: `status` is written first,
+    then `cause` is raised, so that the next try does not count (or announce) the same step again."""
+
+    def __init__(self, status: dict, cause: Exception):
+        super().__init__(str(cause))
+        self.status = status
+        self.cause = cause
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> dict | None:
@@ -52,22 +76,37 @@ def reconcile(ctx: Context, namespace: str, name: str) -> dict | None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # the garbage collector removes the children through their owner references
         old = body.get("status") or {}
-        new = _step(ctx, body, copy.deepcopy(old))
-        if new != old:
-            # a merge patch: keys that disappeared must be nulled explicitly
-            patch = dict(new)
-            for key in old:
-                if key not in new:
-                    patch[key] = None
-            ctx.kube.patch_cj_status(namespace, name, patch)
-        backend = str((body.get("spec") or {}).get("backend") or spec_mod.DEFAULTS["backend"])
-        metrics.JOB_INFO.set(
-            body["metadata"].get("uid") or f"{namespace}/{name}",
-            backend,
-            int(new.get("stage") or 0),
-            str(new.get("phase") or st.PENDING),
-        )
+        try:
+            new = _step(ctx, body, copy.deepcopy(old))
+        except _Interrupted as stop:
+            _write_status(ctx, namespace, name, old, stop.status)
+            _record_info(body, stop.status)
+            raise stop.cause from None
+        _write_status(ctx, namespace, name, old, new)
+        _record_info(body, new)
         return new
+
+
+def _write_status(ctx: Context, namespace: str, name: str, old: dict, new: dict) -> None:
+    if new != old:
+        # a merge patch: keys that disappeared must be nulled explicitly
+        patch = dict(new)
+        for key in old:
+            if key not in new:
+                patch[key] = None
+        ctx.kube.patch_cj_status(namespace, name, patch)
+
+
+def _record_info(body: dict, new: dict) -> None:
+    """kondense_job_info: the job's backend, stage and phase as last written."""
+    meta = body["metadata"]
+    backend = str((body.get("spec") or {}).get("backend") or spec_mod.DEFAULTS["backend"])
+    metrics.JOB_INFO.set(
+        meta.get("uid") or f"{meta['namespace']}/{meta['name']}",
+        backend,
+        int(new.get("stage") or 0),
+        str(new.get("phase") or st.PENDING),
+    )
 
 
 def _step(ctx: Context, body: dict, status: dict) -> dict:
@@ -90,45 +129,55 @@ def _step(ctx: Context, body: dict, status: dict) -> dict:
         ctx.event(body, "Normal", "Created", status["conditions"][0]["message"])
     status["observedGeneration"] = generation
 
+    return _clear_forbidden(ctx, body, _advance(ctx, body, job, status, generation), generation)
+
+
+def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dict, generation: int) -> dict:
+    """The current stage's children, then how it stands; on to the next stage where it succeeded."""
+    meta = body["metadata"]
     stages = spec_mod.job_stages(job.spec.stage)  # stage 3 is the tail of stage 2's Job, not a Job of its own
     while True:
         stage = int(status.get("stage") or 1)
-        k8s_job = _ensure_children(ctx, body, job, stage)
-        if k8s_job is None:
-            return status  # a foreign object holds a child's name; reported, retried on the next pass
-        pods = ctx.kube.list_pods(meta["namespace"], children.selector(meta["name"], stage))
-        outcome = st.observe_stage(k8s_job, pods)
+        try:
+            k8s_job = _ensure_children(ctx, body, job, stage)
+            if k8s_job is None:
+                return status  # a foreign object holds a child's name; reported, retried on the next pass
+            pods = ctx.kube.list_pods(meta["namespace"], children.selector(meta["name"], stage))
+            outcome = st.observe_stage(k8s_job, pods)
 
-        if outcome.state == "failed":
-            if outcome.reason in st.NEVER_STARTS:
-                # such a pod waits forever: stop the Job so it stops holding nodes
-                _set_suspend(ctx, k8s_job, True)
-            return _fail(ctx, body, status, outcome.reason, f"stage {stage}: {outcome.message}", generation)
+            if outcome.state == "failed":
+                if outcome.reason in st.NEVER_STARTS:
+                    # such a pod waits forever: stop the Job so it stops holding nodes
+                    _set_suspend(ctx, k8s_job, True)
+                return _fail(ctx, body, status, outcome.reason, f"stage {stage}: {outcome.message}", generation)
 
-        if outcome.state == "succeeded":
-            status = st.apply_summary(status, outcome.summary)
-            duration = outcome.duration_s
-            if duration is None:
-                start = st.parse_time(status.get("stageStartTime"))
-                end = st.parse_time(st.now())
-                duration = (end - start).total_seconds() if start and end else None
-            if duration is not None:
-                metrics.STAGE_DURATION.labels(str(stage)).observe(max(0.0, duration))
-            if outcome.reason == "NoSummary":
-                ctx.event(body, "Warning", "NoSummary", f"stage {stage}: {outcome.message}")
-            ctx.event(body, "Normal", f"Stage{stage}Succeeded", st.stage_message(stage, outcome.summary))
-            if stage < stages[-1]:
-                status.update(stage=stage + 1, stageStartTime=st.now())
-                continue  # on to the next stage's children in this same pass
-            status = st.succeeded(status, generation)
-            metrics.JOBS_SUCCEEDED.inc()
-            ctx.event(body, "Normal", "Succeeded", status["message"])
-            return status
+            if outcome.state == "succeeded":
+                status = st.apply_summary(status, outcome.summary)
+                duration = outcome.duration_s
+                if duration is None:
+                    start = st.parse_time(status.get("stageStartTime"))
+                    end = st.parse_time(st.now())
+                    duration = (end - start).total_seconds() if start and end else None
+                if duration is not None:
+                    metrics.STAGE_DURATION.labels(str(stage)).observe(max(0.0, duration))
+                if outcome.reason == "NoSummary":
+                    ctx.event(body, "Warning", "NoSummary", f"stage {stage}: {outcome.message}")
+                ctx.event(body, "Normal", f"Stage{stage}Succeeded", st.stage_message(stage, outcome.summary))
+                if stage < stages[-1]:
+                    status.update(stage=stage + 1, stageStartTime=st.now())
+                    continue  # on to the next stage's children in this same pass
+                status = st.succeeded(status, generation)
+                metrics.JOBS_SUCCEEDED.inc()
+                ctx.event(body, "Normal", "Succeeded", status["message"])
+                return status
 
-        # running, pending or suspended: make the Job follow spec.suspend
-        if bool((k8s_job.get("spec") or {}).get("suspend")) != job.spec.suspend:
-            _set_suspend(ctx, k8s_job, job.spec.suspend)
-        return _running(ctx, body, status, job, stage, outcome, generation)
+            # running, pending or suspended: make the Job follow spec.suspend
+            if bool((k8s_job.get("spec") or {}).get("suspend")) != job.spec.suspend:
+                _set_suspend(ctx, k8s_job, job.spec.suspend)
+            return _running(ctx, body, status, job, stage, outcome, generation)
+        except ApiError as e:
+            # `status` is this pass's so far (a stage may have finished before the refusal)
+            return _refused(ctx, body, status, stage, e, generation)
 
 
 def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, stage: int) -> dict | None:
@@ -136,7 +185,8 @@ def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, sta
     uid = body["metadata"].get("uid")
     k8s_job = None
     for child in children.build_children(body, job, stage, ctx.worker):
-        obj, created = ctx.kube.create_or_get(child)
+        with _about(child["kind"], child["metadata"]["name"]):
+            obj, created = ctx.kube.create_or_get(child)
         owners = [o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")]
         if not created and uid not in owners:
             ctx.event(
@@ -158,9 +208,70 @@ def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, sta
     return k8s_job
 
 
+@contextmanager
+def _about(kind: str, name: str) -> Iterator[None]:
+    """Names the child in an API error raised within, so that a refusal says which child it was."""
+    try:
+        yield
+    except ApiError as e:
+        e.subject = e.subject or f"{kind} {name}"
+        raise
+
+
+def _refused(ctx: Context, body: dict, status: dict, stage: int, error: ApiError, generation: int) -> dict:
+    """An API error during a pass. 422: the child is invalid, the job fails (the same spec builds the
+    same child, so a retry cannot help). 403: condition Forbidden, then a slow retry (an admin may
+    grant the right). Anything else: the status so far is written, and kopf retries as for any error."""
+    meta = body["metadata"]
+    where = f"{meta['namespace']}/{meta['name']}"
+    if error.status == refusals.INVALID:
+        log.warning("CompressionJob %s: %s refused (422): %s", where, error.subject or "a child", error.message)
+        metrics.CHILD_REFUSALS.labels(str(error.status)).inc()
+        message = refusals.invalid_message(stage, error.subject, error)
+        return _fail(ctx, body, status, refusals.INVALID_CHILD, message, generation)
+    if error.status == refusals.FORBIDDEN:
+        message = refusals.forbidden_message(error, ctx.forbidden_retry_s)
+        log.warning("CompressionJob %s: %s", where, message)
+        status = _set_forbidden(ctx, body, status, message, generation)
+        raise _Interrupted(status, Forbidden(message, ctx.forbidden_retry_s))
+    raise _Interrupted(status, error)
+
+
+def _set_forbidden(ctx: Context, body: dict, status: dict, message: str, generation: int) -> dict:
+    """Condition Forbidden True with what to grant; the Event and the count only when it turns True
+    (or names another right), not on every retry."""
+    before = st.condition(status.get("conditions"), refusals.FORBIDDEN_REASON) or {}
+    # the message ends with the server's text; the right to grant is what tells two refusals apart
+    changed = before.get("status") != "True" or before.get("message") != message
+    conds = st.set_condition(
+        status.get("conditions") or [], refusals.FORBIDDEN_REASON, True, refusals.FORBIDDEN_REASON, message, generation
+    )
+    status.update(reason=refusals.FORBIDDEN_REASON, message=message, conditions=conds)
+    if changed:
+        metrics.CHILD_REFUSALS.labels(str(refusals.FORBIDDEN)).inc()
+        ctx.event(body, "Warning", refusals.FORBIDDEN_REASON, message)
+    return status
+
+
+def _clear_forbidden(ctx: Context, body: dict, status: dict, generation: int) -> dict:
+    """A pass that got through: a Forbidden condition turns False, once, with a Normal Event."""
+    cond = st.condition(status.get("conditions"), refusals.FORBIDDEN_REASON)
+    if not cond or cond.get("status") != "True":
+        return status
+    message = "the operator's requests are allowed again"
+    status["conditions"] = st.set_condition(
+        status["conditions"], refusals.FORBIDDEN_REASON, False, "Allowed", message, generation
+    )
+    if status.get("reason") == refusals.FORBIDDEN_REASON:  # nothing else has said where the job stands since
+        status.update(reason=f"Stage{status.get('stage') or 1}Pending", message=message)
+    ctx.event(body, "Normal", "Allowed", message)
+    return status
+
+
 def _set_suspend(ctx: Context, k8s_job: dict, suspend: bool) -> None:
     meta = k8s_job["metadata"]
-    ctx.kube.set_job_suspend(meta["namespace"], meta["name"], suspend)
+    with _about("Job", meta["name"]):
+        ctx.kube.set_job_suspend(meta["namespace"], meta["name"], suspend)
     k8s_job.setdefault("spec", {})["suspend"] = suspend
 
 
