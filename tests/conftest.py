@@ -38,6 +38,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture(scope="module")
+def bundle():
+    """A few thousand Fashion-MNIST samples (tests.tinynet.small_data), once per module that asks."""
+    from .tinynet import small_data
+
+    return small_data()
+
+
+@pytest.fixture(scope="module")
+def tiny(bundle):
+    """The tiny CNN trained on `bundle` (tests.tinynet.trained_tiny), once per module that asks."""
+    from .tinynet import trained_tiny
+
+    return trained_tiny(bundle)
+
+
 @pytest.fixture(autouse=True)
 def kondense_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own weight cache, so none reads or clobbers the user's."""

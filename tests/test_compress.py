@@ -17,21 +17,11 @@ import kondense
 from kondense import Budget, FineTune
 from kondense.measure.profile import accuracy
 
-from .tinynet import TinyNet, small_data, trained_tiny
+from .tinynet import TinyNet, small_data
 
 DELTA = 3.0
 BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=3, scan_samples=300, recal_samples=256)
 FINETUNE = FineTune(batch_size=64)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return small_data()
-
-
-@pytest.fixture(scope="module")
-def tiny(bundle):
-    return trained_tiny(bundle)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from kondense import Budget, FineTune
 from kondense.launch.worker import launch_local
 from kondense.measure.profile import accuracy, latency_ms
 
-from .tinynet import TinyNet, small_data, trained_tiny
+from .tinynet import TinyNet
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,16 +27,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 DELTA = 3.0
 BUDGET = dict(ratios=(0.5, 0.25), stage1_epochs=2, step_epochs=1, max_steps=2, scan_samples=300, recal_samples=256)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return small_data()
-
-
-@pytest.fixture(scope="module")
-def tiny(bundle):
-    return trained_tiny(bundle)
 
 
 @pytest.fixture(scope="module")

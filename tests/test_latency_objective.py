@@ -11,16 +11,13 @@ import kondense
 from kondense import Budget, FineTune
 from kondense.measure.deployed_latency import speedups
 
-from .tinynet import small_data, trained_tiny
-
 DELTA = 3.0
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    bundle = small_data()
+def result(tiny, bundle, tmp_path_factory):
     return kondense.compress(
-        trained_tiny(bundle),
+        tiny,
         bundle,
         delta=DELTA,
         stage=2,

@@ -254,7 +254,7 @@ def compress(
         onnx_file = out / report["onnx"]["file"] if report["onnx"].get("file") else None
         report["latency"] = latency_report(original, final.model, onnx_file, example)
         if objective == "latency":
-            table = latency_table.table(str(example.device))
+            table = latency_table.table_for(final.model)
             report["latencyTable"] = table.describe() | {
                 "originalMs": table.model_ms(original, splits.input_shape),
                 "finalMs": table.model_ms(final.model, splits.input_shape),

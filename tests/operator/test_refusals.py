@@ -85,6 +85,14 @@ def condition(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
+def wait_for_condition(api, namespace: str, name: str, type_: str, value: str, timeout: float) -> None:
+    wait_for(
+        lambda: condition(status_of(api, namespace, name), type_).get("status") == value,
+        timeout,
+        message=f"condition {type_} {value}",
+    )
+
+
 def test_invalid_child_fails_the_job_once_and_the_operator_goes_on(apiserver, api, operator, namespace):
     before = operator.metrics()
     refused = child_name("invalid", 1)
@@ -126,11 +134,7 @@ def test_forbidden_child_waits_with_a_condition_until_granted(apiserver, api, op
     refusal = Refusal("POST", jobs_path(namespace), 403, forbidden_body(namespace))
     apiserver.emulator.refusals.append(refusal)
     api.create_cj(namespace, cj_manifest("guarded", namespace))
-    wait_for(
-        lambda: condition(status_of(api, namespace, "guarded"), "Forbidden").get("status") == "True",
-        20,
-        message="condition Forbidden",
-    )
+    wait_for_condition(api, namespace, "guarded", "Forbidden", "True", 20)
     status = status_of(api, namespace, "guarded")
     assert status["phase"] == "Pending" and status["reason"] == "Forbidden"
     forbidden = condition(status, "Forbidden")
@@ -157,11 +161,7 @@ def test_forbidden_child_waits_with_a_condition_until_granted(apiserver, api, op
     refusal.times = 0
     job = wait_for(lambda: api.get("Job", namespace, child_name("guarded", 1)), 20, message="the Job once granted")
     assert job["spec"]["completionMode"] == "Indexed"
-    wait_for(
-        lambda: condition(status_of(api, namespace, "guarded"), "Forbidden").get("status") == "False",
-        10,
-        message="condition Forbidden False",
-    )
+    wait_for_condition(api, namespace, "guarded", "Forbidden", "False", 10)
     status = status_of(api, namespace, "guarded")
     assert status["phase"] == "Pending" and status["reason"] == "Stage1Pending"
     time.sleep(1.5)

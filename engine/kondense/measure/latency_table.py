@@ -148,8 +148,12 @@ def table(device: str, batch: int = LATENCY_BATCH) -> LatencyTable:
     return LatencyTable(torch.device(device), batch)
 
 
+def table_for(model: nn.Module) -> LatencyTable:
+    """The table of the device `model` is on, at LATENCY_BATCH: the one the latency objective reads."""
+    ref = next(model.parameters(), None)
+    return table(str(ref.device if ref is not None else torch.device("cpu")))
+
+
 def latency_cost(model: nn.Module, input_shape: tuple[int, ...]) -> float:
     """The latency objective's cost: milliseconds at LATENCY_BATCH on the model's device, from the table."""
-    ref = next(model.parameters(), None)
-    device = ref.device if ref is not None else torch.device("cpu")
-    return table(str(device)).model_ms(model, input_shape)
+    return table_for(model).model_ms(model, input_shape)
