@@ -7,17 +7,21 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO    ?= out/demo
 
-.PHONY: install data horovod helm test test-fast test-e2e test-gpu lint format demo clean image sync-crd sync-rbac sync-values-schema deploy-manifests
+.PHONY: install data mpi horovod helm test test-fast test-e2e test-gpu lint format demo clean image sync-crd sync-rbac sync-values-schema deploy-manifests
 
-install: $(STAMP) data horovod helm
+install: $(STAMP) data mpi horovod helm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test,operator]'
+	$(PY) -m pip install --quiet -e '.[test,operator,mpi]'
 	touch $(STAMP)
 
 data:
 	@scripts/install-data.sh
+
+# Open MPI from Debian's packages, for backend mpi (mpi4py comes with the `mpi` extra above)
+mpi:
+	@scripts/install-mpi.sh
 
 # Horovod 0.28.1 patched for torch 2.14 (C++20): built once into ~/.cache/kondense/wheels
 # (about 5 minutes on 2 cores), then installed from that cache in seconds.
