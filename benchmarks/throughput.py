@@ -1,4 +1,4 @@
-"""Fine-tuning throughput (samples/s) against the number of processes, for both backends.
+"""Fine-tuning throughput (samples/s) against the number of processes, for every backend.
 
     python benchmarks/throughput.py [--arch resnet18] [--samples 4096] [--processes 1 2] [--device cpu|cuda]
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--samples", type=int, default=4096)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--backends", nargs="+", default=["torch", "horovod"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "horovod", "mpi"])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     rows = []

@@ -82,3 +82,28 @@ def train_quick_zoo(out: Path, *, epochs: int = 1, train: int = 512, val: int = 
     run_cli("zoo", "train", "mobilenet_v1", "--dataset", "fashion-mnist", "--epochs", str(epochs), *flags,
             "--out", str(out), check=True)  # fmt: skip
     return out
+
+
+def missing_module(module: str, hint: str) -> str | None:
+    """Why `module` does not import in a fresh interpreter (as the ranks would import it), or None."""
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"{module} does not import ({probe.stderr.strip()[-200:]}); {hint}"
+
+
+def _mpi_missing() -> str | None:
+    import shutil
+
+    if shutil.which("mpirun") is None:
+        return "mpirun is not on PATH; make install installs Open MPI (scripts/install-mpi.sh)"
+    return missing_module("mpi4py.MPI", "make install installs it (the mpi extra)")
+
+
+def backend_params() -> list:
+    """Every spec backend as a pytest parameter; horovod and mpi skipped, with the reason, where not installed."""
+    horovod = missing_module("horovod.torch", "make install builds it (scripts/build-horovod.sh)")
+    mpi = _mpi_missing()
+    return [
+        pytest.param("torch"),
+        pytest.param("horovod", marks=pytest.mark.skipif(horovod is not None, reason=horovod or "")),
+        pytest.param("mpi", marks=pytest.mark.skipif(mpi is not None, reason=mpi or "")),
+    ]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,23 +25,14 @@ from kondense.job.worker_env import WorkerEnv
 from kondense.launch import rendezvous
 from kondense.launch.worker import GRACE_S, free_port, launch_local, rank_environ, torchrun_args
 
+from .conftest import backend_params, missing_module
+
 SCRIPT = Path(__file__).parent / "dist_scripts" / "check_comm.py"
 ENGINE = str(Path(distributed.__file__).parents[2])
 
 
-def _horovod_missing() -> str | None:
-    try:
-        import horovod.torch  # noqa: F401
-    except ImportError as e:
-        return f"horovod is not installed ({e}); build it with scripts/build-horovod.sh"
-    return None
-
-
-HOROVOD_MISSING = _horovod_missing()
-BACKENDS = [
-    "torch",
-    pytest.param("horovod", marks=pytest.mark.skipif(HOROVOD_MISSING is not None, reason=HOROVOD_MISSING or "")),
-]
+HOROVOD_MISSING = missing_module("horovod.torch", "build it with scripts/build-horovod.sh")
+BACKENDS = backend_params()
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +78,8 @@ def test_two_workers(backend: str, tmp_path: Path, run) -> None:
     assert rc == 0, "\n".join(lines)
     results = read_ranks(tmp_path, 2)
     check_collectives(results, backend)
-    assert [r["local_rank"] for r in results] == [0, 0]
+    # mpirun starts both workers' ranks from one launcher: to MPI this machine is one host
+    assert [r["local_rank"] for r in results] == ([0, 1] if backend == "mpi" else [0, 0])
 
 
 def test_torch_one_worker_two_slots(tmp_path: Path, run) -> None:
@@ -104,8 +97,12 @@ def test_failed_rank_fails_fast_while_peer_waits_in_collective(backend: str, tmp
     log = "\n".join(lines)
     assert rc != 0, log
     assert elapsed < 30, log
-    assert "worker 1: rank 1 (local 0) failed with exit code 3" in log, log
-    assert "worker 1 failed with exit code 3" in log, log
+    if backend == "mpi":  # one launcher: worker 0's mpirun, whose ranks say who failed
+        assert f"rank 1 (local 1) on {socket.gethostname()} failed with exit code 3" in log, log
+        assert "worker 0: mpirun failed with exit code 3" in log, log
+    else:
+        assert "worker 1: rank 1 (local 0) failed with exit code 3" in log, log
+        assert "worker 1 failed with exit code 3" in log, log
 
 
 def test_failed_rank_stops_its_sleeping_local_peer(tmp_path: Path, run) -> None:
@@ -152,8 +149,8 @@ def test_shard_even_drops_the_remainder() -> None:
 
 
 def test_unknown_backend_is_a_clear_error() -> None:
-    with pytest.raises(KondenseError, match="unknown distributed backend 'mpi'"):
-        distributed.init("mpi")
+    with pytest.raises(KondenseError, match="unknown distributed backend 'nccl'"):
+        distributed.init("nccl")
 
 
 def test_torch_backend_outside_a_launcher_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +222,7 @@ def test_worker_env_round_trip() -> None:
         ({"KONDENSE_SLOTS": "two"}, "KONDENSE_SLOTS='two' is not an integer"),
         ({"KONDENSE_SLOTS": "0"}, "KONDENSE_SLOTS=0 must be at least 1"),
         ({"KONDENSE_PORT": "70000"}, "KONDENSE_PORT=70000 must be between 1 and 65535"),
-        ({"KONDENSE_BACKEND": "mpi"}, "KONDENSE_BACKEND='mpi' is unknown: use one of"),
+        ({"KONDENSE_BACKEND": "nccl"}, "KONDENSE_BACKEND='nccl' is unknown: use one of"),
         # in-process mode of a run no launcher started; a worker never runs it
         ({"KONDENSE_BACKEND": "single"}, "KONDENSE_BACKEND='single' is unknown"),
     ],

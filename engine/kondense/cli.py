@@ -261,10 +261,10 @@ def _rank(args: argparse.Namespace) -> None:
     inner.comm = distributed.init(
         os.environ.get("KONDENSE_BACKEND", distributed.SINGLE), device=getattr(inner, "device", "auto")
     )
-    try:
-        inner.func(inner)
-    finally:
-        inner.comm.shutdown()
+    inner.func(inner)
+    # not after a failure: leaving the group waits for every peer, which a failed stage may never bring
+    # (the launcher stops them once this process has exited)
+    inner.comm.shutdown()
 
 
 def _positive(text: str) -> int:

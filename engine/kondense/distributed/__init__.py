@@ -1,6 +1,6 @@
-"""One interface over three ways of running the engine on several processes.
+"""One interface over four ways of running the engine on several processes.
 
-    comm = distributed.init("torch")          # a spec backend ("torch" | "horovod"), or SINGLE
+    comm = distributed.init("torch")          # a spec backend ("torch" | "horovod" | "mpi"), or SINGLE
     device = comm.device()                    # cuda:local_rank, or cpu
     comm.broadcast_module(model)              # everyone starts from rank 0's weights
     plan = comm.broadcast_object(plan if comm.is_root else None)
@@ -11,8 +11,9 @@
 
 The ranks are started by kondense.launch.worker (`kondense worker` on a Kubernetes pod): torch ranks by
 torchrun, which sets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK, Horovod ranks with the HOROVOD_*
-variables of kondense.launch.rendezvous. The user-facing backends are kondense.job.spec.BACKENDS; SINGLE
-is the in-process mode of a run that no launcher started. Horovod is imported only when chosen.
+variables of kondense.launch.rendezvous, MPI ranks by mpirun (kondense.launch.mpi), which they ask
+through mpi4py. The user-facing backends are kondense.job.spec.BACKENDS; SINGLE
+is the in-process mode of a run that no launcher started. Horovod and mpi4py are imported only when chosen.
 """
 
 from __future__ import annotations
@@ -73,4 +74,8 @@ def init(backend: str = SINGLE, *, device: str = "auto") -> Comm:
         from kondense.distributed.horovod_backend import HorovodComm
 
         return HorovodComm(device)
+    if backend == "mpi":
+        from kondense.distributed.mpi_backend import MpiComm
+
+        return MpiComm(device)
     raise KondenseError(f"unknown distributed backend '{backend}': use one of {', '.join((SINGLE, *BACKENDS))}")

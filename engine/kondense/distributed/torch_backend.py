@@ -36,19 +36,23 @@ class TorchComm(Comm):
                     f"{name} is not set: start torch ranks with `kondense worker` "
                     f"(or kondense.launch.worker), which sets it"
                 )
-        self.rank = env_int(os.environ, "RANK")
-        self.size = env_int(os.environ, "WORLD_SIZE", low=1)
-        self.local_rank = env_int(os.environ, "LOCAL_RANK", 0)
-        if not 0 <= self.rank < self.size:
-            raise KondenseError(f"RANK={self.rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={self.size})")
+        rank = env_int(os.environ, "RANK")
+        size = env_int(os.environ, "WORLD_SIZE", low=1)
+        if not 0 <= rank < size:
+            raise KondenseError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={size})")
+        self._join(device, rank, size, env_int(os.environ, "LOCAL_RANK", 0))
+
+    def _join(self, device: str, rank: int, size: int, local_rank: int, store: dist.Store | None = None) -> None:
+        """Join the process group as `rank` of `size`: through `store` where the caller made one, else
+        through the MASTER_ADDR/MASTER_PORT that torchrun set."""
+        self.rank, self.size, self.local_rank = rank, size, local_rank
         self._device = self.device(device)
         # One process group, two transports: CPU tensors (objects, metrics) always go over gloo; when
         # this rank computes on a GPU its tensors (gradients, parameters) go over NCCL.
         self._pg_backend = "cpu:gloo,cuda:nccl" if self._device.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(
-                backend=self._pg_backend, init_method="env://", rank=self.rank, world_size=self.size, timeout=timeout()
-            )
+            where = {"store": store} if store is not None else {"init_method": "env://"}
+            dist.init_process_group(backend=self._pg_backend, rank=rank, world_size=size, timeout=timeout(), **where)
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         box = [obj if self.rank == root else None]

@@ -90,19 +90,21 @@ class WorkerEnv:
     def from_env(environ: Mapping[str, str]) -> WorkerEnv:
         workers = env_int(environ, WORKERS, 1, 1)
         slots = env_int(environ, SLOTS, 1, 1)
+        backend = environ.get(BACKEND, "") or DEFAULTS["backend"]
+        if backend not in BACKENDS:
+            raise KondenseError(f"{BACKEND}={backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+        # mpi: one launcher (worker 0) starts every rank with mpirun, and rank 0 chooses where they meet
+        launched_by_mpirun = backend == "mpi"
         index_name = INDEX if environ.get(INDEX, "") != "" else JOB_INDEX
-        if workers > 1 and environ.get(index_name, "") == "":
+        if workers > 1 and environ.get(index_name, "") == "" and not launched_by_mpirun:
             raise KondenseError(f"{INDEX} (or {JOB_INDEX}) is not set: each of the {workers} workers needs its index")
         index = env_int(environ, index_name, 0, 0, workers - 1)
         coordinator = environ.get(COORDINATOR, "")
         if not coordinator:
-            if workers > 1:
+            if workers > 1 and not launched_by_mpirun:
                 raise KondenseError(f"{COORDINATOR} is not set: the workers need the host name of worker 0")
             coordinator = LOOPBACK
         port = env_int(environ, PORT, DEFAULT_PORT, 1, 65535)
-        backend = environ.get(BACKEND, "") or DEFAULTS["backend"]
-        if backend not in BACKENDS:
-            raise KondenseError(f"{BACKEND}={backend!r} is unknown: use one of {', '.join(BACKENDS)}")
         hostname = environ.get(HOSTNAME, "") or socket.gethostname()
         return WorkerEnv(index, workers, slots, coordinator, port, backend, hostname, environ.get(IFACE, ""))
 

@@ -22,6 +22,8 @@ from kondense.job import status as st
 logger = logging.getLogger(__name__)
 
 TERMINATION_LOG = "/dev/termination-log"
+RELAY = "-"  # KONDENSE_TERMINATION_LOG's value for "one line on stdout, for the launcher to keep"
+SUMMARY_PREFIX = "KONDENSE-SUMMARY "
 
 
 def rank_command(*args: str) -> list[str]:
@@ -66,11 +68,20 @@ def termination_path() -> Path | None:
 
 
 def write_termination_message(summary: dict) -> None:
-    """The summary where the kubelet (or `kondense run`) reads it; nowhere outside both."""
+    """The summary where the kubelet (or `kondense run`) reads it; nowhere outside both. Under mpirun
+    (KONDENSE_TERMINATION_LOG=-) rank 0 may run on another host than the launcher, whose file counts:
+    the summary goes to stdout as one line, which mpirun relays to the launcher (kondense.launch.mpi)."""
+    text = st.summary_text(summary)
+    if os.environ.get("KONDENSE_TERMINATION_LOG") == RELAY:
+        print(SUMMARY_PREFIX + text, flush=True)
+    else:
+        write_termination_text(text)
+
+
+def write_termination_text(text: str) -> None:
     path = termination_path()
     if path is None:
         return
-    text = st.summary_text(summary)
     if path.parent.exists() and str(path).startswith("/dev/"):
         path.write_text(text)  # a device file cannot be replaced atomically
     else:

@@ -6,7 +6,8 @@ A worker runs `slots` local processes of the same command. On a pod:
     KONDENSE_BACKEND=torch python -m kondense.launch.worker -- python train.py
 
 (the variables are kondense.job.worker_env's contract; an Indexed Job's JOB_COMPLETION_INDEX gives
-the index). torch ranks are started by torchrun (torch.distributed.run, static rendezvous at
+the index). Backend mpi is the exception: worker 0 alone starts every rank with mpirun
+(kondense.launch.mpi). torch ranks are started by torchrun (torch.distributed.run, static rendezvous at
 coordinator:port), which sets their RANK/WORLD_SIZE/LOCAL_RANK/..., stops the others when one fails
 and forwards signals. torchrun cannot start Horovod ranks: for those this module starts and
 supervises the processes itself, and kondense.launch.rendezvous gives them worker 0's rendezvous
@@ -42,7 +43,7 @@ POLL_S = 0.1
 SETTLE_S = 1.0  # after a failure, how long peers may take to fail on their own before being stopped
 
 
-def _describe(code: int) -> str:
+def describe(code: int) -> str:
     if code < 0:
         try:
             return f"exit code {code} (killed by {signal.Signals(-code).name})"
@@ -51,7 +52,7 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
-def _status(code: int) -> int:
+def exit_status(code: int) -> int:
     """A process's return code as a shell would report it (128 + signal for a killed one)."""
     return 128 - code if code < 0 else code
 
@@ -75,7 +76,7 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
         p.wait()
 
 
-class _Signals:
+class Signals:
     """SIGTERM/SIGINT to the launcher become an event (and are passed on to the children by the loop)."""
 
     def __init__(self) -> None:
@@ -83,7 +84,7 @@ class _Signals:
         self.signum = 0
         self._old: dict[int, object] = {}
 
-    def __enter__(self) -> _Signals:
+    def __enter__(self) -> Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -98,7 +99,7 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signals, grace: float, prefix: str) -> int:
+def _supervise(procs: list[subprocess.Popen], names: list[str], signals: Signals, grace: float, prefix: str) -> int:
     """Wait for all processes; on the first failure (or a signal) stop the rest and return non-zero.
 
     Peers of a failed process often fail a moment later on their own (a collective loses its
@@ -113,12 +114,12 @@ def _supervise(procs: list[subprocess.Popen], names: list[str], signals: _Signal
                 time.sleep(POLL_S)
             failed += [i for i, p in enumerate(procs) if i not in failed and p.poll() is not None and p.returncode != 0]
             for i in failed:
-                logger.error("%s%s failed with %s", prefix, names[i], _describe(procs[i].returncode))
+                logger.error("%s%s failed with %s", prefix, names[i], describe(procs[i].returncode))
             others = [p for p in procs if p.poll() is None]
             if others:
                 logger.warning("%sstopping the %d other process(es)", prefix, len(others))
             _stop(procs, grace)
-            return _status(procs[failed[0]].returncode) or 1
+            return exit_status(procs[failed[0]].returncode) or 1
         if all(p.poll() is not None for p in procs):
             return 0
         if signals.event.is_set():
@@ -139,7 +140,7 @@ def _relay(stream) -> None:
 
 def run_processes(
     processes: list[tuple[str, list[str], Mapping[str, str]]],
-    signals: _Signals,
+    signals: Signals,
     grace: float,
     prefix: str = "",
     relay: bool = False,
@@ -229,9 +230,9 @@ def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
         for rank in [first, *sorted(r for r in e.failures if r != first)]:
             failure = e.failures[rank]
             logger.error(
-                "%srank %d (local %d) failed with %s", prefix, rank, failure.local_rank, _describe(failure.exitcode)
+                "%srank %d (local %d) failed with %s", prefix, rank, failure.local_rank, describe(failure.exitcode)
             )
-        return _status(e.failures[first].exitcode) or 1
+        return exit_status(e.failures[first].exitcode) or 1
     except SignalException as e:  # torchrun has already passed it on to the ranks and stopped them
         logger.warning("%sreceived %s: stopped the ranks", prefix, e.sigval.name)
         return 128 + e.sigval
@@ -251,7 +252,7 @@ def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
 
 def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
     plan = rendezvous.host_plan(env)
-    with _Signals() as signals:
+    with Signals() as signals:
         server = None
         if env.index == 0:
             server = rendezvous.start_server(env, plan)
@@ -283,10 +284,15 @@ def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
 
 
 def run_worker(env: WorkerEnv, command: list[str]) -> int:
-    """Run `command` as this worker's `slots` ranks; 0 when all of them succeed."""
+    """Run `command` as this worker's `slots` ranks (backend mpi: as every rank, from worker 0); 0 when
+    all of them succeed."""
     if not command:
         raise KondenseError("no command to run on the worker's ranks")
     prefix = f"worker {env.index or 0}: "
+    if env.backend == "mpi":
+        from kondense.launch.mpi import run_mpi
+
+        return run_mpi(env, command, prefix)
     return (_run_horovod if env.backend == "horovod" else _run_torch)(env, command, prefix)
 
 
@@ -323,11 +329,13 @@ def launch_local(
         for i in range(workers)
     ]
     WorkerEnv.from_env(environs[0])  # refuse bad arguments here, with the message a worker would give
+    if backend == "mpi":
+        environs = environs[:1]  # worker 0 is mpirun's launcher, as on an MPIJob's launcher pod
     processes = [
         (f"worker {i}", [sys.executable, "-m", "kondense.launch.worker", "--", *command], e)
         for i, e in enumerate(environs)
     ]
-    with _Signals() as signals:
+    with Signals() as signals:
         # a worker stops its own ranks within GRACE_S of our SIGTERM: give it that and a little more
         return run_processes(processes, signals, GRACE_S + 5, relay=True)
 
