@@ -93,7 +93,7 @@ def owner_reference(body: dict) -> dict:
     }
 
 
-def _metadata(body: dict, stage: int) -> dict:
+def child_metadata(body: dict, stage: int) -> dict:
     meta = body["metadata"]
     return {
         "name": child_name(meta["name"], stage),
@@ -114,7 +114,7 @@ def build_service(body: dict, stage: int, cfg: WorkerConfig) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(body, stage),
+        "metadata": child_metadata(body, stage),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -127,10 +127,15 @@ def build_service(body: dict, stage: int, cfg: WorkerConfig) -> dict:
 def build_configmap(body: dict, job: spec_mod.CompressionJob, stage: int) -> dict:
     """The manifest the pods read, defaults filled in, exactly as kondense.job.spec parses it back."""
     text = yaml.safe_dump(spec_mod.to_manifest(job), sort_keys=False)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(body, stage), "data": {"job.yaml": text}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(body, stage),
+        "data": {"job.yaml": text},
+    }
 
 
-def _resources(job: spec_mod.CompressionJob, cfg: WorkerConfig) -> dict:
+def worker_resources(job: spec_mod.CompressionJob, cfg: WorkerConfig) -> dict:
     """The admin's defaults, the job's own requests/limits over them, and one GPU per slot for cuda."""
     out: dict = {
         "requests": dict((cfg.resources or {}).get("requests") or {}),
@@ -143,21 +148,9 @@ def _resources(job: spec_mod.CompressionJob, cfg: WorkerConfig) -> dict:
     return {k: v for k, v in out.items() if v}
 
 
-def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict:
-    """An Indexed Job: one pod per worker, completions = parallelism = workers, pods that never
-    restart in place (a rank that dies takes the stage with it), suspended if the spec says so."""
-    s = job.spec
-    name = child_name(job.name, stage)
-    # index=None: the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
-    contract = WorkerEnv(
-        index=None,
-        workers=s.workers,
-        slots=s.slots_per_worker,
-        coordinator=coordinator(job.name, stage),
-        port=cfg.port,
-        backend=s.backend,
-    ).to_env()
-    env = [
+def env_list(contract: dict[str, str]) -> list[dict]:
+    """A container's env: the worker contract (kondense.job.worker_env) and what every pod sets."""
+    return [
         {"name": k, "value": v}
         for k, v in {
             **contract,
@@ -167,6 +160,12 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
             "PYTHONUNBUFFERED": "1",
         }.items()
     ]
+
+
+def worker_volumes(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> tuple[list[dict], list[dict]]:
+    """(volumes, mounts) of a pod that runs ranks: the job's ConfigMap, /tmp, /dev/shm, KONDENSE_HOME
+    (the zoo cache claim, if any), and every claim of the job's URIs under PVC_ROOT."""
+    s = job.spec
     mounts = [
         {"name": "job", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -174,7 +173,7 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         {"name": "home", "mountPath": KONDENSE_HOME},
     ]
     volumes: list[dict] = [
-        {"name": "job", "configMap": {"name": name, "items": [{"key": "job.yaml", "path": "job.yaml"}]}},
+        job_volume(job.name, stage),
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # gloo / NCCL / data loaders use shared memory
         {"name": "home", "persistentVolumeClaim": {"claimName": cfg.zoo_cache_claim}}
@@ -194,37 +193,30 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         mounts.append(
             {"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", **({"readOnly": True} if read_only else {})}
         )
+    return volumes, mounts
 
-    container = {
-        "name": CONTAINER,
-        "image": cfg.image,
-        "imagePullPolicy": cfg.image_pull_policy,
-        "command": ["kondense", "worker", "--job", JOB_FILE, "--stage", str(stage), "--pvc-root", PVC_ROOT],
-        "env": env,
-        "ports": [{"name": "rendezvous", "containerPort": cfg.port, "protocol": "TCP"}],
-        "volumeMounts": mounts,
-        # rank 0 leaves its stage summary here; if a pod dies before writing it, the log's tail
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+
+def job_volume(name: str, stage: int) -> dict:
+    """The stage's ConfigMap (job.yaml), mounted at CONFIG_DIR."""
+    return {
+        "name": "job",
+        "configMap": {"name": child_name(name, stage), "items": [{"key": "job.yaml", "path": "job.yaml"}]},
     }
-    resources = _resources(job, cfg)
-    if resources:
-        container["resources"] = resources
 
-    node_selector = dict(cfg.node_selector)
-    tolerations = copy.deepcopy(cfg.tolerations)
-    if s.device == "cuda":
-        node_selector.update(cfg.gpu_node_selector)
-        tolerations += copy.deepcopy(cfg.gpu_tolerations)
-    pod_spec: dict = {
-        "restartPolicy": "Never",
-        "subdomain": name,  # with the headless Service: pods resolve as <job>-<index>.<service>
+
+def container_security() -> dict:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_spec_base(cfg: WorkerConfig, gpu: bool) -> dict:
+    """What every pod the operator has made shares: UID 1000, no API token, RuntimeDefault seccomp,
+    the worker config's service account and placement (with the GPU nodes' where `gpu`)."""
+    spec: dict = {
         "automountServiceAccountToken": False,  # pods report through the termination message, not the API
         "enableServiceLinks": False,
         "securityContext": {
@@ -234,17 +226,65 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
             "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+    }
+    if cfg.service_account_name:
+        spec["serviceAccountName"] = cfg.service_account_name
+    node_selector = dict(cfg.node_selector)
+    tolerations = copy.deepcopy(cfg.tolerations)
+    if gpu:
+        node_selector.update(cfg.gpu_node_selector)
+        tolerations += copy.deepcopy(cfg.gpu_tolerations)
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return spec
+
+
+def worker_command(stage: int) -> list[str]:
+    return ["kondense", "worker", "--job", JOB_FILE, "--stage", str(stage), "--pvc-root", PVC_ROOT]
+
+
+def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict:
+    """An Indexed Job: one pod per worker, completions = parallelism = workers, pods that never
+    restart in place (a rank that dies takes the stage with it), suspended if the spec says so."""
+    s = job.spec
+    name = child_name(job.name, stage)
+    # index=None: the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
+    contract = WorkerEnv(
+        index=None,
+        workers=s.workers,
+        slots=s.slots_per_worker,
+        coordinator=coordinator(job.name, stage),
+        port=cfg.port,
+        backend=s.backend,
+    ).to_env()
+    volumes, mounts = worker_volumes(job, stage, cfg)
+    container = {
+        "name": CONTAINER,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": worker_command(stage),
+        "env": env_list(contract),
+        "ports": [{"name": "rendezvous", "containerPort": cfg.port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        # rank 0 leaves its stage summary here; if a pod dies before writing it, the log's tail
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
+    }
+    resources = worker_resources(job, cfg)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict = {
+        "restartPolicy": "Never",
+        "subdomain": name,  # with the headless Service: pods resolve as <job>-<index>.<service>
+        **pod_spec_base(cfg, gpu=s.device == "cuda"),
         "containers": [container],
         "volumes": volumes,
     }
-    if cfg.service_account_name:
-        pod_spec["serviceAccountName"] = cfg.service_account_name
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-
-    meta = _metadata(body, stage)
+    meta = child_metadata(body, stage)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

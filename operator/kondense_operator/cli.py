@@ -32,7 +32,9 @@ from .config import (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="kondense-operator", description="Runs kondense CompressionJobs as Indexed Jobs of `kondense worker` pods."
+        prog="kondense-operator",
+        description="Runs kondense CompressionJobs as Indexed Jobs of `kondense worker` pods "
+        "(backend mpi: as Kubeflow MPIJobs, where the worker config's mpiJob.enabled says so).",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import handlers, metrics  # noqa: F401  (importing registers the handlers)
 
+    if config.worker.mpi_enabled:
+        handlers.watch_mpijobs()
     metrics.serve(config.metrics_port)
     memo = kopf.Memo(config=config)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None

@@ -2,7 +2,8 @@
 
 The worker config (--worker-config / KONDENSE_WORKER_CONFIG) is the cluster admin's say over
 the pods the operator creates: image, pull policy, service account, node placement, default
-resources, the port the ranks meet on, and a PVC that caches zoo weights across jobs.
+resources, the port the ranks meet on, a PVC that caches zoo weights across jobs, and whether
+backend mpi runs (as one Kubeflow MPIJob per stage: the mpiJob switch, off by default).
 worker-config.schema.json, next to this file, declares it once: its keys, their types and their
 defaults. The Helm chart's values.schema.json copies its definitions (scripts/sync-values-schema.py).
 Unknown keys are errors, so a typo in the Helm values fails the operator at start, loudly.
@@ -38,6 +39,7 @@ class ConfigError(ValueError):
 _SCHEMA: dict = json.loads(resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 _VALIDATOR = jsonschema.Draft7Validator(_SCHEMA)
 KEYS: tuple[str, ...] = tuple(_SCHEMA["properties"])
+MPI_JOB_DEFAULTS: dict = _SCHEMA["properties"]["mpiJob"]["default"]
 
 
 def worker_config_schema() -> dict:
@@ -73,6 +75,17 @@ class WorkerConfig:
     resources: dict = _default("resources")
     port: int = _default("port")
     backoff_limit: int = _default("backoffLimit")
+    # the file's mapping (enabled, sshAuthMountPath, launcherResources), a key left out at its default
+    mpi_job: dict = _default("mpiJob")
+
+    def __post_init__(self) -> None:
+        given = self.mpi_job or {}
+        object.__setattr__(self, "mpi_job", {**copy.deepcopy(MPI_JOB_DEFAULTS), **given})
+
+    @property
+    def mpi_enabled(self) -> bool:
+        """Backend mpi runs as one Kubeflow MPIJob per stage (and the operator watches MPIJobs)."""
+        return bool(self.mpi_job["enabled"])
 
 
 def worker_config_from_dict(data: Any, where: str = "worker config") -> WorkerConfig:

@@ -4,6 +4,7 @@ CompressionJob; what to do is reconcile.reconcile's one level-triggered pass.
   created / resumed (operator start)  -> validate, initialise status, stage 1's children
   spec.suspend changed                 -> suspend or resume the running stage's Job
   a child Job or Pod changed           -> read how the stage stands; next stage, success or failure
+  a child MPIJob changed (backend mpi) -> the same; watched only with the worker config's mpiJob.enabled
   deleted                              -> nothing to do: owner references take the children along
 
 Handlers are sync (run in kopf's thread pool) because the kubernetes client is; no handler
@@ -69,9 +70,10 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
         forbidden_retry_s=cfg.forbidden_retry_s,
     )
     logger.info(
-        "kondense operator: worker image %s, %s",
+        "kondense operator: worker image %s, %s; backend mpi %s",
         cfg.worker.image,
         "all namespaces" if cfg.clusterwide else "namespaces " + ", ".join(cfg.namespaces),
+        "as Kubeflow MPIJobs" if cfg.worker.mpi_enabled else "off (worker config mpiJob.enabled)",
     )
 
 
@@ -123,6 +125,20 @@ def job_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_
     owner = _owner(body)
     if owner and type != "DELETED":
         _once(_context(memo), body.metadata.namespace, owner, logger)
+
+
+def mpijob_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    owner = _owner(body)
+    if owner and type != "DELETED":
+        _once(_context(memo), body.metadata.namespace, owner, logger)
+
+
+def watch_mpijobs() -> None:
+    """Follow the stages' MPIJobs too (their conditions say when a backend-mpi stage ended). Called
+    before kopf starts, only where the worker config enables backend mpi: the operator then needs
+    the rights on mpijobs.kubeflow.org (rbac.MPIJOB_RULES). Without the MPI operator's CRD kopf logs
+    that it cannot serve mpijobs and carries on; such jobs then fail with MPIJobCRDMissing."""
+    kopf.on.event(kube_mod.MPI_GROUP, kube_mod.MPI_VERSION, kube_mod.MPI_PLURAL, labels=CHILD_LABELS)(mpijob_event)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)

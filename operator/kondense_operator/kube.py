@@ -18,6 +18,10 @@ from kubernetes import config as k8s_config
 GROUP = "kondense.dev"
 VERSION = "v1alpha1"
 PLURAL = "compressionjobs"
+# Kubeflow's MPIJob (the MPI operator v2): a stage's child for backend mpi
+MPI_GROUP = "kubeflow.org"
+MPI_VERSION = "v2beta1"
+MPI_PLURAL = "mpijobs"
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -128,6 +132,7 @@ class Kube:
             "Service": f"/api/v1/namespaces/{quote(namespace)}/services",
             "ConfigMap": f"/api/v1/namespaces/{quote(namespace)}/configmaps",
             "Pod": f"/api/v1/namespaces/{quote(namespace)}/pods",
+            "MPIJob": f"/apis/{MPI_GROUP}/{MPI_VERSION}/namespaces/{quote(namespace)}/{MPI_PLURAL}",
         }[kind]
         return f"{base}/{quote(name)}" if name else base
 
@@ -158,10 +163,11 @@ class Kube:
                 return None
             raise
 
-    def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> dict:
-        return self.request(
-            "PATCH", self.child_path("Job", namespace, name), {"spec": {"suspend": suspend}}, MERGE_PATCH
-        )
+    def set_suspend(self, kind: str, namespace: str, name: str, suspend: bool) -> dict:
+        """A Job's spec.suspend, or an MPIJob's spec.runPolicy.suspend (its controller then deletes
+        or recreates the pods, and suspends its launcher Job)."""
+        patch = {"runPolicy": {"suspend": suspend}} if kind == "MPIJob" else {"suspend": suspend}
+        return self.request("PATCH", self.child_path(kind, namespace, name), {"spec": patch}, MERGE_PATCH)
 
     def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}

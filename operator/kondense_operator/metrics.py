@@ -50,6 +50,11 @@ FAILURE_REASONS = (
     "PodFailurePolicy",
     "JobFailed",
     "InvalidChild",
+    # backend mpi (one Kubeflow MPIJob per stage)
+    "MPIJobDisabled",
+    "MPIJobCRDMissing",
+    "MPIJobFailed",
+    "MPIJobEvicted",
 )
 
 

@@ -2,7 +2,9 @@
 
 NAMESPACED_RULES are needed in every namespace the operator watches (a Role per namespace, or a
 ClusterRole bound cluster-wide with --all-namespaces). CLUSTER_RULES are needed cluster-wide
-whatever the scope. Exact verbs, no wildcards, no Secrets. Found by logging every request the
+whatever the scope. MPIJOB_RULES are namespaced rules too, needed only where the worker config's
+mpiJob.enabled runs backend mpi as Kubeflow MPIJobs (the chart adds them with
+workers.mpiJob.enabled, and only then). Exact verbs, no wildcards, no Secrets. Found by logging every request the
 operator (kopf included) made against the kmock API emulator (tests/operator/test_operator.py::test_rbac_rules_cover_exactly_what_the_operator_calls keeps
 this list complete and minimal):
 
@@ -13,6 +15,9 @@ this list complete and minimal):
 - the reconcile loop reads CompressionJobs and patches their status; creates and reads the
   stage children (Services, ConfigMaps, Jobs) and patches Jobs (spec.suspend); lists and watches
   Jobs and Pods (read only) to follow the stages.
+- backend mpi: the reconcile loop creates and reads a stage's MPIJob and patches it
+  (spec.runPolicy.suspend); kopf lists and watches MPIJobs to follow the stages. The MPI operator
+  makes the pods, the launcher Job, the Service and the ssh Secret itself, under its own account.
 """
 
 from __future__ import annotations
@@ -28,3 +33,12 @@ NAMESPACED_RULES: list[dict] = [
 ]
 
 CLUSTER_RULES: list[dict] = []
+
+MPIJOB_RULES: list[dict] = [
+    {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+]
+
+
+def namespaced_rules(mpi_job: bool) -> list[dict]:
+    """The rules of every watched namespace, with MPIJOB_RULES where backend mpi is enabled."""
+    return NAMESPACED_RULES + (MPIJOB_RULES if mpi_job else [])

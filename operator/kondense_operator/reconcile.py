@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kondense.job import spec as spec_mod
 from kondense.job.spec import parse_for_kubernetes  # re-exported: the operator's validation lives there
 
-from . import children, metrics, refusals
+from . import children, metrics, mpijob, refusals
 from . import status as st
 from .config import DEFAULT_FORBIDDEN_RETRY_S, WorkerConfig
 from .kube import ApiError, Kube
@@ -136,14 +136,17 @@ def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dic
     """The current stage's children, then how it stands; on to the next stage where it succeeded."""
     meta = body["metadata"]
     stages = spec_mod.job_stages(job.spec.stage)  # stage 3 is the tail of stage 2's Job, not a Job of its own
+    if job.spec.backend == "mpi" and not ctx.worker.mpi_enabled:
+        # final, like an invalid spec: the switch is the admin's, and backend is immutable
+        return _fail(ctx, body, status, mpijob.DISABLED, mpijob.disabled_message(), generation)
     while True:
         stage = int(status.get("stage") or 1)
         try:
-            k8s_job = _ensure_children(ctx, body, job, stage)
+            k8s_job = _ensure_children(ctx, body, job, stage)  # the stage's Job, or its MPIJob
             if k8s_job is None:
                 return status  # a foreign object holds a child's name; reported, retried on the next pass
             pods = ctx.kube.list_pods(meta["namespace"], children.selector(meta["name"], stage))
-            outcome = st.observe_stage(k8s_job, pods)
+            outcome = st.observe(k8s_job, pods)
 
             if outcome.state == "failed":
                 if outcome.reason in st.NEVER_STARTS:
@@ -171,8 +174,8 @@ def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dic
                 ctx.event(body, "Normal", "Succeeded", status["message"])
                 return status
 
-            # running, pending or suspended: make the Job follow spec.suspend
-            if bool((k8s_job.get("spec") or {}).get("suspend")) != job.spec.suspend:
+            # running, pending or suspended: make the Job (or MPIJob) follow spec.suspend
+            if mpijob.suspended(k8s_job) != job.spec.suspend:
                 _set_suspend(ctx, k8s_job, job.spec.suspend)
             return _running(ctx, body, status, job, stage, outcome, generation)
         except ApiError as e:
@@ -181,10 +184,12 @@ def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dic
 
 
 def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, stage: int) -> dict | None:
-    """The stage's Service, ConfigMap and Job, created if missing; the Job as it is now."""
+    """The stage's Service, ConfigMap and Job (backend mpi: ConfigMap and MPIJob), created if
+    missing; the Job (or MPIJob) as it is now."""
     uid = body["metadata"].get("uid")
     k8s_job = None
-    for child in children.build_children(body, job, stage, ctx.worker):
+    build = mpijob.build_children if job.spec.backend == "mpi" else children.build_children
+    for child in build(body, job, stage, ctx.worker):
         with _about(child["kind"], child["metadata"]["name"]):
             obj, created = ctx.kube.create_or_get(child)
         owners = [o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")]
@@ -203,7 +208,7 @@ def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, sta
                 f"{child['kind']}Created",
                 f"stage {stage}: created {child['kind']} {child['metadata']['name']}",
             )
-        if child["kind"] == "Job":
+        if child["kind"] in ("Job", mpijob.KIND):
             k8s_job = obj
     return k8s_job
 
@@ -224,6 +229,12 @@ def _refused(ctx: Context, body: dict, status: dict, stage: int, error: ApiError
     grant the right). Anything else: the status so far is written, and kopf retries as for any error."""
     meta = body["metadata"]
     where = f"{meta['namespace']}/{meta['name']}"
+    if refusals.mpijob_crd_missing(error):
+        # the MPI operator is not installed (or serves no v2beta1): retrying cannot install it
+        log.warning("CompressionJob %s: %s", where, error)
+        return _fail(
+            ctx, body, status, mpijob.CRD_MISSING, mpijob.crd_missing_message(stage, meta["namespace"]), generation
+        )
     if error.status == refusals.INVALID:
         log.warning("CompressionJob %s: %s refused (422): %s", where, error.subject or "a child", error.message)
         metrics.CHILD_REFUSALS.labels(str(error.status)).inc()
@@ -269,10 +280,15 @@ def _clear_forbidden(ctx: Context, body: dict, status: dict, generation: int) ->
 
 
 def _set_suspend(ctx: Context, k8s_job: dict, suspend: bool) -> None:
-    meta = k8s_job["metadata"]
-    with _about("Job", meta["name"]):
-        ctx.kube.set_job_suspend(meta["namespace"], meta["name"], suspend)
-    k8s_job.setdefault("spec", {})["suspend"] = suspend
+    """A stage's Job follows spec.suspend through its spec.suspend, an MPIJob through spec.runPolicy.suspend."""
+    meta, kind = k8s_job["metadata"], k8s_job.get("kind") or "Job"
+    with _about(kind, meta["name"]):
+        ctx.kube.set_suspend(kind, meta["namespace"], meta["name"], suspend)
+    spec = k8s_job.setdefault("spec", {})
+    if kind == mpijob.KIND:
+        spec.setdefault("runPolicy", {})["suspend"] = suspend
+    else:
+        spec["suspend"] = suspend
 
 
 def _running(

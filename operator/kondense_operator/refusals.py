@@ -5,6 +5,10 @@ quantity, a field the server rejects). The same spec builds the same child on ev
 retrying cannot help: the job fails, and the message names the child and, from the server's
 Status body (details.causes), each field and what is wrong with it.
 
+404 Not Found on creating an MPIJob (backend mpi): the API server serves no kubeflow.org/v2beta1
+mpijobs, i.e. the MPI operator v2 is not installed. Retrying cannot install it: the job fails with
+reason MPIJobCRDMissing (kondense_operator.mpijob words it). A 404 elsewhere is a race, retried.
+
 403 Forbidden: the operator's service account lacks a right. An admin can grant it without
 touching the CompressionJob, so the job is not failed: it gets condition Forbidden naming the
 verb, resource and namespace to grant, and the pass is retried slowly (docs/operator.md).
@@ -12,7 +16,7 @@ verb, resource and namespace to grant, and the pass is retried slowly (docs/oper
 
 from __future__ import annotations
 
-from .kube import ApiError, request_attributes
+from .kube import MPI_GROUP, MPI_PLURAL, MPI_VERSION, ApiError, request_attributes
 
 INVALID = 422
 FORBIDDEN = 403
@@ -49,3 +53,15 @@ def forbidden_message(error: ApiError, retry_s: float) -> str:
         f"service account (its Role, see rbac.py); retried every {retry_s:g}s. Server: {error.message}"
     )
     return text[:MESSAGE_LIMIT]
+
+
+def mpijob_crd_missing(error: ApiError) -> bool:
+    """A 404 on creating an MPIJob: no such resource (a namespace that holds the CompressionJob exists)."""
+    collection = f"/apis/{MPI_GROUP}/{MPI_VERSION}/namespaces/"
+    path = error.path.split("?", 1)[0]
+    return (
+        error.status == 404
+        and error.method.upper() == "POST"
+        and path.startswith(collection)
+        and path.endswith("/" + MPI_PLURAL)
+    )

@@ -34,6 +34,20 @@ CRD_PATH = REPO / "crds" / "compressionjob.yaml"
 OPERATOR_BIN = Path(sys.executable).with_name("kondense-operator")
 GROUP, VERSION, PLURAL = "kondense.dev", "v1alpha1", "compressionjobs"
 CJ_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+# Kubeflow's MPIJob, served only where a test installs "the MPI operator's CRD" (ApiServer(mpijobs=True))
+MPIJOB_RESOURCE = "kubeflow.org/v2beta1/mpijobs"
+MPIJOB_PREFIX = "/apis/kubeflow.org/"
+# a real API server's answer for a resource it does not serve (no CRD)
+NOT_SERVED = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "metadata": {},
+    "status": "Failure",
+    "message": "the server could not find the requested resource",
+    "reason": "NotFound",
+    "details": {},
+    "code": 404,
+}
 
 
 def _now() -> str:
@@ -69,12 +83,18 @@ class Emulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.log: list[tuple[str, str, str]] = []  # (token, method, path)
         self.refusals: list[Refusal] = []  # kmock validates nothing: the tests say what to refuse
+        # URL prefixes of API groups the server does not serve (kmock would serve any resource it is
+        # asked for, even one without a CRD): answered 404 as a real API server answers them
+        self.unserved: list[str] = []
         self._versions = itertools.count(1000)
 
     async def _handle(self, request):  # type: ignore[override]
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+        method = str(getattr(request.method, "value", request.method)).upper()
+        if any(request.url.path.startswith(prefix) for prefix in self.unserved):
+            self.log.append((token, method, request.url.path_qs))
+            return aiohttp.web.json_response(NOT_SERVED, status=404)
         if request.resource is not None:
-            token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
-            method = str(getattr(request.method, "value", request.method)).upper()
             self.log.append((token, method, request.url.path_qs))
             data = request.data
             # before kmock's own handling, which would store the object even if a reaction answered
@@ -109,7 +129,10 @@ class Emulator(kmock.KubernetesEmulator):
 class ApiServer:
     """The emulator served on 127.0.0.1 from a background thread with its own event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, mpijobs: bool = False) -> None:
+        """mpijobs: serve kubeflow.org/v2beta1 mpijobs (as with the MPI operator installed); else
+        every request under /apis/kubeflow.org/ is answered 404, as without its CRD."""
+        self.mpijobs = mpijobs
         self.url = ""
         self.emulator: Emulator | None = None
         self._ready = threading.Event()
@@ -139,6 +162,17 @@ class ApiServer:
                 "shortnames": ["cpj"],
                 "subresources": ["status"],
             }
+            if self.mpijobs:
+                k.resources[MPIJOB_RESOURCE] = {
+                    "kind": "MPIJob",
+                    "namespaced": True,
+                    "singular": "mpijob",
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                    "shortnames": ["mpij"],
+                    "subresources": ["status"],
+                }
+            else:
+                k.unserved.append(MPIJOB_PREFIX)
             self.emulator = k
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -250,6 +284,7 @@ class Api:
         return pods
 
     def set_pod(self, pod: dict, phase: str, state: dict) -> None:
+        container = pod["spec"]["containers"][0]["name"]  # "worker", or an MPIJob launcher's "launcher"
         self.patch_status(
             "Pod",
             pod["metadata"]["namespace"],
@@ -257,7 +292,7 @@ class Api:
             {
                 "phase": phase,
                 "containerStatuses": [
-                    {"name": "worker", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": state}
+                    {"name": container, "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": state}
                 ],
             },
         )
@@ -317,6 +352,129 @@ class Api:
             },
         )
 
+    # ---- playing the MPI operator (kubeflow/mpi-operator v2) for a stage's MPIJob
+
+    def make_mpi_pods(self, mpijob: dict) -> tuple[dict, list[dict]]:
+        """(launcher, workers): the pods the MPI operator makes from the MPIJob's templates, with its
+        labels added (it keeps the templates'): workers NAME-worker-I, the launcher from its Job."""
+        meta, spec = mpijob["metadata"], mpijob["spec"]
+        owner = {"apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob", "name": meta["name"], "uid": meta["uid"]}
+
+        def pod(name: str, replica: str, extra: dict, owner_ref: dict) -> dict:
+            tpl = json.loads(json.dumps(spec["mpiReplicaSpecs"][replica]["template"]))
+            role = replica.lower()
+            labels = {
+                **tpl["metadata"].get("labels", {}),
+                "training.kubeflow.org/operator-name": "mpi-operator",
+                "training.kubeflow.org/job-name": meta["name"],
+                "training.kubeflow.org/job-role": role,
+                **extra,
+            }
+            body = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": meta["namespace"],
+                    "labels": labels,
+                    "annotations": dict(tpl["metadata"].get("annotations", {})),
+                    "ownerReferences": [{**owner_ref, "controller": True}],
+                },
+                "spec": {**tpl["spec"], "hostname": name, "subdomain": meta["name"]},
+            }
+            return self.raw.create_or_get(body)[0]
+
+        workers = [
+            pod(
+                f"{meta['name']}-worker-{i}",
+                "Worker",
+                {"training.kubeflow.org/replica-index": str(i)},
+                owner,
+            )
+            for i in range(spec["mpiReplicaSpecs"]["Worker"]["replicas"])
+        ]
+        launcher_job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": f"{meta['name']}-launcher",
+            "uid": "launcher-uid",
+        }
+        launcher = pod(f"{meta['name']}-launcher-abcde", "Launcher", {}, launcher_job)
+        return launcher, workers
+
+    def set_mpijob_status(self, mpijob: dict, status: dict) -> dict:
+        return self.patch_status("MPIJob", mpijob["metadata"]["namespace"], mpijob["metadata"]["name"], status)
+
+    @staticmethod
+    def mpi_condition(type_: str, status: str, reason: str, message: str = "") -> dict:
+        return {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message or f"MPIJob {reason}",
+            "lastUpdateTime": _now(),
+            "lastTransitionTime": _now(),
+        }
+
+    def start_mpijob(self, mpijob: dict) -> tuple[dict, list[dict]]:
+        """Conditions Created then Running, every pod running (the launcher once the workers are Ready)."""
+        self.set_mpijob_status(
+            mpijob, {"conditions": [self.mpi_condition("Created", "True", "MPIJobCreated")], "startTime": _now()}
+        )
+        launcher, workers = self.make_mpi_pods(mpijob)
+        for p in [*workers, launcher]:
+            self.set_pod(p, "Running", {"running": {"startedAt": _now()}})
+        self.set_mpijob_status(
+            mpijob,
+            {
+                "conditions": [
+                    self.mpi_condition("Created", "True", "MPIJobCreated"),
+                    self.mpi_condition("Running", "True", "MPIJobRunning"),
+                ],
+                "replicaStatuses": {"Launcher": {"active": 1}, "Worker": {"active": len(workers)}},
+            },
+        )
+        return launcher, workers
+
+    def succeed_mpijob(self, mpijob: dict, launcher: dict, workers: list[dict], summary: dict | str) -> None:
+        """The launcher exits 0 with `summary` as its termination message, its running workers are
+        deleted (cleanPodPolicy Running), the MPIJob turns Succeeded."""
+        message = summary if isinstance(summary, str) else json.dumps(summary)
+        term = {"exitCode": 0, "reason": "Completed", "message": message, "finishedAt": _now()}
+        self.set_pod(launcher, "Succeeded", {"terminated": term})
+        for w in workers:
+            self.delete("Pod", w["metadata"]["namespace"], w["metadata"]["name"])
+        self.set_mpijob_status(
+            mpijob,
+            {
+                "conditions": [
+                    self.mpi_condition("Created", "True", "MPIJobCreated"),
+                    self.mpi_condition("Running", "False", "MPIJobRunning"),
+                    self.mpi_condition("Succeeded", "True", "MPIJobSucceeded"),
+                ],
+                "replicaStatuses": {"Launcher": {"succeeded": 1}, "Worker": {}},
+                "completionTime": _now(),
+            },
+        )
+
+    def fail_mpijob(
+        self,
+        mpijob: dict,
+        reason: str = "BackoffLimitExceeded/Error",
+        message: str = "Job has reached the specified backoff limit: ",
+    ) -> None:
+        self.set_mpijob_status(
+            mpijob,
+            {
+                "conditions": [
+                    self.mpi_condition("Created", "True", "MPIJobCreated"),
+                    self.mpi_condition("Running", "False", "MPIJobRunning"),
+                    self.mpi_condition("Failed", "True", reason, message),
+                ],
+                "completionTime": _now(),
+            },
+        )
+
 
 def _server_of(kubeconfig: Path) -> str:
     import yaml
@@ -349,10 +507,11 @@ def free_port() -> int:
 class OperatorProcess:
     """`kondense-operator` as a user starts it, in its own process group."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, args: list[str] | None = None):
+    def __init__(self, kubeconfig: Path, log_path: Path, args: list[str] | None = None, token: str = "operator-token"):
         # its own token, so the API server's log tells its requests from the tests' own
+        self.token = token
         self.kubeconfig = write_kubeconfig(
-            log_path.with_name("operator-kubeconfig"), _server_of(kubeconfig), token="operator-token"
+            log_path.with_name(f"{log_path.stem}-kubeconfig"), _server_of(kubeconfig), token=token
         )
         self.log_path = log_path
         self.metrics_port = free_port()

@@ -26,6 +26,11 @@ FULL = {
     "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": 4, "memory": "8Gi"}},
     "port": 23456,
     "backoffLimit": 2,
+    "mpiJob": {
+        "enabled": True,
+        "sshAuthMountPath": "/home/mpiuser/.ssh",
+        "launcherResources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
+    },
 }
 
 
@@ -108,6 +113,15 @@ def test_every_key_reaches_its_attribute():
         ),
         ({"resources": {"limits": {"memory": -1}}}, "resources.limits.memory must be a resource quantity"),
         ({"resources": "big"}, "resources must be a container's resources: requests and limits, got 'big'"),
+        ({"mpiJob": {"enabled": "yes"}}, "mpiJob.enabled must be true or false, got 'yes'"),
+        ({"mpiJob": {"enable": True}}, "mpiJob: unknown key 'enable' (did you mean 'enabled'?)"),
+        ({"mpiJob": {"sshAuthMountPath": ".ssh"}}, "mpiJob.sshAuthMountPath must be an absolute directory path"),
+        ({"mpiJob": {"sshAuthMountPath": "/home/u/.ssh/"}}, "mpiJob.sshAuthMountPath must be an absolute directory"),
+        (
+            {"mpiJob": {"launcherResources": {"limits": {"cpu": "lots"}}}},
+            "mpiJob.launcherResources.limits.cpu must be a resource quantity",
+        ),
+        ({"mpiJob": True}, "mpiJob must be a mapping of enabled (true or false), sshAuthMountPath"),
     ],
 )
 def test_bad_value_is_named(patch, expected):
@@ -123,6 +137,21 @@ def test_not_a_mapping(data):
         ConfigError, match=r"^worker config: must be a mapping of image, imagePullPolicy, .*, backoffLimit"
     ):
         worker_config_from_dict(data)
+
+
+def test_mpi_job_keys_left_out_keep_their_defaults():
+    """mpiJob is off by default; a mapping that names some of its keys keeps the others' defaults."""
+    assert WorkerConfig().mpi_enabled is False
+    assert WorkerConfig().mpi_job == {
+        "enabled": False,
+        "sshAuthMountPath": "/home/kondense/.ssh",
+        "launcherResources": {},
+    }
+    on = worker_config_from_dict({"mpiJob": {"enabled": True}})
+    assert on.mpi_enabled and on.mpi_job["sshAuthMountPath"] == "/home/kondense/.ssh"
+    assert on == WorkerConfig(mpi_job={"enabled": True})
+    assert worker_config_from_dict({"mpiJob": None}) == WorkerConfig()
+    assert WorkerConfig().mpi_job is not WorkerConfig().mpi_job
 
 
 def test_every_bad_key_is_reported_at_once():

@@ -264,11 +264,17 @@ class Cluster:
 @pytest.fixture
 def own_cluster(tmp_path: Path):
     """An API server and an operator for one test alone: the server's request log then holds
-    that test's requests only, whichever tests ran before it."""
-    server = ApiServer().start()
+    that test's requests only, whichever tests ran before it. The server serves MPIJobs and the
+    operator's worker config enables backend mpi, so that every right it may need is exercised."""
+    server = ApiServer(mpijobs=True).start()
     try:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-        op = OperatorProcess(kubeconfig, tmp_path / "operator.log").start()
+        worker = tmp_path / "worker.yaml"
+        worker.write_text("mpiJob: {enabled: true}\n")
+        op = OperatorProcess(
+            kubeconfig, tmp_path / "operator.log", ["--all-namespaces", "--worker-config", str(worker)]
+        )
+        op.start()
         try:
             yield Cluster(server, Api(kubeconfig), op)
         finally:
@@ -280,10 +286,16 @@ def own_cluster(tmp_path: Path):
 def test_rbac_rules_cover_exactly_what_the_operator_calls(own_cluster: Cluster):
     """Every request an operator makes through a job's life (kopf's own included) is allowed by
     rbac.py's rules, and every rule is used: complete and minimal. The test's own API server and
-    operator, so that the request log holds exactly its scenarios, whatever ran before."""
+    operator, so that the request log holds exactly its scenarios, whatever ran before. The
+    operator runs backend mpi too, so MPIJOB_RULES (which the chart grants only with
+    workers.mpiJob.enabled) count; an operator without the switch makes no request about
+    mpijobs at all (test_mpijob.py::test_switch_off_fails_the_job_without_touching_mpijobs)."""
+    from .test_mpijob import mpi_suspend_resume_succeed
+
     api, ns = own_cluster.api, "rbac"
     suspend_resume_succeed(api, ns, "lifecycle")
     failed_stage(api, ns, "unpullable", _image)
+    mpi_suspend_resume_succeed(api, ns, "mpi-lifecycle")
     time.sleep(1)  # kopf's last bookkeeping patches after the final status
     calls = {(m, p) for token, m, p in own_cluster.apiserver.emulator.log if token == "operator-token"}
     assert calls, "the operator made no requests?"
@@ -295,7 +307,7 @@ def test_rbac_rules_cover_exactly_what_the_operator_calls(own_cluster: Cluster):
         rule = next(
             (
                 r
-                for r in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
+                for r in rbac.namespaced_rules(mpi_job=True) + rbac.CLUSTER_RULES
                 if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
             ),
             None,
@@ -304,13 +316,16 @@ def test_rbac_rules_cover_exactly_what_the_operator_calls(own_cluster: Cluster):
         used.add((group, resource, verb))
     granted = {
         (g, r, v)
-        for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
+        for rule in rbac.namespaced_rules(mpi_job=True) + rbac.CLUSTER_RULES
         for g in rule["apiGroups"]
         for r in rule["resources"]
         for v in rule["verbs"]
     }
     assert granted == used, f"granted but never used: {granted - used}"
-    for rule in rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES:
+    assert {(g, r, v) for g, r, v in used if g == "kubeflow.org"} == {
+        ("kubeflow.org", "mpijobs", v) for v in ("get", "list", "watch", "create", "patch")
+    }
+    for rule in rbac.namespaced_rules(mpi_job=True) + rbac.CLUSTER_RULES:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"]
 
 
