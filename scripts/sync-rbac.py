@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes charts/kondense/files/rbac.yaml, the operator's API rights as the Helm chart reads them,
-from operator/kondense_operator/rbac.py (NAMESPACED_RULES, CLUSTER_RULES), the single source.
+from operator/kondense_operator/rbac.py (NAMESPACED_RULES, CLUSTER_RULES, MPIJOB_RULES), the single source.
 
     python scripts/sync-rbac.py        (make sync-rbac; make deploy-manifests runs it)
 
@@ -22,12 +22,13 @@ from kondense_operator import rbac  # noqa: E402
 HEADER = (
     "# Generated from operator/kondense_operator/rbac.py by `make sync-rbac`; do not edit.\n"
     "# namespaced: the rules the operator needs in every watched namespace (Role, or ClusterRole with\n"
-    "# watch.scope all); cluster: the rules it needs cluster-wide whatever the scope (ClusterRole).\n"
+    "# watch.scope all); cluster: the rules it needs cluster-wide whatever the scope (ClusterRole);\n"
+    "# mpijob: namespaced rules added only with workers.mpiJob.enabled (backend mpi as Kubeflow MPIJobs).\n"
 )
 
 
 def render() -> str:
-    data = {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES}
+    data = {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES, "mpijob": rbac.MPIJOB_RULES}
     return HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
 
 

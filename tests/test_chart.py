@@ -82,6 +82,18 @@ CASES = {
         "workers.port=23456",
         "workers.backoffLimit=2",
     ],
+    # backend mpi as Kubeflow MPIJobs: the switch, and the rights on mpijobs with it
+    "mpi": [
+        "workers.mpiJob.enabled=true",
+        "workers.mpiJob.launcherResources.requests.cpu=500m",
+        "workers.mpiJob.launcherResources.requests.memory=1Gi",
+    ],
+    "mpi+list": [
+        "watch.scope=list",
+        "watch.namespaces={team-a,team-b}",
+        "workers.mpiJob.enabled=true",
+        "workers.mpiJob.sshAuthMountPath=/home/mpiuser/.ssh",
+    ],
 }
 # what the "workers" case's worker config must load as
 WORKERS_CASE = WorkerConfig(
@@ -95,6 +107,14 @@ WORKERS_CASE = WorkerConfig(
     port=23456,
     backoff_limit=2,
 )
+# what the "mpi" case's worker config must load as
+MPI_CASE = WorkerConfig(
+    mpi_job={
+        "enabled": True,
+        "sshAuthMountPath": "/home/kondense/.ssh",
+        "launcherResources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+    }
+)
 # the chart's `workers` value behind each worker config key but image (repository and tag, chart-only)
 WORKER_VALUES = {
     "imagePullPolicy": "image.pullPolicy",
@@ -107,6 +127,7 @@ WORKER_VALUES = {
     "resources": "resources",
     "port": "port",
     "backoffLimit": "backoffLimit",
+    "mpiJob": "mpiJob",
 }
 LABELS = (
     "app.kubernetes.io/name",
@@ -131,6 +152,10 @@ def rendered(case: str) -> tuple[dict, ...]:
 
 def objects(case: str) -> list[dict]:
     return [o for o in rendered(case) if o["kind"] != "CustomResourceDefinition"]
+
+
+def mpi_enabled(case: str) -> bool:
+    return "workers.mpiJob.enabled=true" in CASES[case]
 
 
 def watched(case: str) -> list[str] | None:
@@ -236,17 +261,20 @@ def test_chart_rbac_file_is_the_operators():
     from kondense_operator import rbac
 
     chart = yaml.safe_load((CHART / "files" / "rbac.yaml").read_text())
-    assert chart == {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES}, (
+    assert chart == {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES, "mpijob": rbac.MPIJOB_RULES}, (
         "charts/kondense/files/rbac.yaml differs from operator/kondense_operator/rbac.py: run `make deploy-manifests`"
     )
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_rbac_matches_operator(case):
-    """The chart grants exactly what operator/kondense_operator/rbac.py says the operator needs."""
+    """The chart grants exactly what operator/kondense_operator/rbac.py says the operator needs: the
+    rights on mpijobs with workers.mpiJob.enabled, and only then."""
     from kondense_operator import rbac
 
-    namespaced, cluster = rule_triples(rbac.NAMESPACED_RULES), rule_triples(rbac.CLUSTER_RULES)
+    namespaced = rule_triples(rbac.namespaced_rules(mpi_enabled(case)))
+    cluster = rule_triples(rbac.CLUSTER_RULES)
+    assert any(g == "kubeflow.org" for g, _, _ in namespaced) == mpi_enabled(case)
     objs = objects(case)
     roles = {r["metadata"]["namespace"]: rule_triples(r["rules"]) for r in by_kind(objs, "Role")}
     cluster_roles = [rule_triples(r["rules"]) for r in by_kind(objs, "ClusterRole")]
@@ -389,9 +417,14 @@ def test_worker_config(case, tmp_path):
         assert parsed == WorkerConfig()
     elif case == "workers":
         assert parsed == WORKERS_CASE
+    elif case == "mpi":
+        assert parsed == MPI_CASE and parsed.mpi_enabled
     else:
         assert parsed.image == f"ghcr.io/kondense/kondense-worker:{values.get('operator.image.tag', '0.1.0')}"
         assert parsed.port == WorkerConfig().port
+        assert parsed.mpi_enabled == mpi_enabled(case)
+    if case == "mpi+list":
+        assert parsed.mpi_job == {"enabled": True, "sshAuthMountPath": "/home/mpiuser/.ssh", "launcherResources": {}}
     claims = {
         o["metadata"]["namespace"]: o["metadata"]["name"] for o in by_kind(objects(case), "PersistentVolumeClaim")
     }
@@ -441,6 +474,10 @@ def test_service_monitor():
         (["workers.gpu.tolerations[0].operator=Maybe"], "/workers/gpu/tolerations/0/operator"),
         (["workers.image.pullPolicy=always"], "/workers/image/pullPolicy"),
         (["workers.backoffLimit=-1"], "/workers/backoffLimit"),
+        (["workers.mpiJob.enabled=yes"], "/workers/mpiJob/enabled"),
+        (["workers.mpiJob.sshAuthMountPath=.ssh"], "/workers/mpiJob/sshAuthMountPath"),
+        (["workers.mpiJob.launcherResources.limits.cpu=lots"], "/workers/mpiJob/launcherResources/limits/cpu"),
+        (["workers.mpiJob.mpiImplementation=Intel"], "mpiImplementation"),
         (["workers.resources.limits.memory=lots"], "/workers/resources/limits/memory"),
         (["workers.zooCache.size=10"], "/workers/zooCache/size"),  # a quantity, but a PVC size is a string
         (["workers.zooCache.existingClaim=Zoo_Cache"], "/workers/zooCache/existingClaim"),
@@ -633,7 +670,7 @@ def test_crd_schema_check_catches_mistakes():
     for spec_patch in (
         {"delta": -1},
         {"delat": 1},
-        {"backend": "mpi"},
+        {"backend": "nccl"},
         {"model": {"torchvision": "resnet1", "uri": "b"}},
     ):
         bad = yaml.safe_load(yaml.safe_dump(good))

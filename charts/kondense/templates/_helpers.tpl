@@ -119,4 +119,5 @@ gpuTolerations: {{ $w.gpu.tolerations | toJson }}
 resources: {{ $w.resources | toJson }}
 port: {{ $w.port }}
 backoffLimit: {{ $w.backoffLimit }}
+mpiJob: {{ $w.mpiJob | toJson }}
 {{- end -}}
