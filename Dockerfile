@@ -4,7 +4,8 @@
 #   --target operator   kondense-operator: kopf, the Kubernetes client, prometheus-client and the
 #                       torch-free job layer (kondense.job); no torch, a few hundred MB
 #   --target worker     the worker pods (kondense worker ...): the engine, torch, Horovod 0.28.1
-#                       patched for torch 2.14 (scripts/build-horovod.sh), Fashion-MNIST; the default
+#                       patched for torch 2.14 (scripts/build-horovod.sh), Open MPI, mpi4py and ssh
+#                       (backend mpi), Fashion-MNIST; the default
 #
 #   make image          # scripts/build-image.sh: docker where an engine answers, else buildah
 #   docker build --target operator -t ghcr.io/kondense/kondense-operator:0.1.0 .
@@ -111,23 +112,40 @@ RUN if [ -n "$CUDA_VERSION" ]; then \
  && KONDENSE_WHEEL_CACHE=/tmp/wheels MAKEFLAGS=-j"$BUILD_JOBS" scripts/build-horovod.sh /opt/kondense \
  && rm -rf /tmp/wheels
 
-# The package last (it changes most often); its pins leave torch and Horovod as they are.
+# The package last (it changes most often); its pins leave torch and Horovod as they are. The mpi
+# extra is mpi4py (backend mpi), whose wheel loads the libmpi the worker stage installs.
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY operator ./operator
-RUN pip install . \
- && python -c "import kondense, kondense_operator, horovod.torch"
+RUN pip install ".[mpi]" \
+ && python -c "import kondense, kondense_operator, horovod.torch, mpi4py"
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS worker
 # Fashion-MNIST from Debian (/usr/share/datasets/fashion-mnist): nothing is downloaded at run time.
 # libgomp1: OpenMP for torch's CPU kernels.
+# Backend mpi (one Kubeflow MPIJob per stage, docs/operator.md): Open MPI (mpirun, orted, the
+# libmpi mpi4py loads) and ssh, by which mpirun in the launcher pod starts the ranks in the worker
+# pods. The packaged host keys go: every image would share them, and sshd uses the job's own key.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends dataset-fashion-mnist libgomp1 \
- && rm -rf /var/lib/apt/lists/*
+        openmpi-bin openssh-client openssh-server \
+ && rm -rf /var/lib/apt/lists/* \
+ && rm -f /etc/ssh/ssh_host_*
+# sshd as UID 1000 on port 2222 (the operator starts it with -f /etc/ssh/kondense/sshd_config and the
+# MPI operator's key pair, mounted at /home/kondense/.ssh); the client's defaults for that port.
+COPY scripts/ssh/sshd_config /etc/ssh/kondense/sshd_config
+COPY scripts/ssh/ssh_config /etc/ssh/ssh_config.d/kondense.conf
+# sshd runs the commands it is given through the user's login shell, and refuses a locked
+# account: UID 1000 gets /bin/sh and no password ("*": keys only) here; the operator image keeps nologin.
+RUN usermod --shell /bin/sh --password '*' kondense \
+ && install -d -o 1000 -g 1000 -m 0700 /home/kondense/.ssh
 
 COPY --from=worker-build /opt/kondense /opt/kondense
 ENV LD_LIBRARY_PATH=/opt/kondense/lib/python3.11/site-packages/nvidia/cu13/lib:/opt/kondense/lib/python3.11/site-packages/nvidia/nccl/lib
+# mpi4py finds Open MPI's libmpi (loaded, not initialised: a build runs as root, without mpirun)
+RUN python -c "import mpi4py; mpi4py.rc.initialize = False; from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])" \
+ && mpirun --version | head -n 1 && /usr/sbin/sshd -V 2>&1 | head -n 1
 
 USER 1000:1000
 # No entrypoint: the operator creates worker pods that run kondense worker.

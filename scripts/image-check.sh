@@ -3,7 +3,9 @@
 # them (docs/images.md):
 #   operator: kondense-operator inside the image against the kmock API emulator on this host,
 #             through one CompressionJob to its stage-1 Job (scripts/image_check_operator.py)
-#   worker:   kondense --help, import horovod.torch, kondense profile of LeNet-5
+#   worker:   kondense --help, import horovod.torch, kondense profile of LeNet-5, and backend mpi's
+#             ssh path as UID 1000: sshd as the MPIJob's workers run it, two ranks started over
+#             ssh by mpirun (scripts/ssh/check.sh)
 #
 #   scripts/image-check.sh [operator|worker|all]    (make image-check-operator, image-check-worker, image-check)
 #
@@ -55,6 +57,7 @@ for target in $TARGETS; do
             in_image "$image" kondense --help >/dev/null
             in_image "$image" python -c "import horovod.torch"
             in_image "$image" kondense profile --arch lenet5 --num-classes 10 --input-shape 1,28,28
+            in_image "$image" sh -c "$(cat scripts/ssh/check.sh)"
             ;;
     esac
     say "$image: OK (build $(( built - start )) s, check $(( $(date +%s) - built )) s)"

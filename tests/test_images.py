@@ -204,3 +204,38 @@ def test_make_image_targets_use_the_scripts():
         assert (ROOT / "scripts" / script).stat().st_mode & 0o111, f"scripts/{script} is not executable"
     text = (ROOT / "scripts" / "image-env.sh").read_text()
     assert f"KONDENSE_REGISTRY:-{REGISTRY}}}" in text, f"scripts/image-env.sh must name the images {REGISTRY}/..."
+
+
+def test_worker_image_carries_the_mpi_path():
+    """Backend mpi (one Kubeflow MPIJob per stage): Open MPI, mpi4py and ssh in the worker image,
+    and an sshd set up as the operator starts it in the MPIJob's worker pods (UID 1000, the port
+    and config file kondense_operator.mpijob names); scripts/ssh/check.sh runs that path in the
+    built image (make image-check-worker)."""
+    from kondense_operator import mpijob
+
+    stages = dockerfile_stages()
+    worker = "\n".join(stages["worker"])
+    for package in ("openmpi-bin", "openssh-client", "openssh-server"):
+        assert package in worker, f"the worker image lacks {package}"
+    assert 'pip install ".[mpi]"' in "\n".join(stages["worker-build"]), "mpi4py comes with the mpi extra"
+    assert f"COPY scripts/ssh/sshd_config {mpijob.SSHD_CONFIG}" in stages["worker"]
+    assert "COPY scripts/ssh/ssh_config /etc/ssh/ssh_config.d/kondense.conf" in stages["worker"]
+    assert "rm -f /etc/ssh/ssh_host_*" in worker, "no host keys shared by every image"
+    assert "usermod --shell /bin/sh --password '*' kondense" in worker, "sshd needs a login shell, no locked account"
+    sshd = {
+        line.split()[0]: line.split(None, 1)[1]
+        for line in (ROOT / "scripts" / "ssh" / "sshd_config").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert sshd["Port"] == str(mpijob.SSH_PORT) and mpijob.SSH_PORT > 1024  # no capability to bind below
+    assert sshd["PidFile"].startswith("/tmp/")  # the only writable place on a read-only root file system
+    assert sshd["UsePAM"] == "no" and sshd["PasswordAuthentication"] == "no" and sshd["StrictModes"] == "no"
+    assert "HostKey" not in sshd, "the host key is the job's own, given by the operator (-h)"
+    client = (ROOT / "scripts" / "ssh" / "ssh_config").read_text()
+    assert f"Port {mpijob.SSH_PORT}" in client and "UserKnownHostsFile /dev/null" in client
+    # the operator's pods: sshd in the workers, the image's home as where the MPI operator mounts the keys
+    from kondense_operator.config import WorkerConfig
+
+    assert WorkerConfig().mpi_job["sshAuthMountPath"] == "/home/kondense/.ssh"
+    assert "--home-dir /home/kondense" in "\n".join(stages["base"])
+    assert 'in_image "$image" sh -c "$(cat scripts/ssh/check.sh)"' in (ROOT / "scripts" / "image-check.sh").read_text()
