@@ -652,6 +652,8 @@ def test_examples_cover_the_documented_cases():
     assert mine.model.uri.startswith("pvc://models/") and mine.model.arch and mine.data.uri.startswith("pvc://")
     tv = jobs["torchvision-pvc.yaml"]
     assert tv.model.torchvision and tv.model.uri.startswith("pvc://") and tv.data.input_size == (224, 224)
+    mpi = jobs["resnet18-mpi.yaml"]
+    assert (mpi.backend, mpi.workers, mpi.slots_per_worker) == ("mpi", 2, 2) and mpi.output_uri.startswith("pvc://")
     factory = jobs["factory-pvc.yaml"]
     assert factory.model.factory and factory.model.code_uri.startswith("pvc://code/") and factory.model.uri
     claims = {
