@@ -18,7 +18,8 @@ from kondense_operator.children import child_name
 
 from .conftest import Api, ApiServer, OperatorProcess, cj_manifest, metric_value, summary, wait_for, write_kubeconfig
 
-pytestmark = pytest.mark.timeout(120)
+# end to end (operator processes), like test_operator.py: make test-e2e
+pytestmark = [pytest.mark.timeout(120), pytest.mark.e2e]
 
 
 def worker_config(path: Path, enabled: bool = True) -> Path:

@@ -23,8 +23,10 @@ from kondense_operator.children import child_name
 
 from .conftest import ApiServer, OperatorProcess, cj_manifest, wait_for
 
+# end to end (whole compressions), like test_pod_template.py: make test-e2e
 pytestmark = [
     pytest.mark.timeout(900),
+    pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun: make mpi (scripts/install-mpi.sh)"),
 ]
 NS = "ml"
