@@ -7,8 +7,10 @@ only the MPI path has: the launcher's mpirun, the rank wrapper, and their errors
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +26,13 @@ from kondense.errors import KondenseError
 from kondense.job.worker_env import WorkerEnv
 from kondense.launch import mpi, stages
 from kondense.launch.mpi_rank import rank_names
-from kondense.launch.worker import launch_local, run_worker
+from kondense.launch.worker import free_port, launch_local, run_worker
 
 from .conftest import backend_params
 
-SCRIPT = Path(__file__).parent / "dist_scripts" / "check_comm.py"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "dist_scripts" / "check_comm.py"
+SSHD = "/usr/sbin/sshd"
 ENGINE = str(Path(distributed.__file__).parents[2])
 MPI = [p for p in backend_params() if p.values == ("mpi",)]  # skipped, with the reason, where not installed
 
@@ -65,6 +69,8 @@ def test_ranks_environment_on_this_machine_and_over_a_host_file() -> None:
     assert here["KONDENSE_TERMINATION_LOG"] == stages.RELAY  # rank 0's summary comes back over stdout
     assert here["OMPI_MCA_rmaps_base_oversubscribe"] == "1"
     assert here["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 4))  # 4 ranks share this machine
+    alone = mpi.ranks_environ(WorkerEnv(0, backend="mpi"), {"PATH": "/usr/bin"}, local=True)
+    assert alone["OMP_NUM_THREADS"] == str(os.cpu_count() or 1)  # one rank: every core (mpirun's default is 1)
     pods = mpi.ranks_environ(env, {"PATH": "/usr/bin", "OMP_NUM_THREADS": "3"}, local=False)
     assert "OMPI_MCA_rmaps_base_oversubscribe" not in pods
     assert pods["OMP_NUM_THREADS"] == "3"  # the user's setting stands
@@ -124,3 +130,88 @@ def test_a_killed_rank_fails_the_run_naming_it(backend: str, tmp_path: Path, cap
     assert "worker 0: mpirun failed with" in log, log
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid0").read_text()), 0)
+
+
+def test_rank_0_on_a_host_whose_name_is_loopback_asks_for_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kondense.distributed import mpi_backend
+
+    monkeypatch.delenv(mpi_backend.ADDRESS, raising=False)
+    assert mpi_backend.root_address(all_local=True) == "127.0.0.1"
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "127.0.1.1")
+    with pytest.raises(KondenseError, match="set KONDENSE_MPI_ADDR"):
+        mpi_backend.root_address(all_local=False)
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "10.1.2.3")  # a pod's /etc/hosts
+    assert mpi_backend.root_address(all_local=False) == "10.1.2.3"
+    monkeypatch.setenv(mpi_backend.ADDRESS, "192.168.0.7")
+    assert mpi_backend.root_address(all_local=False) == "192.168.0.7"
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> dict[str, str]:
+    """An sshd as an MPIJob's worker pods run it (the worker image's sshd_config, a key pair as the MPI
+    operator mounts it), on a free port of this machine; returns what mpirun needs to reach it."""
+    if not os.access(SSHD, os.X_OK) or shutil.which("ssh") is None:
+        pytest.skip("no sshd/ssh here: make install installs openssh-server (scripts/install-mpi.sh)")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "id")], check=True)
+    shutil.copy(keys / "id.pub", keys / "authorized_keys")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # root's sshd wants its privilege separation directory
+    port = free_port()
+    server = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(ROOT / "scripts" / "ssh" / "sshd_config"), "-h", str(keys / "id")]
+        + ["-o", f"AuthorizedKeysFile={keys}/authorized_keys", "-o", f"Port={port}"]
+        + ["-o", f"PidFile={tmp_path}/sshd.pid", "-o", "PermitRootLogin=prohibit-password"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = ["-F", str(ROOT / "scripts" / "ssh" / "ssh_config"), "-p", str(port), "-i", str(keys / "id")]
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ssh", *client, "127.0.0.2", "true"], capture_output=True).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"sshd did not let us in: {server.stderr.read() if server.poll() is not None else ''}")
+            time.sleep(0.2)
+        yield {"OMPI_MCA_plm_rsh_agent": "ssh", "OMPI_MCA_plm_rsh_args": " ".join(client)}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("backend", MPI)
+def test_ranks_over_ssh_from_a_host_file_get_the_launchers_environment(
+    backend: str, sshd: dict[str, str], tmp_path: Path
+) -> None:
+    """The MPIJob's path for real: the launcher's mpirun reads the MPI operator's host file and starts
+    each rank over ssh on another host (127.0.0.2 and 127.0.0.3 are this machine, but not to Open MPI),
+    where nothing of the launcher's environment arrives but what it forwards."""
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("127.0.0.2 slots=1\n127.0.0.3 slots=1\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {
+        **os.environ,
+        **sshd,
+        "PYTHONPATH": ENGINE,
+        "OMPI_MCA_orte_default_hostfile": str(hosts),
+        "KONDENSE_WORKERS": "2",
+        "KONDENSE_BACKEND": backend,
+        "KONDENSE_IFACE": "lo",
+        # this machine's name resolves to 127.0.0.1, which tells rank 0 nothing about other hosts
+        "KONDENSE_MPI_ADDR": "127.0.0.1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "kondense.launch.worker", "--", sys.executable, str(SCRIPT), backend, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert f"over host file {hosts}" in log, log
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["size"] for r in ranks} == {2}
+    assert [r["local_rank"] for r in ranks] == [0, 0]  # one rank per host: they did not start here
+    assert ranks[0]["allreduce"] == ranks[1]["allreduce"] == [1.0, 2.0]

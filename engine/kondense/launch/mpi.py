@@ -74,10 +74,8 @@ def ranks_environ(env: WorkerEnv, environ: Mapping[str, str], local: bool) -> di
     and Open MPI's settings (MPICH ignores them)."""
     out = {**environ, **rank_environ(env), "KONDENSE_TERMINATION_LOG": stages.RELAY}
     per_host = env.size if local else env.slots  # ranks sharing a host's cores
-    if "OMP_NUM_THREADS" in environ:
-        out["OMP_NUM_THREADS"] = environ["OMP_NUM_THREADS"]
-    elif per_host > 1:
-        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // per_host))
+    # Always set: under mpirun, OpenMP's default came out as 1 thread even where a rank had every core
+    out["OMP_NUM_THREADS"] = environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // per_host))
     # The ranks share cores with each other's threads: no pinning. MPI carries one broadcast, so
     # shared memory's single-copy transport (ptrace, refused in most containers) buys nothing.
     out.setdefault("OMPI_MCA_hwloc_base_binding_policy", "none")
