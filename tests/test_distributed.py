@@ -235,8 +235,8 @@ def test_worker_env_errors(environ: dict, message: str) -> None:
 def test_launch_local_refuses_bad_arguments_before_starting_anything() -> None:
     with pytest.raises(KondenseError, match="KONDENSE_SLOTS=0 must be at least 1"):
         launch_local(1, 0, "torch", ["false"])
-    with pytest.raises(KondenseError, match="KONDENSE_BACKEND='mpi' is unknown"):
-        launch_local(1, 1, "mpi", ["false"])
+    with pytest.raises(KondenseError, match="KONDENSE_BACKEND='nccl' is unknown"):
+        launch_local(1, 1, "nccl", ["false"])
 
 
 @pytest.mark.skipif(HOROVOD_MISSING is not None, reason=HOROVOD_MISSING or "")
