@@ -365,6 +365,7 @@ def test_operator_deployment(case):
         assert "--all-namespaces" not in args
         assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == ns
     assert "--metrics-port=9090" in args and "--health-port=8080" in args
+    assert "--forbidden-retry-seconds=300" in args  # what the operator's own default is
     assert "--worker-config=/etc/kondense-operator/worker.yaml" in args
     assert ("--verbose" in args) == ("logLevel=debug" in CASES[case])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -440,6 +441,14 @@ def test_worker_config(case, tmp_path):
         assert parsed.resources == {"requests": {"cpu": 2}}
 
 
+def test_forbidden_retry_reaches_the_operators_own_parser():
+    from kondense_operator.cli import build_parser
+
+    dep = one(render("--set-json", "operator.forbiddenRetrySeconds=45.5"), "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(c["args"]).forbidden_retry_seconds == 45.5
+
+
 def test_service_monitor():
     objs = objects("monitoring+cache")
     sm = one(objs, "ServiceMonitor")
@@ -463,6 +472,8 @@ def test_service_monitor():
         (["metrics.port=-1"], "/metrics/port"),
         (["metrics.port=70000"], "/metrics/port"),
         (["operator.healthPort=abc"], "/operator/healthPort"),
+        (["operator.forbiddenRetrySeconds=0"], "/operator/forbiddenRetrySeconds"),
+        (["operator.forbiddenRetrySeconds=soon"], "/operator/forbiddenRetrySeconds"),
         (["workers.port=0"], "/workers/port"),
         (["logLevel=loud"], "/logLevel"),
         (["logLevel=warning"], "/logLevel"),
