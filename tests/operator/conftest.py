@@ -32,6 +32,7 @@ from kondense.job.status import stage_summary
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "compressionjob.yaml"
 OPERATOR_BIN = Path(sys.executable).with_name("kondense-operator")
+KONDENSE_BIN = Path(sys.executable).with_name("kondense")
 GROUP, VERSION, PLURAL = "kondense.dev", "v1alpha1", "compressionjobs"
 CJ_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
 # Kubeflow's MPIJob, served only where a test installs "the MPI operator's CRD" (ApiServer(mpijobs=True))
@@ -608,6 +609,43 @@ def cj_manifest(name: str, namespace: str, **spec: Any) -> dict:
         "metadata": {"name": name, "namespace": namespace},
         "spec": base,
     }
+
+
+def lenet5_on_claim(pvc: Path) -> None:
+    """A quickly trained zoo LeNet-5 (seconds to train and scan) as the user's state dict on claim
+    `models` under `pvc`: the model of tiny_manifest."""
+    (pvc / "models").mkdir(parents=True)
+    subprocess.run(
+        [str(KONDENSE_BIN), "zoo", "train", "lenet5", "--dataset", "fashion-mnist", "--epochs", "2"]
+        + ["--train-samples", "2000", "--val-samples", "200", "--test-samples", "200"]
+        + ["--out", str(pvc / "models" / "m.pt")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def tiny_manifest(name: str, namespace: str, **spec: Any) -> dict:
+    """A CompressionJob of lenet5_on_claim's network whose stages take seconds, output on the claim."""
+    budget = {
+        "trainSamples": 1000,
+        "valSamples": 300,
+        "testSamples": 300,
+        "scanSamples": 200,
+        "ratios": [0.5],
+        "stage1Epochs": 1,
+        "maxSteps": 1,
+    }
+    return cj_manifest(
+        name,
+        namespace,
+        model={"uri": "pvc://models/m.pt", "arch": "lenet5"},
+        data={"dataset": "fashion-mnist"},
+        delta=10,
+        output={"uri": "pvc://models/out"},
+        budget=budget,
+        **spec,
+    )
 
 
 def summary(stage: int) -> dict:

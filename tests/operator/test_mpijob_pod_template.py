@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 from kondense_operator import children
 from kondense_operator.children import child_name
 
-from .conftest import ApiServer, OperatorProcess, cj_manifest, wait_for
+from .conftest import KONDENSE_BIN, ApiServer, OperatorProcess, lenet5_on_claim, tiny_manifest, wait_for
 
 # end to end (whole compressions), like test_pod_template.py: make test-e2e
 pytestmark = [
@@ -31,7 +30,6 @@ pytestmark = [
 ]
 NS = "ml"
 NAME = "lenet5-mpi"
-KONDENSE_BIN = Path(sys.executable).with_name("kondense")
 
 
 @pytest.fixture(scope="module")
@@ -91,50 +89,8 @@ def run_launcher(mpijob: dict, configmap: dict, pvc_root: Path, work: Path, home
 
 def test_generated_launcher_runs_both_stages(apiserver, api, operator, tmp_path, kondense_home):
     pvc = tmp_path / "pvc"
-    (pvc / "models").mkdir(parents=True)
-    subprocess.run(
-        [
-            str(KONDENSE_BIN),
-            "zoo",
-            "train",
-            "lenet5",
-            "--dataset",
-            "fashion-mnist",
-            "--epochs",
-            "2",
-            "--train-samples",
-            "2000",
-            "--val-samples",
-            "200",
-            "--test-samples",
-            "200",
-            "--out",
-            str(pvc / "models" / "m.pt"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    manifest = cj_manifest(
-        NAME,
-        NS,
-        model={"uri": "pvc://models/m.pt", "arch": "lenet5"},
-        data={"dataset": "fashion-mnist"},
-        delta=10,
-        workers=2,
-        slotsPerWorker=1,
-        backend="mpi",
-        output={"uri": "pvc://models/out"},
-        budget={
-            "trainSamples": 1000,
-            "valSamples": 300,
-            "testSamples": 300,
-            "scanSamples": 200,
-            "ratios": [0.5],
-            "stage1Epochs": 1,
-            "maxSteps": 1,
-        },
-    )
+    lenet5_on_claim(pvc)
+    manifest = tiny_manifest(NAME, NS, workers=2, slotsPerWorker=1, backend="mpi")
     api.create_cj(NS, manifest)
 
     for stage in (1, 2):

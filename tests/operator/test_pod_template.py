@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,11 @@ import yaml
 from kondense_operator import children
 from kondense_operator.children import child_name
 
-from .conftest import OperatorProcess, cj_manifest, free_port, wait_for
+from .conftest import KONDENSE_BIN, OperatorProcess, free_port, lenet5_on_claim, tiny_manifest, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 NS = "ml"
 NAME = "lenet5-local"
-KONDENSE_BIN = Path(sys.executable).with_name("kondense")
 
 
 @pytest.fixture(scope="module")
@@ -92,48 +90,8 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
 
 def test_generated_pods_run_both_stages(apiserver, api, operator, tmp_path, kondense_home):
     pvc = tmp_path / "pvc"
-    (pvc / "models").mkdir(parents=True)
-    # a quickly trained zoo network (LeNet-5: seconds to train and scan) as the user's state dict on the claim
-    subprocess.run(
-        [
-            str(KONDENSE_BIN),
-            "zoo",
-            "train",
-            "lenet5",
-            "--dataset",
-            "fashion-mnist",
-            "--epochs",
-            "2",
-            "--train-samples",
-            "2000",
-            "--val-samples",
-            "200",
-            "--test-samples",
-            "200",
-            "--out",
-            str(pvc / "models" / "m.pt"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    manifest = cj_manifest(
-        NAME,
-        NS,
-        model={"uri": "pvc://models/m.pt", "arch": "lenet5"},
-        data={"dataset": "fashion-mnist"},
-        delta=10,
-        output={"uri": "pvc://models/out"},
-        budget={
-            "trainSamples": 1000,
-            "valSamples": 300,
-            "testSamples": 300,
-            "scanSamples": 200,
-            "ratios": [0.5],
-            "stage1Epochs": 1,
-            "maxSteps": 1,
-        },
-    )
+    lenet5_on_claim(pvc)
+    manifest = tiny_manifest(NAME, NS)
     api.create_cj(NS, manifest)
 
     for stage in (1, 2):
