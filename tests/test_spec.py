@@ -66,6 +66,10 @@ def full() -> dict:
                 "testSamples": None,
             },
             "resources": {"limits": {"nvidia.com/gpu": 2}},
+            "maxRestarts": 5,
+            "restartOnOOMKilled": True,
+            "activeDeadlineSeconds": 3600,
+            "managedBy": "kondense.dev/operator",
         }
     )
     return m
@@ -131,8 +135,13 @@ def test_defaults_are_the_crds():
             ("objective", "objective"),
             ("suspend", "suspend"),
             ("seed", "seed"),
+            ("maxRestarts", "max_restarts"),
+            ("restartOnOOMKilled", "restart_on_oom"),
+            ("managedBy", "managed_by"),
         ]
     } == S.DEFAULTS
+    assert s.active_deadline_s is None and "activeDeadlineSeconds" not in S.DEFAULTS, "no deadline unless asked"
+    assert S.MANAGED_BY == tuple(CRD_SPEC["managedBy"]["enum"]) and S.MANAGED_BY_OPERATOR == S.DEFAULTS["managedBy"]
     assert "quantize" not in S.DEFAULTS and s.quantize == "none", "quantize depends on the stage (resolve_quantize)"
     for name, key in [
         ("BACKENDS", "backend"),
@@ -223,11 +232,47 @@ def test_to_manifest_round_trips(job):
         k: getattr(job.spec, a)
         for k, a in zip(
             S.DEFAULTS,
-            ("stage", "workers", "slots_per_worker", "backend", "device", "objective", "suspend", "seed"),
+            (
+                "stage",
+                "workers",
+                "slots_per_worker",
+                "backend",
+                "device",
+                "objective",
+                "suspend",
+                "seed",
+                "max_restarts",
+                "restart_on_oom",
+                "managed_by",
+            ),
             strict=True,
         )
     }
     assert None not in manifest["spec"]["budget"].values() and manifest["metadata"]["namespace"] == job.namespace
+
+
+def test_kubernetes_only_fields_parse_round_trip_and_leave_the_engine_alone():
+    plain = S.parse(minimal()).spec
+    m = with_spec(maxRestarts=0, restartOnOOMKilled=True, activeDeadlineSeconds=90, managedBy="kueue.x-k8s.io")
+    s = S.parse(m).spec
+    assert (s.max_restarts, s.restart_on_oom, s.active_deadline_s, s.managed_by) == (0, True, 90, S.MANAGED_BY_KUEUE)
+    assert S.parse(S.to_manifest(S.parse(m))).spec == s
+    # `kondense run` passes the same arguments with or without them: they are the operator's
+    assert (S.compress_kwargs(s, "/p"), S.budget_kwargs(s)) == (S.compress_kwargs(plain, "/p"), S.budget_kwargs(plain))
+    assert "activeDeadlineSeconds" not in S.to_manifest(S.parse(minimal()))["spec"]
+
+
+@pytest.mark.parametrize(
+    "change,field,words",
+    [
+        ({"maxRestarts": 101}, "spec.maxRestarts", ["[0, 100]"]),
+        ({"activeDeadlineSeconds": 0}, "spec.activeDeadlineSeconds", [">= 1"]),
+        ({"managedBy": "kueue"}, "spec.managedBy", ["kueue.x-k8s.io"]),
+        ({"managedBy": "kueue.x-k8s.io", "suspend": True}, "spec.suspend", ["Kueue", "Workload"]),
+    ],
+)
+def test_kubernetes_only_fields_are_checked(change, field, words):
+    rejects(with_spec(**change), field, *words)
 
 
 def test_stage_3_implies_int8_and_runs_as_the_tail_of_stage_2():
@@ -307,7 +352,7 @@ REFUSALS = [
     ({"delta": float("nan")}, "spec.delta", "finite"),
     ({"stage": 4}, "spec.stage", "one of 1, 2, 3", "annealing", "INT8"),
     ({"stage": 3, "quantize": "none"}, "spec.quantize", "must be int8 or omitted at stage 3", "choose stage 2"),
-    ({"workers": 0}, "spec.workers", "an integer >= 1, got 0", "Pods"),
+    ({"workers": 0}, "spec.workers", "an integer in [1, 256], got 0", "Pods"),
     ({"slotsPerWorker": 2.0}, "spec.slotsPerWorker", "must be an integer, got float 2.0"),
     ({"backend": "Horovod"}, "spec.backend", "one of torch, horovod"),
     ({"device": 0}, "spec.device", "must be a string, got int 0"),
@@ -454,7 +499,7 @@ def test_check_settings_judges_with_the_crd():
         ({"stage": 4}, "spec.stage", "1, 2, 3"),
         ({"stage": 3, "quantize": "none"}, "spec.quantize", "for float outputs only, choose stage 2"),
         ({"objective": "flops"}, "spec.objective", "params, macs, latency"),
-        ({"workers": 0}, "spec.workers", ">= 1"),
+        ({"workers": 0}, "spec.workers", "[1, 256]"),
         ({"seed": 1.5}, "spec.seed", "integer"),
         ({"budget": {"ratios": [2]}}, "spec.budget.ratios[0]", "(0, 1)"),
         ({"delta": 0, "arch": "x"}, "spec.arch", "not a CompressionJob setting"),
@@ -474,6 +519,7 @@ def test_parse_for_kubernetes_needs_the_output_on_a_claim():
         with pytest.raises(S.SpecError) as info:
             S.parse_for_kubernetes(with_spec(output={"uri": uri}))
         assert info.value.field == "spec.output.uri" and "stage 2 continues" in str(info.value)
+        assert S.parse(with_spec(output={"uri": uri})).spec.output_uri == uri, "`kondense run` writes where it is told"
     with pytest.raises(S.SpecError, match="spec.delta"):
         S.parse_for_kubernetes(with_spec(delta=0))
 

@@ -80,8 +80,9 @@ def api_server_errors(manifest: dict, old: dict | None = None) -> list[str]:
 
 
 def kondense_accepts(manifest: dict) -> bool:
+    """The operator's verdict (the API server's counterpart); `kondense run` skips the Kubernetes-only rules."""
     try:
-        spec_mod.parse(manifest)
+        spec_mod.parse_for_kubernetes(manifest)
         return True
     except spec_mod.SpecError:
         return False
@@ -105,7 +106,7 @@ FULL = {
     "objective": "macs",
     "seed": 3,
     "suspend": True,
-    "resources": {"limits": {"memory": "8Gi", "cpu": 4}, "requests": {"cpu": "500m", "x": "1e3"}},
+    "resources": {"limits": {"memory": "8Gi", "cpu": 4}, "requests": {"cpu": "500m", "example.com/x": "1e3"}},
     "budget": {
         "stage1Epochs": 0.5,
         "stepEpochs": 1,
@@ -124,14 +125,14 @@ CASES = {
     "every field": (FULL, True),
     "imagefolder data": ({"data": {"uri": "pvc://data/imgs", "format": "imagefolder"}}, True),
     "npz inferred": ({"data": {"uri": "/d/x.npz"}}, True),
-    "file output": ({"output": {"uri": "file:///abs/out"}}, True),
-    "relative output": ({"output": {"uri": "relative/out"}}, True),
+    "file output, on Kubernetes": ({"output": {"uri": "file:///abs/out"}}, False),
+    "relative output, on Kubernetes": ({"output": {"uri": "relative/out"}}, False),
     "a claim alone": ({"output": {"uri": "pvc://models"}}, True),
     "three dots are a name": ({"output": {"uri": "pvc://models/.../x"}}, True),
     "63-character claim": ({"output": {"uri": f"pvc://{'a' * 63}/x"}}, True),
     "64 ratios": ({"budget": {"ratios": [0.5] * 64}}, True),
     "253-character zoo name": ({"model": {"zoo": "r" * 253}}, True),
-    "1024-character uri": ({"output": {"uri": "o" * 1024}}, True),
+    "1024-character uri": ({"output": {"uri": "pvc://o/" + "o" * 1016}}, True),
     "null means default": ({"stage": None, "seed": None}, True),
     "delta zero": ({"delta": 0}, False),
     "delta over 100": ({"delta": 150}, False),
@@ -168,7 +169,7 @@ CASES = {
     "drift: quantity a float": ({"resources": {"limits": {"cpu": 0.5}}}, False),
     "drift: quantity not a quantity": ({"resources": {"requests": {"memory": "8 GB"}}}, False),
     "drift: 65 ratios": ({"budget": {"ratios": [0.5] * 65}}, False),
-    "drift: uri over 1024": ({"output": {"uri": "o" * 1025}}, False),
+    "drift: uri over 1024": ({"output": {"uri": "pvc://o/" + "o" * 1017}}, False),
     "drift: zoo name over 253": ({"model": {"zoo": "r" * 254}}, False),
     "drift: claim over 63": ({"output": {"uri": f"pvc://{'a' * 64}/x"}}, False),
     "drift: '..' in a pvc path": ({"output": {"uri": "pvc://models/a/../../etc"}}, False),
@@ -180,6 +181,16 @@ CASES = {
     "drift: blank arch": ({"model": {"uri": "pvc://m/x.pt", "arch": "\t"}}, False),
     "drift: blank dataset": ({"data": {"dataset": " "}}, False),
     "drift: blank uri": ({"output": {"uri": " \n"}}, False),
+    "restart settings": ({"maxRestarts": 0, "restartOnOOMKilled": True, "activeDeadlineSeconds": 1}, True),
+    "100 restarts": ({"maxRestarts": 100}, True),
+    "101 restarts": ({"maxRestarts": 101}, False),
+    "negative restarts": ({"maxRestarts": -1}, False),
+    "deadline 0": ({"activeDeadlineSeconds": 0}, False),
+    "OOM restart a string": ({"restartOnOOMKilled": "true"}, False),
+    "managed by kueue": ({"managedBy": "kueue.x-k8s.io"}, True),
+    "managed by kueue, suspended": ({"managedBy": "kueue.x-k8s.io", "suspend": True}, False),
+    "managed by the operator, suspended": ({"managedBy": "kondense.dev/operator", "suspend": True}, True),
+    "managed by someone else": ({"managedBy": "example.com/mine"}, False),
 }
 
 # What kondense.job.spec refuses though no schema can say it (documented in kondense.job.schema):
@@ -321,7 +332,11 @@ def test_examples_validate():
     ]
     assert len(jobs) >= 5
     for doc in jobs:
-        assert api_server_errors(doc) == [] and spec_mod.parse(doc).name == doc["metadata"]["name"]
+        assert spec_mod.parse(doc).name == doc["metadata"]["name"]
+        if doc["metadata"]["name"] == "mobilenet-v1-fmnist-local":  # examples/local-stage2.yaml, for `kondense run`
+            assert [e for e in api_server_errors(doc) if "on Kubernetes" in e], "its output is a local path"
+        else:
+            assert api_server_errors(doc) == [] and spec_mod.parse_for_kubernetes(doc) == spec_mod.parse(doc)
 
 
 def test_the_copies_are_the_package_crd():
@@ -350,11 +365,15 @@ def test_crd_identity_and_printer_columns():
     assert columns == {
         "Phase": ".status.phase",
         "Stage": ".status.stage",
+        "Progress": ".status.progress.percent",
         "Delta": ".spec.delta",
         "Size x": ".status.metrics.enhancement.size",
         "Acc drop": ".status.metrics.enhancement.accuracyDrop",
+        "Restarts": ".status.restarts",
         "Age": ".metadata.creationTimestamp",
     }
+    extra = {c["name"]: (c["type"], c.get("priority", 0)) for c in VERSION["additionalPrinterColumns"]}
+    assert (extra["Progress"], extra["Restarts"]) == (("integer", 0), ("integer", 1)), "Restarts only with -o wide"
 
 
 def test_schema_is_structural():
@@ -407,12 +426,17 @@ def test_spec_is_immutable_but_suspend():
         ({"backend": "horovod"}, "spec.backend"),
         ({"quantize": "int8"}, "spec.quantize"),
         ({"budget": None}, "spec.budget"),
+        ({"managedBy": "kueue.x-k8s.io"}, "spec.managedBy"),
     ]:
         new = copy.deepcopy(old)
         new["spec"].update(change)
         errors = " ".join(api_server_errors(new, old))
         assert word in errors and "immutable" in errors, (change, errors)
         assert kondense_accepts(new), "transition rules only apply to updates"
+    for change in ({"maxRestarts": 10}, {"restartOnOOMKilled": True}, {"activeDeadlineSeconds": 60}):
+        new = copy.deepcopy(old)
+        new["spec"].update(change)
+        assert api_server_errors(new, old) == [], f"{change} is read afresh for each stage Job, so it may change"
 
 
 def test_status_schema_accepts_what_the_operator_writes():
@@ -429,6 +453,18 @@ def test_status_schema_accepts_what_the_operator_writes():
         "reason": "Succeeded",
         "message": "ok",
         "trainingSamples": 5,
+        "restarts": 1,
+        "progress": {
+            "stage": 2,
+            "step": 3,
+            "steps": 10,
+            "percent": 30,
+            "etaSeconds": 120,
+            "valAccuracy": 0.91,
+            "compression": 2.5,
+            "updateTime": st.now(),
+            "message": "annealing step 3 of 10",
+        },
         "conditions": conds,
         "metrics": {"original": {"accuracy": 1.0}, "enhancement": {"size": 2.0}},
         "artifacts": {"model": "pvc://m/out/model.pt"},
@@ -438,4 +474,7 @@ def test_status_schema_accepts_what_the_operator_writes():
     assert api_server_errors(manifest) == [] and kondense_accepts(manifest)
     manifest["status"]["phase"] = "Done"
     assert api_server_errors(manifest) != []
+    manifest["status"]["phase"] = "Running"
+    for bad in ({"restarts": -1}, {"progress": {"percent": 101}}, {"progress": {"step": "3"}}):
+        assert api_server_errors({**manifest, "status": {**status, **bad}}) != [], bad
     assert kondense_accepts(manifest), "the API server ignores status on create; so does parse"

@@ -10,6 +10,8 @@ hold. `validate` does what the API server does on create, in its order:
      properties (kubectl's strict field validation) unless x-kubernetes-preserve-unknown-fields;
   3. the x-kubernetes-validations CEL rules run with cel-python (RE2 regular expressions, as on
      the API server); transition rules, those naming oldSelf, only apply to updates and are skipped.
+     With kubernetes=False (`kondense run`, one machine) the rules that hold only on Kubernetes,
+     those whose message starts with KUBERNETES_ONLY, are skipped too.
 The first problem wins: schema errors ordered by field (parents first, then the schema's field
 order), then CEL rules in the same order. Torch-free, like all of kondense.job.
 """
@@ -30,6 +32,9 @@ import yaml
 from kondense.errors import KondenseError
 
 CRD_FILE = Path(__file__).with_name("compressionjob.crd.yaml")
+# How a rule of the CRD says it holds on Kubernetes only: its message starts so (a rule may carry
+# nothing but rule, message and fieldPath, and the message is what the user reads anyway).
+KUBERNETES_ONLY = "on Kubernetes"
 
 _TYPE_NAMES = {
     "object": "a mapping",
@@ -82,9 +87,10 @@ def defaults(schema: Mapping | None = None) -> dict[str, Any]:
     return {key: sub["default"] for key, sub in schema["properties"].items() if "default" in sub}
 
 
-def validate(value: Any, schema: Mapping | None = None, where: str = "") -> Any:
+def validate(value: Any, schema: Mapping | None = None, where: str = "", *, kubernetes: bool = True) -> Any:
     """`value` pruned of nulls and defaulted, if `schema` (the whole object's unless told) accepts
-    it on create; else SpecError for the first problem, its field prefixed with `where`."""
+    it on create; else SpecError for the first problem, its field prefixed with `where`.
+    kubernetes=False judges a local run: the rules marked KUBERNETES_ONLY are skipped."""
     schema = root_schema() if schema is None else schema
     value = _defaulted(_pruned(value), schema)
     _check_json(value, where)
@@ -94,7 +100,7 @@ def validate(value: Any, schema: Mapping | None = None, where: str = "") -> Any:
             errors, key=lambda e: (_order(value, schema, list(e.absolute_path)), _RANK.get(e.validator, 4), e.message)
         )
         raise _problem(first, _join(where, *first.absolute_path))
-    for problem in _rule_problems(value, schema, where):
+    for problem in _rule_problems(value, schema, where, kubernetes):
         raise problem
     return value
 
@@ -222,9 +228,9 @@ def _problem(error: jsonschema.ValidationError, field: str) -> SpecError:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return SpecError(field, _explained(f"must be one of {allowed}, got {show(instance)}{hint}", schema))
     if kind in ("minimum", "maximum"):
-        return SpecError(
-            field, _explained(f"must be {_TYPE_NAMES[schema['type']]} {_bounds(schema)}, got {show(instance)}", schema)
-        )
+        # an int-or-string (a quantity) has no type of its own
+        what = f"{_TYPE_NAMES[schema['type']]} " if "type" in schema else ""
+        return SpecError(field, _explained(f"must be {what}{_bounds(schema)}, got {show(instance)}", schema))
     if kind in ("minLength", "maxLength", "minItems", "maxItems", "maxProperties"):
         unit = "characters" if kind.endswith("Length") else "entries"
         return SpecError(
@@ -272,10 +278,10 @@ def _program(rule: str) -> celpy.Runner:
     return environment.program(environment.compile(rule))
 
 
-def _rule_problems(value: Any, schema: Mapping, where: str) -> Iterator[SpecError]:
+def _rule_problems(value: Any, schema: Mapping, where: str, kubernetes: bool) -> Iterator[SpecError]:
     """The failing rules on create, parents before children, in the schema's field order."""
     for rule in schema.get("x-kubernetes-validations") or ():
-        if "oldSelf" in rule["rule"]:
+        if "oldSelf" in rule["rule"] or (not kubernetes and is_kubernetes_only(rule)):
             continue
         if not _holds(rule["rule"], value):
             yield SpecError(where + rule.get("fieldPath", ""), rule.get("message") or f"must satisfy {rule['rule']}")
@@ -285,10 +291,15 @@ def _rule_problems(value: Any, schema: Mapping, where: str) -> Iterator[SpecErro
         for key in keys:
             sub = properties.get(key, schema.get("additionalProperties"))
             if isinstance(sub, Mapping):
-                yield from _rule_problems(value[key], sub, _join(where, key))
+                yield from _rule_problems(value[key], sub, _join(where, key), kubernetes)
     elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
         for i, item in enumerate(value):
-            yield from _rule_problems(item, schema["items"], f"{where}[{i}]")
+            yield from _rule_problems(item, schema["items"], f"{where}[{i}]", kubernetes)
+
+
+def is_kubernetes_only(rule: Mapping) -> bool:
+    """Whether an x-kubernetes-validations rule holds only on Kubernetes (see KUBERNETES_ONLY)."""
+    return str(rule.get("message") or "").startswith(KUBERNETES_ONLY)
 
 
 def _holds(rule: str, value: Any) -> bool:

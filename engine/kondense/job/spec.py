@@ -48,6 +48,8 @@ BACKENDS = tuple(_PROPERTIES["backend"]["enum"])
 DEVICES = tuple(_PROPERTIES["device"]["enum"])
 OBJECTIVES = tuple(_PROPERTIES["objective"]["enum"])  # what the conductor can minimise (--objective choices)
 QUANTIZE = tuple(_PROPERTIES["quantize"]["enum"])  # the CLI's --quantize choices
+MANAGED_BY = tuple(_PROPERTIES["managedBy"]["enum"])  # who owns the suspension of the stage Jobs
+MANAGED_BY_OPERATOR, MANAGED_BY_KUEUE = MANAGED_BY
 STAGES = tuple(_PROPERTIES["stage"]["enum"])  # the CLI's --stage choices
 DATA_FORMATS = tuple(_PROPERTIES["data"]["properties"]["format"]["enum"])
 
@@ -128,6 +130,11 @@ class JobSpec:
     seed: int
     budget: BudgetSpec
     resources: dict  # passed through to the pods; not interpreted here
+    # Kubernetes only (the operator's): `kondense run` and the CLI ignore them
+    max_restarts: int = DEFAULTS["maxRestarts"]  # stage re-creations after infrastructure losses, in all
+    restart_on_oom: bool = DEFAULTS["restartOnOOMKilled"]  # an OOMKilled worker counts as such a loss
+    active_deadline_s: int | None = None  # each stage Job's spec.activeDeadlineSeconds; None: no limit
+    managed_by: str = DEFAULTS["managedBy"]  # kueue.x-k8s.io: Kueue owns the stage Jobs' suspension
 
 
 @dataclass(frozen=True)
@@ -149,9 +156,9 @@ def check_settings(**values: Any) -> None:
     for key in sorted(given, key=lambda k: SPEC_KEYS.index(k) if k in SPEC_KEYS else -1):
         if key not in _PROPERTIES:
             raise SpecError(f"spec.{key}", f"not a CompressionJob setting; known: {', '.join(SPEC_KEYS)}")
-        schema.validate(given[key], _PROPERTIES[key], f"spec.{key}")
+        schema.validate(given[key], _PROPERTIES[key], f"spec.{key}", kubernetes=False)
     # the rules between fields (stage 3 and quantize); those naming oldSelf only judge updates and are skipped
-    schema.validate(given, _CROSS_FIELD_RULES, "spec")
+    schema.validate(given, _CROSS_FIELD_RULES, "spec", kubernetes=False)
 
 
 def resolve_quantize(stage: int, quantize: str | None) -> str:
@@ -216,12 +223,25 @@ def load(path: str | Path) -> CompressionJob:
 
 
 def parse(manifest: Mapping[str, Any], *, base_dir: str | Path | None = None) -> CompressionJob:
-    """Validate a manifest (a dict, as from YAML or the Kubernetes API) and apply the defaults.
+    """Validate a manifest (a dict, as from YAML or the Kubernetes API) for a run on one machine
+    (`kondense run`, and the workers' own copy) and apply the defaults.
 
     Raises SpecError on the first problem. With `base_dir`, relative plain paths become
     absolute against it (`load` passes the manifest's directory); without it they stay as
     written. The input is never modified.
     """
+    return _parse(manifest, base_dir, kubernetes=False)
+
+
+def parse_for_kubernetes(body: Mapping[str, Any]) -> CompressionJob:
+    """`parse` as the API server judges the object, the CRD's Kubernetes-only rules included (the
+    output on a claim: stage 2 continues from stage 1's files there and pods share nothing else).
+    The API server has refused such objects since the CRD said so; this also refuses, with the
+    same message, those it accepted under an older, laxer CRD."""
+    return _parse(body, None, kubernetes=True)
+
+
+def _parse(manifest: Mapping[str, Any], base_dir: str | Path | None, *, kubernetes: bool) -> CompressionJob:
     if not isinstance(manifest, Mapping):
         raise SpecError("", f"a {KIND} manifest must be a mapping, got {schema.kind_of(manifest)}")
     # what the document is comes first: a ConfigMap should be told it is not a CompressionJob,
@@ -231,21 +251,8 @@ def parse(manifest: Mapping[str, Any], *, base_dir: str | Path | None = None) ->
             raise SpecError(key, f"must be '{expected}', got {schema.show(manifest.get(key))}")
     name, namespace = _metadata(manifest.get("metadata"))
     # status is the operator's: with the status subresource the API server ignores it on create
-    valid = schema.validate({k: v for k, v in manifest.items() if k != "status"})
+    valid = schema.validate({k: v for k, v in manifest.items() if k != "status"}, kubernetes=kubernetes)
     return CompressionJob(name=name, namespace=namespace, spec=_job_spec(valid["spec"], base_dir))
-
-
-def parse_for_kubernetes(body: Mapping[str, Any]) -> CompressionJob:
-    """`parse` plus what only Kubernetes needs: the output on a claim, because stage 2 continues
-    from stage 1's files there and pods share nothing else."""
-    job = parse(body)
-    if uris.claim(job.spec.output_uri) is None:
-        raise SpecError(
-            "spec.output.uri",
-            f"must be pvc://CLAIM/path on Kubernetes, got '{job.spec.output_uri}': "
-            "stage 2 continues from stage 1's files there, and pods share nothing else",
-        )
-    return job
 
 
 def _metadata(meta: Any) -> tuple[str, str]:
@@ -324,6 +331,10 @@ def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
         seed=spec["seed"],
         budget=BudgetSpec(**values),
         resources=spec.get("resources", {}),
+        max_restarts=spec["maxRestarts"],
+        restart_on_oom=spec["restartOnOOMKilled"],
+        active_deadline_s=spec.get("activeDeadlineSeconds"),
+        managed_by=spec["managedBy"],
     )
 
 
@@ -379,7 +390,12 @@ def to_manifest(job: CompressionJob) -> dict:
         "seed": s.seed,
         "budget": budget,
         "resources": copy.deepcopy(s.resources),
+        "maxRestarts": s.max_restarts,
+        "restartOnOOMKilled": s.restart_on_oom,
+        "managedBy": s.managed_by,
     }
+    if s.active_deadline_s is not None:
+        spec["activeDeadlineSeconds"] = s.active_deadline_s
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
