@@ -22,6 +22,7 @@ from kondense.pipeline.conductor import estimated, fit, ranked
 from kondense.pipeline.context import Context
 from kondense.pipeline.exploration import StageResult
 from kondense.pipeline.plan import applied
+from kondense.progress import StageProgress, stage_progress
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ GROWTH = 1
 
 
 def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
+    with stage_progress(2) as report:
+        return _anneal(ctx, start, report)
+
+
+def _anneal(ctx: Context, start: StageResult, report: StageProgress) -> tuple[StageResult, list[dict]]:
     run, budget = ctx.run, ctx.budget
     state = run.state.get("stage2")
     if state is None:
@@ -56,6 +62,7 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         current = start
 
     began, first = time.perf_counter(), state["step"]
+    report.update(val_accuracy=current.val_accuracy, compression=_ratio(ctx, current.model))
     scanned = None  # (options, base accuracy) of `current`, reused after a rejected step
     while not state["done"]:
         stop = _cap_reached(ctx, state["step"])
@@ -63,6 +70,7 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
             logger.info(f"stage 2: {stop}; done")
             break
         k = state["step"] + 1
+        report.within_step(state["step"], _planned_steps(ctx, state["step"]))
         logger.info(
             f"stage 2, step {k}{'/' + str(budget.max_steps) if budget.max_steps else ''}: "
             f"{'estimating every layer at ratio ' + str(budget.anneal_ratio) if scanned is None else 'same estimates'}, "
@@ -110,6 +118,14 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
             state["done"] = state["rejects"] >= budget.patience
         state["step"] = k
         run.save()
+        report.update(
+            step=k,
+            fraction=k / report.steps if report.steps else None,
+            val_accuracy=current.val_accuracy,
+            compression=_ratio(ctx, current.model),
+            message=f"step {k} {'kept' if accepted else 'rejected'} (val acc {val:.2f}%)",
+            boundary=True,
+        )
         per_step = (time.perf_counter() - began) / (k - first)
         logger.info(
             f"stage 2, step {k}: {len(steps)} layers shrunk, val acc {val:.2f}% (floor {ctx.accept_floor:.2f}%) -> "
@@ -119,7 +135,25 @@ def anneal(ctx: Context, start: StageResult) -> tuple[StageResult, list[dict]]:
         )
     state["done"] = True
     run.save()
+    report.finish(val_accuracy=current.val_accuracy, compression=_ratio(ctx, current.model), message="done")
     return current, state["history"]
+
+
+def _ratio(ctx: Context, model) -> float:
+    return size_mb(ctx.original) / size_mb(model)
+
+
+def _planned_steps(ctx: Context, done: int) -> int | None:
+    """How many steps annealing takes at most, as far as the user's caps say: the step cap, or the
+    steps the training-sample cap leaves room for (fewer when a step needed a second fine-tune).
+    None without caps: annealing then ends on patience, which nothing can foretell."""
+    budget, caps = ctx.budget, []
+    if budget.max_steps is not None:
+        caps.append(budget.max_steps)
+    if budget.max_samples is not None:
+        per_step = ctx.finetune.samples(len(ctx.teacher_data), budget.step_epochs) * ctx.comm.size
+        caps.append(done + max(0, (budget.max_samples - ctx.samples) // max(per_step, 1)))
+    return max(min(caps), done + 1) if caps else None
 
 
 def _cap_reached(ctx: Context, step: int) -> str | None:

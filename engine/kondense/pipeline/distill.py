@@ -190,7 +190,7 @@ class FineTune:
         )
         model.train()
         seen, step = 0, 0
-        progress = Progress(total_steps, description)
+        progress = Progress(total_steps, description, stage=True)  # a stage's work: its StageProgress counts it
         while step < total_steps:
             for x, y, teacher_logits in loader:
                 x = batch_to(x, device)

@@ -20,6 +20,7 @@ from kondense.measure.profile import size_mb
 from kondense.pipeline.conductor import fit, options_from_json, options_to_json, priced, ranked, scan
 from kondense.pipeline.context import Context
 from kondense.pipeline.plan import Step, applied
+from kondense.progress import StageProgress, stage_progress
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,25 @@ def explore(ctx: Context) -> StageResult:
         model, steps = run.load_model(done["checkpoint"], ctx.original, ctx.example)
         logger.info(f"stage 1: resumed from checkpoint ({len(steps)} steps, val acc {done['valAccuracy']:.2f}%)")
         return StageResult(model, steps, done["valAccuracy"])
+    with stage_progress(1) as report:
+        # steps are fine-tune batches: known before the scan, so the scan shows as 0 of them
+        batches = ctx.finetune.steps(len(ctx.teacher_data), budget.stage1_epochs)
+        report.update(
+            step=0,
+            steps=batches,
+            fraction=0.0,
+            val_accuracy=ctx.original_val,
+            compression=1.0,
+            message="sensitivity scan",
+            boundary=True,
+        )
+        result = _explore(ctx, report, batches)
+        report.finish(val_accuracy=result.val_accuracy, compression=_ratio(ctx, result.model), message="done")
+        return result
 
+
+def _explore(ctx: Context, report: StageProgress, batches: int) -> StageResult:
+    run, budget = ctx.run, ctx.budget
     unpack = [Step(name, "heads", 1.0) for name in transforms.packed_attention(ctx.original)]
     base = applied(ctx.original, unpack, ctx.example)  # what the scan and every plan start from
     with ctx.stopwatch.timing("scan"):
@@ -65,8 +84,13 @@ def explore(ctx: Context) -> StageResult:
             break
         began = time.perf_counter()
         model = applied(base, steps, ctx.example)
+        report.count_batches(offset=(attempt - 1) * batches, planned=batches)
+        report.update(message=f"fine-tune, attempt {attempt}", boundary=True)
         ctx.fine_tune(model, budget.stage1_epochs, seed=ctx.seed, description="stage 1 fine-tune")
         val = ctx.val_accuracy(model)
+        report.update(
+            val_accuracy=val, compression=_ratio(ctx, model), message=f"attempt {attempt} fine-tuned", boundary=True
+        )
         logger.info(
             f"stage 1, attempt {attempt}: {len(steps)} layers compressed, {size_mb(ctx.original) / size_mb(model):.1f}x smaller, val acc {val:.2f}% "
             f"(original {ctx.original_val:.2f}%, floor {ctx.accept_floor:.2f}%), fine-tuned in {time.perf_counter() - began:.0f}s"
@@ -76,6 +100,10 @@ def explore(ctx: Context) -> StageResult:
         drop /= 2
     logger.info("stage 1: no coarse plan stays within delta after fine-tuning; keeping the original")
     return _finish(ctx, base, unpack, ctx.original_val)
+
+
+def _ratio(ctx: Context, model: nn.Module) -> float:
+    return size_mb(ctx.original) / size_mb(model)
 
 
 def _finish(ctx: Context, model: nn.Module, steps: list[Step], val: float) -> StageResult:
