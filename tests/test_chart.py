@@ -366,6 +366,7 @@ def test_operator_deployment(case):
         assert [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")] == ns
     assert "--metrics-port=9090" in args and "--health-port=8080" in args
     assert "--forbidden-retry-seconds=300" in args  # what the operator's own default is
+    assert "--recheck-seconds=30" in args  # the operator's own default too
     assert "--worker-config=/etc/kondense-operator/worker.yaml" in args
     assert ("--verbose" in args) == ("logLevel=debug" in CASES[case])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -449,6 +450,14 @@ def test_forbidden_retry_reaches_the_operators_own_parser():
     assert build_parser().parse_args(c["args"]).forbidden_retry_seconds == 45.5
 
 
+def test_recheck_reaches_the_operators_own_parser():
+    from kondense_operator.cli import build_parser
+
+    dep = one(render("--set-json", "operator.recheckSeconds=7.5"), "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(c["args"]).recheck_seconds == 7.5
+
+
 def test_service_monitor():
     objs = objects("monitoring+cache")
     sm = one(objs, "ServiceMonitor")
@@ -474,6 +483,8 @@ def test_service_monitor():
         (["operator.healthPort=abc"], "/operator/healthPort"),
         (["operator.forbiddenRetrySeconds=0"], "/operator/forbiddenRetrySeconds"),
         (["operator.forbiddenRetrySeconds=soon"], "/operator/forbiddenRetrySeconds"),
+        (["operator.recheckSeconds=0"], "/operator/recheckSeconds"),
+        (["operator.recheckSeconds=often"], "/operator/recheckSeconds"),
         (["workers.port=0"], "/workers/port"),
         (["logLevel=loud"], "/logLevel"),
         (["logLevel=warning"], "/logLevel"),

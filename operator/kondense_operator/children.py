@@ -18,6 +18,7 @@ from kondense.job import spec as spec_mod
 from kondense.job import uris
 from kondense.job.worker_env import WorkerEnv
 
+from . import kueue
 from .config import WorkerConfig
 
 JOB_FILE = "/etc/kondense/job.yaml"
@@ -34,8 +35,11 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = "kondense.dev/job"
 LABEL_STAGE = "kondense.dev/stage"
+# which Job of its stage a pod belongs to: 0 for the first, then status.restarts when it was re-created
+LABEL_ATTEMPT = "kondense.dev/attempt"
 
-# the children's names get "-s1"/"-s2", and pods' host names "-<index>" on top, within 63 characters
+# the children's names get "-s1"/"-s2", a re-created stage's Job "-r<restarts>" (at most "-r100"), and
+# pods' host names "-<index>" on top, within 63 characters
 _BASE_MAX = 45
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
@@ -60,6 +64,20 @@ def base_name(name: str) -> str:
 def child_name(name: str, stage: int) -> str:
     """The Service, ConfigMap and Job of one stage share this name (one of each kind)."""
     return f"{base_name(name)}-s{stage}"
+
+
+def job_name(name: str, stage: int, attempt: int = 0) -> str:
+    """The stage's Job (MPIJob): child_name for the first, "-r<k>" after it where the stage was
+    re-created with status.restarts k (restarts.py). Deterministic from the status, so a restarted
+    operator finds the Job it made and never makes a second one for the same loss; the Service and
+    the ConfigMap are the stage's, shared by its Jobs."""
+    return child_name(name, stage) if attempt == 0 else f"{child_name(name, stage)}-r{attempt}"
+
+
+def of_attempt(pods: list[dict], attempt: int) -> list[dict]:
+    """The pods of the stage's current Job: those of an earlier (failed) Job keep its label. Pods
+    without the label are a first Job's, made before the label existed."""
+    return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, "0") == str(attempt)]
 
 
 def label_value(name: str) -> str:
@@ -104,9 +122,29 @@ def child_metadata(body: dict, stage: int) -> dict:
     }
 
 
-def coordinator(name: str, stage: int) -> str:
+def coordinator(name: str, stage: int, attempt: int = 0) -> str:
     """Worker 0's stable DNS name: host name <job>-0 in the headless Service's subdomain."""
-    return f"{child_name(name, stage)}-0.{child_name(name, stage)}"
+    return f"{job_name(name, stage, attempt)}-0.{child_name(name, stage)}"
+
+
+def run_metadata(body: dict, stage: int, attempt: int) -> dict:
+    """A stage Job's (MPIJob's) metadata: the stage's, its own name and attempt label, and the
+    CompressionJob's kueue.x-k8s.io/* labels and annotations (queue-name, priority-class, ...)."""
+    meta = child_metadata(body, stage)
+    labels, annotations = kueue.propagated(body)
+    meta["name"] = job_name(body["metadata"]["name"], stage, attempt)
+    meta["labels"].update({**labels, LABEL_ATTEMPT: str(attempt)})
+    meta["annotations"].update(annotations)
+    return meta
+
+
+def pod_failure_policy() -> dict:
+    """A pod the infrastructure took (condition DisruptionTarget: eviction, preemption, a lost
+    node) fails the Job at once, whatever backoffLimit says: a distributed stage's ranks cannot
+    rejoin one at a time, so the operator re-creates the whole stage from its checkpoint (counted
+    against spec.maxRestarts), and the Job's Failed condition keeps the record of the loss once the
+    pod is gone. Other failures count against the Job's backoffLimit (the worker config's)."""
+    return {"rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
 
 
 def build_service(body: dict, stage: int, cfg: WorkerConfig) -> dict:
@@ -158,6 +196,7 @@ def env_list(contract: dict[str, str]) -> list[dict]:
             "HOME": "/tmp",  # the root file system is read-only
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
+            "KONDENSE_PROGRESS_LINES": "1",  # rank 0's progress lines, which the operator reads from the log
         }.items()
     ]
 
@@ -245,17 +284,18 @@ def worker_command(stage: int) -> list[str]:
     return ["kondense", "worker", "--job", JOB_FILE, "--stage", str(stage), "--pvc-root", PVC_ROOT]
 
 
-def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict:
+def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig, attempt: int = 0) -> dict:
     """An Indexed Job: one pod per worker, completions = parallelism = workers, pods that never
-    restart in place (a rank that dies takes the stage with it), suspended if the spec says so."""
+    restart in place (a rank that dies takes the stage with it), suspended if the spec says so
+    (always, under Kueue, which unsuspends it on admission); `attempt`: status.restarts."""
     s = job.spec
-    name = child_name(job.name, stage)
+    name = child_name(job.name, stage)  # the Service's: the pods' subdomain
     # index=None: the worker index comes from JOB_COMPLETION_INDEX, which an Indexed Job sets itself
     contract = WorkerEnv(
         index=None,
         workers=s.workers,
         slots=s.slots_per_worker,
-        coordinator=coordinator(job.name, stage),
+        coordinator=coordinator(job.name, stage, attempt),
         port=cfg.port,
         backend=s.backend,
     ).to_env()
@@ -284,25 +324,32 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         "containers": [container],
         "volumes": volumes,
     }
-    meta = child_metadata(body, stage)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": s.workers,
-            "parallelism": s.workers,
-            "backoffLimit": cfg.backoff_limit,
-            "suspend": s.suspend,
-            "template": {
-                "metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
-                "spec": pod_spec,
-            },
+    meta = run_metadata(body, stage, attempt)
+    spec: dict = {
+        "completionMode": "Indexed",
+        "completions": s.workers,
+        "parallelism": s.workers,
+        "backoffLimit": cfg.backoff_limit,
+        "podFailurePolicy": pod_failure_policy(),
+        "suspend": True if kueue.managed(s) else s.suspend,
+        "template": {
+            "metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
+            "spec": pod_spec,
         },
     }
+    if s.active_deadline_s is not None:
+        # counted from the Job's start, and afresh when it is resumed from suspension (Kubernetes'
+        # rule) or re-created after a loss (a new Job)
+        spec["activeDeadlineSeconds"] = s.active_deadline_s
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
-def build_children(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> list[dict]:
+def build_children(
+    body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig, attempt: int = 0
+) -> list[dict]:
     """In creation order: the Job last, so its pods find their Service and ConfigMap."""
-    return [build_service(body, stage, cfg), build_configmap(body, job, stage), build_job(body, job, stage, cfg)]
+    return [
+        build_service(body, stage, cfg),
+        build_configmap(body, job, stage),
+        build_job(body, job, stage, cfg, attempt),
+    ]

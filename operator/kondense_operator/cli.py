@@ -3,7 +3,7 @@
     kondense-operator [--namespace NS]... | [--all-namespaces]
                       [--metrics-port 9090] [--health-port 8080]
                       [--worker-config PATH] [--worker-image IMAGE]
-                      [--forbidden-retry-seconds 300]
+                      [--forbidden-retry-seconds 300] [--recheck-seconds 30]
 
 Environment alternatives: KONDENSE_WATCH_NAMESPACES (comma-separated), KONDENSE_WORKER_CONFIG,
 KONDENSE_WORKER_IMAGE; flags win. kopf runs standalone (no peering objects) with CRD and
@@ -21,6 +21,7 @@ from .config import (
     DEFAULT_FORBIDDEN_RETRY_S,
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
+    DEFAULT_RECHECK_S,
     KEYS,
     ConfigError,
     OperatorConfig,
@@ -28,6 +29,8 @@ from .config import (
     load_worker_config,
     namespaces_from_env,
 )
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"how long a job refused a right (403) waits before its next try (default {DEFAULT_FORBIDDEN_RETRY_S:g})",
     )
+    p.add_argument(
+        "--recheck-seconds",
+        type=_seconds,
+        default=DEFAULT_RECHECK_S,
+        metavar="S",
+        help="how often every unfinished CompressionJob is looked at again, whatever the watch events "
+        f"said: a missed event delays a job by at most this (default {DEFAULT_RECHECK_S:g})",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -116,19 +127,25 @@ def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argpars
         health_port=args.health_port,
         worker=worker,
         forbidden_retry_s=args.forbidden_retry_seconds,
+        recheck_s=args.recheck_seconds,
     ), args
 
 
 def main(argv: list[str] | None = None) -> None:
     config, args = parse_config(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
     import kopf
 
+    # kopf's formatter puts "[namespace/name]" before every line its per-object loggers write
+    # (handler outcomes, retries, errors); a plain logging.basicConfig would drop it
+    kopf.configure(verbose=args.verbose, log_format=LOG_FORMAT, log_prefix=True)  # type: ignore[arg-type]
+    # the CRD's CEL rules run through celpy on every pass; its DEBUG lines (whole parse trees)
+    # would drown the operator's own under --verbose
+    logging.getLogger("celpy").setLevel(logging.WARNING)
+
     from . import handlers, metrics  # noqa: F401  (importing registers the handlers)
 
+    handlers.recheck_every(config.recheck_s)
     if config.worker.mpi_enabled:
         handlers.watch_mpijobs()
     metrics.serve(config.metrics_port)

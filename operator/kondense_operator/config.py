@@ -30,6 +30,8 @@ DEFAULT_METRICS_PORT = 9090
 DEFAULT_HEALTH_PORT = 8080
 # a 403 is retried this slowly: it waits for an admin, and each try posts nothing new
 DEFAULT_FORBIDDEN_RETRY_S = 300.0
+# every unfinished job is looked at again this often, so that a missed watch event cannot leave it stuck
+DEFAULT_RECHECK_S = 30.0
 
 
 class ConfigError(ValueError):
@@ -171,6 +173,7 @@ class OperatorConfig:
     health_port: int = DEFAULT_HEALTH_PORT
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     forbidden_retry_s: float = DEFAULT_FORBIDDEN_RETRY_S
+    recheck_s: float = DEFAULT_RECHECK_S
 
     @property
     def clusterwide(self) -> bool:

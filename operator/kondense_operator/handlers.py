@@ -3,12 +3,17 @@ CompressionJob; what to do is reconcile.reconcile's one level-triggered pass.
 
   created / resumed (operator start)  -> validate, initialise status, stage 1's children
   spec.suspend changed                 -> suspend or resume the running stage's Job
-  a child Job or Pod changed           -> read how the stage stands; next stage, success or failure
+  a child Job or Pod changed / deleted -> read how the stage stands; next stage, success or failure;
+                                          a stage Job deleted by hand is created again
   a child MPIJob changed (backend mpi) -> the same; watched only with the worker config's mpiJob.enabled
-  deleted                              -> nothing to do: owner references take the children along
+  every --recheck-seconds, unfinished  -> the same pass, whatever the watch events said (recheck_every)
+  deleted                              -> delete the children, wait until they are gone, then let go
 
-Handlers are sync (run in kopf's thread pool) because the kubernetes client is; no handler
-needs a finalizer (no on.delete, no timers or daemons), so deleting never waits on the operator.
+Handlers are sync (run in kopf's thread pool) because the kubernetes client is. The re-check timer
+and the on.delete handler make kopf put its finalizer (settings.persistence.finalizer) on every
+CompressionJob: deleting one waits until its children are gone, so that a job re-created under the
+same name finds their names free. With the operator down, a deletion waits for it (or for an admin
+who removes the finalizer; the garbage collector then takes the children by their owner references).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from typing import Any
 
 import kopf
 
+from . import cleanup, metrics, progress, refusals
 from . import kube as kube_mod
-from . import metrics, refusals
 from .config import OperatorConfig
 from .reconcile import Context, Forbidden, reconcile
+from .status import TERMINAL
 
 GROUP, VERSION, PLURAL = kube_mod.GROUP, kube_mod.VERSION, kube_mod.PLURAL
 CHILD_LABELS = {"app.kubernetes.io/name": "kondense", "app.kubernetes.io/managed-by": "kondense-operator"}
@@ -62,7 +68,11 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
     )
     settings.posting.level = logging.INFO
     logging.getLogger("kopf.objects").addFilter(_ForbiddenNotPosted())
-    settings.watching.server_timeout = 300  # re-list now and then: a missed event is caught up
+    # Each watch request ends after 300 s and kopf resumes it from the last resourceVersion: that
+    # is no re-list (kopf lists again only after a 410 Gone or a restart, and only then do the event
+    # handlers see every object, with type None). What a missed event leaves undone, the
+    # re-check timer (recheck_every) picks up.
+    settings.watching.server_timeout = 300
     memo.context = Context(
         kube=kube_mod.Kube(kube_mod.load_config()),
         worker=cfg.worker,
@@ -88,12 +98,20 @@ def _retrying(ctx: Context, namespace: str, name: str) -> None:
 
 
 def _once(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> None:
-    """A pass from an event handler, which kopf never retries: a 403 is already in the status and
-    the create/resume handler's slow retry; logging it again here would only repeat it."""
+    """A pass from an event handler or the re-check timer, which are not retried: the next event or
+    re-check runs it again. A 403 is already in the status and the create/resume handler's slow
+    retry; logging it again here would only repeat it. Other errors are logged here, naming the
+    CompressionJob: kopf would log them under the Job's or Pod's name that triggered the pass."""
     try:
         reconcile(ctx, namespace, name)
     except Forbidden as e:
         logger.debug("CompressionJob %s/%s: %s", namespace, name, e)
+    except kube_mod.ApiError as e:
+        logger.warning(
+            "CompressionJob %s/%s: pass interrupted, tried again on the next event or re-check: %s", namespace, name, e
+        )
+    except Exception:
+        logger.exception("CompressionJob %s/%s: pass failed", namespace, name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, backoff=5)
@@ -107,10 +125,43 @@ def suspend_changed(namespace: str, name: str, memo: Any, **_: Any) -> None:
     _retrying(_context(memo), namespace, name)
 
 
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=5)
+def deleted(body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    """The children go before the finalizer does. Deletion is asked for once per child; the handler
+    then comes back every 2 s until they are gone (a Job goes once the Job controller let it go)."""
+    ctx = _context(memo)
+    try:
+        remaining = cleanup.delete_children(ctx.kube, dict(body), ctx.worker.mpi_enabled)
+    except kube_mod.ApiError as e:
+        if e.status != refusals.FORBIDDEN:
+            raise
+        message = refusals.forbidden_message(e, ctx.forbidden_retry_s)
+        raise kopf.TemporaryError(message, delay=ctx.forbidden_retry_s) from None
+    if remaining:
+        raise kopf.TemporaryError(f"waiting for {', '.join(remaining)} to go", delay=2)
+
+
+def _unfinished(body: kopf.Body, **_: Any) -> bool:
+    return (body.get("status") or {}).get("phase") not in TERMINAL
+
+
+def recheck(namespace: str, name: str, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    _once(_context(memo), namespace, name, logger)
+
+
+def recheck_every(seconds: float) -> None:
+    """Look at every unfinished CompressionJob again every `seconds`, whatever the watch events said:
+    a missed event, a child's name freed by an object the operator does not watch (a Service or
+    ConfigMap), or a pass interrupted by an API error then costs at most `seconds`. Finished jobs
+    (the `when` filter) are left alone. Called before kopf starts, with --recheck-seconds."""
+    kopf.timer(GROUP, VERSION, PLURAL, id="recheck", interval=seconds, initial_delay=seconds, when=_unfinished)(recheck)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def cj_event(type: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         metrics.JOB_INFO.forget(body.metadata.get("uid") or f"{body.metadata.namespace}/{body.metadata.name}")
+        progress.forget(body.metadata.namespace, body.metadata.name)  # its progress gauge series
 
 
 def _owner(body: kopf.Body) -> str | None:
@@ -122,14 +173,15 @@ def _owner(body: kopf.Body) -> str | None:
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
 def job_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    # DELETED counts: a stage's Job deleted by hand is created again by the pass
     owner = _owner(body)
-    if owner and type != "DELETED":
+    if owner:
         _once(_context(memo), body.metadata.namespace, owner, logger)
 
 
 def mpijob_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
     owner = _owner(body)
-    if owner and type != "DELETED":
+    if owner:
         _once(_context(memo), body.metadata.namespace, owner, logger)
 
 
@@ -145,5 +197,5 @@ def watch_mpijobs() -> None:
 def pod_event(type: str, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
     # pods are owned by their Job; the CompressionJob is named in their annotation
     owner = (body.metadata.get("annotations") or {}).get("kondense.dev/compressionjob")
-    if owner and type != "DELETED":
+    if owner:
         _once(_context(memo), body.metadata.namespace, owner, logger)

@@ -169,12 +169,36 @@ class Kube:
         patch = {"runPolicy": {"suspend": suspend}} if kind == "MPIJob" else {"suspend": suspend}
         return self.request("PATCH", self.child_path(kind, namespace, name), {"spec": patch}, MERGE_PATCH)
 
+    def delete(self, kind: str, namespace: str, name: str) -> dict:
+        """Deletes a child; its dependents (a Job's pods) go in the background, as with kubectl
+        (the API's default for a batch/v1 Job would orphan them)."""
+        return self.request("DELETE", self.child_path(kind, namespace, name), query={"propagationPolicy": "Background"})
+
     def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict]:
+        return self.list_labelled("Pod", namespace, selector)
+
+    def list_labelled(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict]:
+        """The objects of `kind` (a child_path kind) in `namespace` that carry every label of `selector`."""
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
-        items = self.request("GET", self.child_path("Pod", namespace), query=query).get("items") or []
+        items = self.request("GET", self.child_path(kind, namespace), query=query).get("items") or []
         # filtered here as well: a server (or emulator) that ignores labelSelector must not mix jobs up
         return [
             p
             for p in items
             if all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in selector.items())
         ]
+
+    def pod_log(self, namespace: str, name: str, container: str, tail_lines: int) -> str:
+        """The last `tail_lines` lines of a container's log, each prefixed with its RFC 3339 time
+        (timestamps=true). The pods/log subresource answers text, not JSON, hence not request()."""
+        query = urlencode({"container": container, "tailLines": tail_lines, "timestamps": "true"})
+        path = f"{self.child_path('Pod', namespace, name)}/log?{query}"
+        _, url, headers, _, _ = self.api.param_serialize(
+            "GET", path, header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
+        )
+        response = self.api.call_api("GET", url, header_params=headers, _request_timeout=30)
+        data = response.read()
+        text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, "GET", path, text)
+        return text

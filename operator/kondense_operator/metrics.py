@@ -1,6 +1,7 @@
 """Prometheus metrics (kopf has none of its own), on an own registry served by start_http_server.
 
-Labels stay low-cardinality: no job names, only reasons, stages, backends and phases.
+Labels stay low-cardinality: only reasons, stages, backends and phases; job names only in
+kondense_job_progress_percent, one series per running job, removed when it ends.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ STAGE_DURATION = Histogram(
     "Wall time of a succeeded stage's Job",
     ["stage"],
     buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400, float("inf")),
+    registry=REGISTRY,
+)
+
+STAGE_RESTARTS = Counter(
+    "kondense_stage_restarts_total",
+    "Stages re-created from their checkpoint after their pods were lost, by reason (Evicted, Preempted, "
+    "NodeLost, NodeShutdown, Disrupted, OOMKilled, MPIJobEvicted)",
+    ["reason"],
     registry=REGISTRY,
 )
 
@@ -55,6 +64,12 @@ FAILURE_REASONS = (
     "MPIJobCRDMissing",
     "MPIJobFailed",
     "MPIJobEvicted",
+    # a stage's pods lost past spec.maxRestarts (restarts.REASONS)
+    "Evicted",
+    "Preempted",
+    "NodeLost",
+    "NodeShutdown",
+    "Disrupted",
 )
 
 
@@ -99,6 +114,43 @@ class _JobInfo:
 
 JOB_INFO = _JobInfo()
 REGISTRY.register(JOB_INFO)
+
+
+class _JobProgress:
+    """kondense_job_progress_percent{namespace, name, stage}: each running CompressionJob's
+    status.progress.percent. The one series with job names: as many as live jobs, one each (a new
+    stage replaces the job's series), removed when the job finishes or is deleted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def set(self, namespace: str, name: str, stage: int, percent: int) -> None:
+        with self._lock:
+            self._jobs[(namespace, name)] = (stage, percent)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._jobs.pop((namespace, name), None)
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "kondense_job_progress_percent",
+            "Percent of its current stage a running CompressionJob has done, as its rank 0 last reported",
+            labels=["namespace", "name", "stage"],
+        )
+        with self._lock:
+            rows = sorted(self._jobs.items())
+        for (namespace, name), (stage, percent) in rows:
+            family.add_metric([namespace, name, str(stage)], percent)
+        yield family
+
+    def describe(self):
+        return []
+
+
+JOB_PROGRESS = _JobProgress()
+REGISTRY.register(JOB_PROGRESS)
 
 
 def serve(port: int) -> None:

@@ -25,7 +25,7 @@ import copy
 from kondense.job import spec as spec_mod
 from kondense.job.worker_env import COORDINATOR, PORT, WorkerEnv
 
-from . import children
+from . import children, kueue
 from .config import WorkerConfig
 from .kube import MPI_GROUP, MPI_VERSION
 
@@ -145,11 +145,19 @@ def _worker(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict
     return {**children.pod_spec_base(cfg, gpu=s.device == "cuda"), "containers": [container], "volumes": volumes}
 
 
-def build_mpijob(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict:
+def build_mpijob(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig, attempt: int = 0) -> dict:
     """One MPIJob for one stage: a launcher and spec.workers sshd pods, no retries (backoffLimit as
-    the Indexed Job's), running workers removed once the launcher ended, suspended if the spec says so."""
+    the Indexed Job's), running workers removed once the launcher ended, suspended if the spec says so
+    (always, under Kueue); named and labelled for `attempt` (status.restarts) as the Indexed Job."""
     s = job.spec
-    meta = children.child_metadata(body, stage)
+    meta = children.run_metadata(body, stage, attempt)
+    run_policy: dict = {
+        "cleanPodPolicy": "Running",
+        "backoffLimit": cfg.backoff_limit,
+        "suspend": True if kueue.managed(s) else s.suspend,
+    }
+    if s.active_deadline_s is not None:
+        run_policy["activeDeadlineSeconds"] = s.active_deadline_s
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -162,11 +170,7 @@ def build_mpijob(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: Work
             # the launcher starts once every worker's sshd is up (MPI operator v0.5.0 and later; older
             # ones prune the field and start it at once, and ssh retries the workers for a while)
             "launcherCreationPolicy": "WaitForWorkersReady",
-            "runPolicy": {
-                "cleanPodPolicy": "Running",
-                "backoffLimit": cfg.backoff_limit,
-                "suspend": s.suspend,
-            },
+            "runPolicy": run_policy,
             "mpiReplicaSpecs": {
                 LAUNCHER: {
                     "replicas": 1,
@@ -183,10 +187,12 @@ def build_mpijob(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: Work
     }
 
 
-def build_children(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> list[dict]:
+def build_children(
+    body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig, attempt: int = 0
+) -> list[dict]:
     """In creation order: the ConfigMap, then the MPIJob whose pods mount it. No Service: the MPI
     operator makes its own for the pods' names."""
-    return [children.build_configmap(body, job, stage), build_mpijob(body, job, stage, cfg)]
+    return [children.build_configmap(body, job, stage), build_mpijob(body, job, stage, cfg, attempt)]
 
 
 def suspended(obj: dict) -> bool:

@@ -8,15 +8,19 @@ workers.mpiJob.enabled, and only then). Exact verbs, no wildcards, no Secrets. F
 operator (kopf included) made against the kmock API emulator (tests/operator/test_operator.py::test_rbac_rules_cover_exactly_what_the_operator_calls keeps
 this list complete and minimal):
 
-- kopf lists and watches the CompressionJobs, patches them (its progress annotations) and posts
+- kopf lists and watches the CompressionJobs, patches them (its progress annotations and its
+  finalizer, which the re-check timer and the on.delete handler need) and posts
   core v1 Events; it runs standalone (no peering objects) with CRD/namespace scanning disabled,
   so it needs no rights on CRDs or namespaces. API discovery (/apis) is open to every
   authenticated user (system:discovery) and needs no rule.
 - the reconcile loop reads CompressionJobs and patches their status; creates and reads the
   stage children (Services, ConfigMaps, Jobs) and patches Jobs (spec.suspend); lists and watches
-  Jobs and Pods (read only) to follow the stages.
+  Jobs and Pods (read only) to follow the stages; deletes the children of a deleted
+  CompressionJob (its on.delete handler) before letting its finalizer go; reads the tail of a
+  running stage's rank-0 pod log (pods/log) for status.progress (progress.py).
 - backend mpi: the reconcile loop creates and reads a stage's MPIJob and patches it
-  (spec.runPolicy.suspend); kopf lists and watches MPIJobs to follow the stages. The MPI operator
+  (spec.runPolicy.suspend), and deletes it with its CompressionJob; kopf lists and watches MPIJobs
+  to follow the stages. The MPI operator
   makes the pods, the launcher Job, the Service and the ssh Secret itself, under its own account.
 """
 
@@ -25,17 +29,22 @@ from __future__ import annotations
 NAMESPACED_RULES: list[dict] = [
     {"apiGroups": ["kondense.dev"], "resources": ["compressionjobs"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["kondense.dev"], "resources": ["compressionjobs/status"], "verbs": ["patch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 
 CLUSTER_RULES: list[dict] = []
 
 MPIJOB_RULES: list[dict] = [
-    {"apiGroups": ["kubeflow.org"], "resources": ["mpijobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {
+        "apiGroups": ["kubeflow.org"],
+        "resources": ["mpijobs"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
 ]
 
 

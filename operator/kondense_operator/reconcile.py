@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kondense.job import spec as spec_mod
 from kondense.job.spec import parse_for_kubernetes  # re-exported: the operator's validation lives there
 
-from . import children, metrics, mpijob, refusals
+from . import children, kueue, metrics, mpijob, progress, refusals, restarts
 from . import status as st
 from .config import DEFAULT_FORBIDDEN_RETRY_S, WorkerConfig
 from .kube import ApiError, Kube
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Event(body, type, reason, message): kopf.event in the operator, a list in tests
 EventSink = Callable[[dict, str, str, str], None]
+NAME_TAKEN = "NameTaken"  # status reason, condition type and Event reason: a child's name is someone else's
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -57,6 +58,11 @@ class Forbidden(Exception):
         self.delay = delay
 
 
+class _NameTaken(Exception):
+    """A child's name is held by an object that is not this CompressionJob's (typically a child of a
+    deleted CompressionJob of the same name, still going); the message says which and whose."""
+
+
 class _Interrupted(Exception):
     """A pass stopped by an API error after it had moved the status: `status` is written first,
     then `cause` is raised, so that the next try does not count (or announce) the same step again."""
@@ -82,6 +88,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> dict | None:
             _write_status(ctx, namespace, name, old, stop.status)
             _record_info(body, stop.status)
             raise stop.cause from None
+        progress.settle(namespace, name, new)  # a finished job's progress gauge goes
         _write_status(ctx, namespace, name, old, new)
         _record_info(body, new)
         return new
@@ -89,12 +96,19 @@ def reconcile(ctx: Context, namespace: str, name: str) -> dict | None:
 
 def _write_status(ctx: Context, namespace: str, name: str, old: dict, new: dict) -> None:
     if new != old:
-        # a merge patch: keys that disappeared must be nulled explicitly
-        patch = dict(new)
-        for key in old:
-            if key not in new:
-                patch[key] = None
-        ctx.kube.patch_cj_status(namespace, name, patch)
+        ctx.kube.patch_cj_status(namespace, name, _merge_patch(old, new))
+
+
+def _merge_patch(old: dict, new: dict) -> dict:
+    """`new` as a JSON merge patch over `old`: keys that disappeared must be nulled explicitly, in
+    nested objects too (a status.progress line without etaSeconds must not keep the last one's)."""
+    patch = dict(new)
+    for key, value in old.items():
+        if key not in new:
+            patch[key] = None
+        elif isinstance(value, dict) and isinstance(new[key], dict):
+            patch[key] = _merge_patch(value, new[key])
+    return patch
 
 
 def _record_info(body: dict, new: dict) -> None:
@@ -114,6 +128,8 @@ def _step(ctx: Context, body: dict, status: dict) -> dict:
     generation = int(meta.get("generation") or 1)
     phase = status.get("phase")
     if phase in st.TERMINAL:
+        # nothing moves a finished job; a later change (only spec.suspend is mutable) is still seen
+        status["observedGeneration"] = generation
         return status
 
     # 1. the spec: invalid is final (the spec is immutable, so retrying cannot help)
@@ -142,17 +158,24 @@ def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dic
     while True:
         stage = int(status.get("stage") or 1)
         try:
-            k8s_job = _ensure_children(ctx, body, job, stage)  # the stage's Job, or its MPIJob
-            if k8s_job is None:
-                return status  # a foreign object holds a child's name; reported, retried on the next pass
+            attempt = restarts.restarts_of(status)  # which of the stage's Jobs is current (children.job_name)
+            k8s_job = _ensure_children(ctx, body, job, stage, attempt)  # the stage's Job, or its MPIJob
+            status = _name_free(status, generation)
             pods = ctx.kube.list_pods(meta["namespace"], children.selector(meta["name"], stage))
+            pods = children.of_attempt(pods, attempt)  # an earlier, lost Job's pods are history
             outcome = st.observe(k8s_job, pods)
 
             if outcome.state == "failed":
-                if outcome.reason in st.NEVER_STARTS:
-                    # such a pod waits forever: stop the Job so it stops holding nodes
-                    _set_suspend(ctx, k8s_job, True)
-                return _fail(ctx, body, status, outcome.reason, f"stage {stage}: {outcome.message}", generation)
+                decision = restarts.decide(k8s_job, pods, outcome, job.spec, attempt)
+                if decision.action == restarts.RESTART:
+                    status = _restart(ctx, body, status, k8s_job, stage, decision, job.spec.max_restarts)
+                    continue  # the stage's next Job, in this same pass
+                if decision.action == restarts.FAIL:
+                    if decision.reason in st.NEVER_STARTS:
+                        # such a pod waits forever: stop the Job so it stops holding nodes
+                        _set_suspend(ctx, k8s_job, True)
+                    return _fail(ctx, body, status, decision.reason, f"stage {stage}: {decision.message}", generation)
+                outcome = st.StageOutcome("running")  # WAIT: the Job's controller has not stopped the attempt yet
 
             if outcome.state == "succeeded":
                 status = st.apply_summary(status, outcome.summary)
@@ -174,33 +197,39 @@ def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dic
                 ctx.event(body, "Normal", "Succeeded", status["message"])
                 return status
 
+            if kueue.managed(job.spec):
+                # Kueue owns the suspension: never patched here; suspended means not admitted (yet, or again)
+                if mpijob.suspended(k8s_job):
+                    return _waiting_for_admission(ctx, body, status, stage, k8s_job, generation)
             # running, pending or suspended: make the Job (or MPIJob) follow spec.suspend
-            if mpijob.suspended(k8s_job) != job.spec.suspend:
+            elif mpijob.suspended(k8s_job) != job.spec.suspend:
                 _set_suspend(ctx, k8s_job, job.spec.suspend)
-            return _running(ctx, body, status, job, stage, outcome, generation)
+            status = _running(ctx, body, status, job, stage, outcome, generation)
+            if status.get("phase") == st.RUNNING:
+                progress.follow(ctx.kube, body, status, stage, pods)  # status.progress: rank 0's last line
+            return status
+        except _NameTaken as taken:
+            # looked at again on the next event or re-check (--recheck-seconds): the old child's
+            # Service or ConfigMap going sends no event the operator watches
+            return _name_taken(ctx, body, status, stage, str(taken), generation)
         except ApiError as e:
             # `status` is this pass's so far (a stage may have finished before the refusal)
             return _refused(ctx, body, status, stage, e, generation)
 
 
-def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, stage: int) -> dict | None:
+def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, stage: int, attempt: int = 0) -> dict:
     """The stage's Service, ConfigMap and Job (backend mpi: ConfigMap and MPIJob), created if
-    missing; the Job (or MPIJob) as it is now."""
+    missing; the Job (or MPIJob) as it is now. _NameTaken where a name is someone else's.
+    `attempt` (status.restarts) names the Job (children.job_name)."""
     uid = body["metadata"].get("uid")
     k8s_job = None
     build = mpijob.build_children if job.spec.backend == "mpi" else children.build_children
-    for child in build(body, job, stage, ctx.worker):
+    for child in build(body, job, stage, ctx.worker, attempt):
         with _about(child["kind"], child["metadata"]["name"]):
             obj, created = ctx.kube.create_or_get(child)
         owners = [o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")]
         if not created and uid not in owners:
-            ctx.event(
-                body,
-                "Warning",
-                "NameTaken",
-                f"{child['kind']} {child['metadata']['name']} exists and belongs to someone else; waiting for it to go",
-            )
-            return None
+            raise _NameTaken(f"stage {stage}: {child['kind']} {child['metadata']['name']} {_whose(obj)}")
         if created:
             ctx.event(
                 body,
@@ -211,6 +240,38 @@ def _ensure_children(ctx: Context, body: dict, job: spec_mod.CompressionJob, sta
         if child["kind"] in ("Job", mpijob.KIND):
             k8s_job = obj
     return k8s_job
+
+
+def _whose(obj: dict) -> str:
+    """Whose a child found under one of this job's names is, and what frees the name."""
+    ref = next((r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")), None)
+    owner = f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" if ref else "no CompressionJob"
+    return f"exists and belongs to {owner}, not to this CompressionJob; waiting for it to be deleted"
+
+
+def _name_taken(ctx: Context, body: dict, status: dict, stage: int, message: str, generation: int) -> dict:
+    """Phase Pending, reason and condition NameTaken; the Event when it turns True (or names another
+    child), not on every pass that finds the name still taken."""
+    before = st.condition(status.get("conditions"), NAME_TAKEN) or {}
+    changed = before.get("status") != "True" or before.get("message") != message
+    conds = st.set_condition(status.get("conditions") or [], NAME_TAKEN, True, NAME_TAKEN, message, generation)
+    if (st.condition(conds, "Running") or {}).get("status") == "True":
+        conds = st.set_condition(conds, "Running", False, NAME_TAKEN, message, generation)
+    status.update(phase=st.PENDING, stage=stage, reason=NAME_TAKEN, message=message, conditions=conds)
+    if changed:
+        ctx.event(body, "Warning", NAME_TAKEN, message)
+    return status
+
+
+def _name_free(status: dict, generation: int) -> dict:
+    """Condition NameTaken False once the stage's children are this job's own (where it was True)."""
+    cond = st.condition(status.get("conditions"), NAME_TAKEN)
+    if cond and cond.get("status") == "True":
+        message = "the children's names are free: this job's own children exist"
+        status["conditions"] = st.set_condition(
+            status["conditions"], NAME_TAKEN, False, "NameFree", message, generation
+        )
+    return status
 
 
 @contextmanager
@@ -314,9 +375,17 @@ def _running(
     else:
         if st.condition(conds, "Suspended"):
             conds = st.set_condition(conds, "Suspended", False, "Resumed", "spec.suspend is false", generation)
+        if outcome.reason == st.UNSCHEDULABLE:
+            # not a failure (the cluster may scale up), and not Running; the Event once, when it turns True
+            if (st.condition(conds, st.UNSCHEDULABLE) or {}).get("status") != "True":
+                ctx.event(body, "Warning", st.UNSCHEDULABLE, f"stage {stage}: {outcome.message}")
+        else:
+            conds = st.scheduled(conds, generation)
         status["conditions"] = conds
+        if outcome.reason == st.UNSCHEDULABLE:
+            status = st.waiting_for_nodes(status, stage, outcome.message, generation)
         # a stage after the first, or one that ran before a suspension, counts as started without active pods
-        if outcome.state == "running" or stage > 1 or before in (st.RUNNING, st.SUSPENDED):
+        elif outcome.state == "running" or stage > 1 or before in (st.RUNNING, st.SUSPENDED):
             status = st.running(status, stage, job.spec, generation)
         else:
             status.update(
@@ -327,6 +396,50 @@ def _running(
             )
     if status["phase"] != before:
         ctx.event(body, "Normal", status["phase"], status["message"])
+    return status
+
+
+def _restart(
+    ctx: Context, body: dict, status: dict, lost_job: dict, stage: int, decision: restarts.Decision, budget: int
+) -> dict:
+    """The stage's pods were lost: count it in status.restarts, written at once (the count names the
+    next Job, so a restarted operator neither counts this loss again nor makes a second Job for it),
+    then the Event and the metric, then the lost Job goes (its pods have stopped: restarts.decide
+    waits for that); the caller creates the next Job, which resumes from the stage's checkpoint."""
+    meta = body["metadata"]
+    count = restarts.restarts_of(status) + 1
+    message = (
+        f"stage {stage}: {decision.message}; re-created from its checkpoint "
+        f"(restart {count} of spec.maxRestarts {budget})"
+    )
+    patch = {"restarts": count, "reason": f"Stage{stage}Restarted", "message": message}
+    ctx.kube.patch_cj_status(meta["namespace"], meta["name"], patch)  # an error here: nothing counted yet
+    status.update(patch)
+    metrics.STAGE_RESTARTS.labels(decision.reason if decision.reason in restarts.REASONS else "Other").inc()
+    ctx.event(body, "Warning", "Restarted", message)
+    lost = lost_job["metadata"]
+    try:
+        ctx.kube.delete(lost_job.get("kind") or "Job", lost["namespace"], lost["name"])
+    except ApiError as e:
+        # harmless where it stays: finished, its pods stopped, and removed with the CompressionJob
+        if e.status != 404:
+            log.warning("CompressionJob %s/%s: the lost %s stays: %s", meta["namespace"], meta["name"], lost["name"], e)
+    return status
+
+
+def _waiting_for_admission(ctx: Context, body: dict, status: dict, stage: int, k8s_job: dict, generation: int) -> dict:
+    """Phase Pending while Kueue holds the stage's Job suspended (not admitted yet, or preempted:
+    condition Running then turns False); an Event when it starts waiting."""
+    kind, name = k8s_job.get("kind") or "Job", k8s_job["metadata"]["name"]
+    message = kueue.waiting_message(body, stage, kind, name)
+    before = (status.get("phase"), status.get("reason"))
+    if (st.condition(status.get("conditions"), "Running") or {}).get("status") == "True":
+        status["conditions"] = st.set_condition(
+            status["conditions"], "Running", False, kueue.WAITING, message, generation
+        )
+    status.update(phase=st.PENDING, stage=stage, reason=kueue.WAITING, message=message)
+    if before != (st.PENDING, kueue.WAITING):
+        ctx.event(body, "Normal", kueue.WAITING, message)
     return status
 
 

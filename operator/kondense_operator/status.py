@@ -35,6 +35,9 @@ from .mpijob import LAUNCHER_CONTAINER, REPLICA_INDEX_LABEL, ROLE_LABEL
 IMAGE_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 NEVER_STARTS = ("ImagePullBackOff",) + CONFIG_REASONS  # the reasons failure() gives such a pod
+# a worker pod the scheduler cannot place: not a failure (a cluster autoscaler may add the node),
+# but the job is not running either; the status reason, condition type and Event reason
+UNSCHEDULABLE = "Unschedulable"
 
 
 @dataclass
@@ -190,9 +193,53 @@ def failure(job: dict, pods: list[dict]) -> tuple[str, str] | None:
     return reason, _with_log_tail(message, pods)[:2000]
 
 
+def _of_this_job(pod: dict, job_uid: str) -> bool:
+    """False for a pod of an earlier Job of the same name (deleted by hand and created again: its
+    pods may linger until the garbage collector takes them), which must not speak for this one."""
+    for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == "Job":
+            return not job_uid or ref.get("uid") == job_uid
+    return True
+
+
+def unschedulable(pods: list[dict]) -> str | None:
+    """The scheduler's word on a pod it cannot place (condition PodScheduled False, reason
+    Unschedulable, e.g. "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."), naming the
+    pod; None where every pod is placed. One unplaced worker holds up all the others (they wait
+    for it at the rendezvous), so one is enough."""
+    for pod in sorted(pods, key=_order):
+        if (pod.get("status") or {}).get("phase") not in (None, "Pending"):
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == UNSCHEDULABLE:
+                said = c.get("message") or "no node fits it"
+                return f"{who(pod)} (pod {pod['metadata'].get('name')}) cannot be scheduled: {said}"
+    return None
+
+
+def waiting_for_nodes(status: dict, stage: int, message: str, generation: int) -> dict:
+    """Phase Pending, reason and condition Unschedulable with the scheduler's message; condition
+    Running False where it was True: the status never says Running while a worker cannot start."""
+    out = dict(status, phase=PENDING, stage=stage, reason=UNSCHEDULABLE, message=f"stage {stage}: {message}")
+    conds = set_condition(out.get("conditions") or [], UNSCHEDULABLE, True, UNSCHEDULABLE, out["message"], generation)
+    if (condition(conds, "Running") or {}).get("status") == "True":
+        conds = set_condition(conds, "Running", False, UNSCHEDULABLE, out["message"], generation)
+    out["conditions"] = conds
+    return out
+
+
+def scheduled(conds: list[dict], generation: int) -> list[dict]:
+    """Condition Unschedulable False once every pod is placed (where it was ever set)."""
+    cond = condition(conds, UNSCHEDULABLE)
+    if not cond or cond.get("status") != "True":
+        return conds
+    return set_condition(conds, UNSCHEDULABLE, False, "Scheduled", "every worker pod is placed on a node", generation)
+
+
 def observe_stage(job: dict, pods: list[dict]) -> StageOutcome:
     """Where one stage stands, from its Job and the Job's pods."""
     st = job.get("status") or {}
+    pods = [p for p in pods if _of_this_job(p, (job.get("metadata") or {}).get("uid") or "")]
     found = failure(job, pods)
     if found is not None:
         return StageOutcome("failed", *found)
@@ -209,6 +256,10 @@ def observe_stage(job: dict, pods: list[dict]) -> StageOutcome:
                 duration,
             )
         return StageOutcome("succeeded", "StageSucceeded", "", summary, duration)
+    # before `active`, which counts pending pods too
+    waiting = unschedulable(pods)
+    if waiting:
+        return StageOutcome("pending", UNSCHEDULABLE, waiting)
     if (st.get("active") or 0) > 0 or (st.get("ready") or 0) > 0 or st.get("succeeded"):
         return StageOutcome("running")
     return StageOutcome("pending")
@@ -247,6 +298,9 @@ def observe_mpijob(mpijob: dict, pods: list[dict]) -> StageOutcome:
                 _duration(st),
             )
         return StageOutcome("succeeded", "StageSucceeded", "", summary, _duration(st))
+    waiting = unschedulable(pods)
+    if waiting:
+        return StageOutcome("pending", UNSCHEDULABLE, waiting)
     launcher = ((st.get("replicaStatuses") or {}).get("Launcher") or {}).get("active") or 0
     if _job_condition(mpijob, "Running") or _job_condition(mpijob, "Restarting") or launcher > 0:
         return StageOutcome("running")
@@ -275,6 +329,7 @@ __all__ = [
     "stage_message",
     "succeeded",
     "NEVER_STARTS",
+    "UNSCHEDULABLE",
     "StageOutcome",
     "failure",
     "observe",
@@ -284,5 +339,8 @@ __all__ = [
     "pods_failure",
     "launcher_summary",
     "rank0_summary",
+    "scheduled",
+    "unschedulable",
+    "waiting_for_nodes",
     "termination_message",
 ]

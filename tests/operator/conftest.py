@@ -29,6 +29,8 @@ from kmock._internal import enums
 
 from kondense.job.status import stage_summary
 
+from .podlogs import PodLogs
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "compressionjob.yaml"
 OPERATOR_BIN = Path(sys.executable).with_name("kondense-operator")
@@ -88,6 +90,7 @@ class Emulator(kmock.KubernetesEmulator):
         # asked for, even one without a CRD): answered 404 as a real API server answers them
         self.unserved: list[str] = []
         self._versions = itertools.count(1000)
+        self.pod_logs = PodLogs()  # pods/log, which kmock does not serve (podlogs.py)
 
     async def _handle(self, request):  # type: ignore[override]
         token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
@@ -104,6 +107,8 @@ class Emulator(kmock.KubernetesEmulator):
                     if refusal.times is not None:
                         refusal.times -= 1
                     return aiohttp.web.json_response(refusal.body, status=refusal.status)
+            if request.subresource == "log" and method == "GET":
+                return self.pod_logs.answer(self._stored(request), request.namespace, request.name, request.url.query)
             if isinstance(data, dict):
                 meta = data.setdefault("metadata", {})
                 if request.action == enums.action.CREATE:
@@ -125,6 +130,12 @@ class Emulator(kmock.KubernetesEmulator):
                             if any(old_spec.get(k) != v for k, v in (data["spec"] or {}).items()):
                                 meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
         return await super()._handle(request)
+
+    def _stored(self, request) -> dict | None:
+        """The object a subresource request is about, as stored (None: there is none)."""
+        key = (request.resource, request.namespace, request.name)
+        obj = self.objects[key] if key in self.objects else None
+        return None if obj is None or obj.deleted else dict(obj)
 
 
 class ApiServer:
@@ -179,6 +190,19 @@ class ApiServer:
             self._ready.set()
             await self._stop.wait()
 
+    def unannounced_patch(self, resource: str, namespace: str, name: str, patch: dict) -> None:
+        """Changes a stored object without the watch event a real API server would send: a missed
+        event (a watch reconnect that lost it), as the operator's re-check must cope with.
+        `resource` as kmock spells it, e.g. "batch/v1/jobs"."""
+
+        async def change() -> None:
+            assert self.emulator is not None
+            async with self.emulator._lock:
+                self.emulator.objects[resource, namespace, name].patch(patch)
+
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(change(), self._loop).result(10)
+
     def stop(self) -> None:
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -226,6 +250,9 @@ class Api:
 
     def delete_cj(self, namespace: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def list_cjs(self, namespace: str) -> list[dict]:
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL).get("items") or []
 
     def list(self, kind: str, namespace: str) -> list[dict]:
         path = f"/api/v1/namespaces/{namespace}/events" if kind == "Event" else self.raw.child_path(kind, namespace)
@@ -296,6 +323,34 @@ class Api:
                     {"name": container, "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": state}
                 ],
             },
+        )
+
+    def unschedulable(self, pod: dict, message: str) -> None:
+        """What the scheduler writes on a pod it cannot place: Pending, PodScheduled False."""
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": _now(),
+        }
+        self.patch_status(
+            "Pod",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            {"phase": "Pending", "conditions": [condition]},
+        )
+
+    def schedule(self, pod: dict) -> None:
+        """The pod placed after all (a node was added), and its worker running."""
+        condition = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
+        running = {"name": pod["spec"]["containers"][0]["name"], "ready": True, "restartCount": 0, "image": "x"}
+        running |= {"imageID": "", "state": {"running": {"startedAt": _now()}}}
+        self.patch_status(
+            "Pod",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            {"phase": "Running", "conditions": [condition], "containerStatuses": [running]},
         )
 
     def start_job(self, job: dict) -> list[dict]:

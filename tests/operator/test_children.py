@@ -214,3 +214,69 @@ def test_a_factory_s_code_and_the_inputs_are_mounted_read_only_and_the_output_wr
     manifest = yaml.safe_load(children.build_children(b, job, 1, WorkerConfig())[1]["data"]["job.yaml"])
     assert manifest["spec"]["model"]["factory"] == "mynets.small:build"
     assert "mynets" not in sys.modules
+
+
+@pytest.mark.parametrize("name", ["job", "a" * 253, "x" * 60 + ".y"])
+def test_restarted_jobs_are_named_by_the_restart_count(name):
+    assert children.job_name(name, 1, 0) == children.child_name(name, 1)
+    names = {children.job_name(name, stage, k) for stage in (1, 2) for k in range(0, 101)}
+    assert len(names) == 202  # one Job per (stage, status.restarts)
+    for n in names:
+        # the Indexed Job's pod host names: <job>-<index>, index < 256 (spec.workers' maximum)
+        assert DNS1035.fullmatch(n) and len(f"{n}-255") <= 63, n
+
+
+def test_a_restarted_stage_shares_its_service_and_configmap():
+    b = body()
+    svc, cm, k8s_job = children.build_children(b, spec_mod.parse(b), 2, WorkerConfig(), attempt=2)
+    assert (svc["metadata"]["name"], cm["metadata"]["name"], k8s_job["metadata"]["name"]) == ("job-s2",) * 2 + (
+        "job-s2-r2",
+    )
+    tpl = k8s_job["spec"]["template"]
+    assert tpl["spec"]["subdomain"] == "job-s2" and tpl["spec"]["volumes"][0]["configMap"]["name"] == "job-s2"
+    (container,) = tpl["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KONDENSE_COORDINATOR"] == "job-s2-r2-0.job-s2"  # host name <job>-0 in the Service's subdomain
+    for labels in (k8s_job["metadata"]["labels"], tpl["metadata"]["labels"]):
+        assert labels[children.LABEL_ATTEMPT] == "2" and labels[children.LABEL_STAGE] == "2"
+    assert children.LABEL_ATTEMPT not in svc["spec"]["selector"]  # the Service is the stage's, whichever Job
+
+    def pod(name: str, attempt: str | None) -> dict:
+        labels = {} if attempt is None else {children.LABEL_ATTEMPT: attempt}
+        return {"metadata": {"name": name, "labels": labels}}
+
+    pods = [pod("old", None), pod("first", "0"), pod("lost", "1"), pod("now", "2")]
+    assert [p["metadata"]["name"] for p in children.of_attempt(pods, 0)] == ["old", "first"]
+    assert [p["metadata"]["name"] for p in children.of_attempt(pods, 2)] == ["now"]
+
+
+def test_a_lost_pod_fails_the_job_at_once_whatever_backoff_limit():
+    b = body()
+    k8s_job = children.build_job(b, spec_mod.parse(b), 1, WorkerConfig(backoff_limit=4))
+    assert k8s_job["spec"]["backoffLimit"] == 4
+    assert k8s_job["spec"]["podFailurePolicy"] == {
+        "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    }
+    assert k8s_job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+
+def test_deadline_and_kueue_go_onto_the_job_and_its_pods():
+    b = body(activeDeadlineSeconds=3600, managedBy="kueue.x-k8s.io")
+    b["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "team": "a"}
+    b["metadata"]["annotations"] = {"kueue.x-k8s.io/priority-class": "high", "note": "x"}
+    svc, cm, k8s_job = children.build_children(b, spec_mod.parse(b), 1, WorkerConfig())
+    spec = k8s_job["spec"]
+    assert spec["activeDeadlineSeconds"] == 3600
+    assert spec["suspend"] is True  # Kueue unsuspends it on admission
+    assert "managedBy" not in spec  # the Job controller runs it; Kueue only admits it
+    for meta in (k8s_job["metadata"], spec["template"]["metadata"]):
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and "team" not in meta["labels"]
+        assert meta["annotations"]["kueue.x-k8s.io/priority-class"] == "high" and "note" not in meta["annotations"]
+    for child in (svc, cm):
+        assert "kueue.x-k8s.io/queue-name" not in child["metadata"]["labels"]
+
+    plain = body(suspend=False)
+    plain["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    spec = children.build_job(plain, spec_mod.parse(plain), 1, WorkerConfig())["spec"]
+    assert spec["suspend"] is False and "activeDeadlineSeconds" not in spec
+    assert spec["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

@@ -167,7 +167,8 @@ def _oom(api, mj, launcher, workers):
 )
 def test_failed_mpijob_fails_the_job_with_its_reason(api, operator, namespace, fail, reason, words):
     before = metric_value(operator.metrics(), "kondense_jobs_failed_total", {"reason": reason})
-    api.create_cj(namespace, mpi_manifest("failing", namespace))
+    # no restarts left: an eviction fails the job too (test_restarts.py: with some, the stage is re-created)
+    api.create_cj(namespace, mpi_manifest("failing", namespace, maxRestarts=0))
     mj = stage_mpijob(api, namespace, "failing", 1)
     launcher, workers = api.start_mpijob(mj)
     wait_phase(api, namespace, "failing", "Running")

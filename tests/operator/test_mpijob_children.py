@@ -74,7 +74,7 @@ def test_children_are_the_configmap_and_one_mpijob():
         r, pod, _ = replica(mj, kind)
         assert r["restartPolicy"] == "Never"  # the MPI operator's launcher default would be OnFailure
         labels = r["template"]["metadata"]["labels"]
-        assert labels == {**children.labels("job", 2), mpijob.ROLE_LABEL: kind.lower()}
+        assert labels == {**children.labels("job", 2), children.LABEL_ATTEMPT: "0", mpijob.ROLE_LABEL: kind.lower()}
         assert r["template"]["metadata"]["annotations"] == {"kondense.dev/compressionjob": "job"}
         # the MPI operator sets these itself, and warns about a template's restartPolicy
         assert not {"restartPolicy", "hostname", "subdomain"} & set(pod)
@@ -83,7 +83,7 @@ def test_children_are_the_configmap_and_one_mpijob():
 def test_mpijob_meets_the_mpi_operators_validation():
     """What kubeflow/mpi-operator's controller checks (pkg/apis/kubeflow/validation) before it runs
     an MPIJob, restated: it would otherwise only emit an Event and never start the pods."""
-    for name, workers in (("job", 1), ("a" * 253, 4), ("x.y", 999)):
+    for name, workers in (("job", 1), ("a" * 253, 4), ("x.y", 256)):  # 256: the most spec.workers allows
         _, mj = build(body(name, workers=workers))
         s = mj["spec"]
         worker_host = f"{mj['metadata']['name']}-worker-{workers - 1}"
@@ -330,3 +330,19 @@ def test_other_backends_keep_the_indexed_job(backend):
     b = body(backend=backend)
     kinds = [c["kind"] for c in children.build_children(b, spec_mod.parse(b), 1, WorkerConfig(mpi_job=MPI))]
     assert kinds == ["Service", "ConfigMap", "Job"]
+
+
+def test_mpijob_carries_deadline_kueue_and_attempt():
+    b = body(workers=2, activeDeadlineSeconds=600, managedBy="kueue.x-k8s.io")
+    b["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a"}
+    b["metadata"]["annotations"] = {"kueue.x-k8s.io/priority-class": "high"}
+    cm, mj = mpijob.build_children(b, spec_mod.parse(b), 1, WorkerConfig(mpi_job=MPI), attempt=3)
+    assert mj["metadata"]["name"] == "job-s1-r3" and cm["metadata"]["name"] == "job-s1"
+    assert mj["spec"]["runPolicy"]["suspend"] is True and mj["spec"]["runPolicy"]["activeDeadlineSeconds"] == 600
+    metas = [mj["metadata"]] + [r["template"]["metadata"] for r in mj["spec"]["mpiReplicaSpecs"].values()]
+    for meta in metas:
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert meta["labels"][children.LABEL_ATTEMPT] == "3"
+        assert meta["annotations"]["kueue.x-k8s.io/priority-class"] == "high"
+    _, pod, _ = replica(mj, "Launcher")
+    assert pod["volumes"][0]["configMap"]["name"] == "job-s1"  # the stage's ConfigMap, whichever MPIJob

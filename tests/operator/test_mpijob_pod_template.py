@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kondense_operator import children
+from kondense_operator import children, progress
 from kondense_operator.children import child_name
 
 from .conftest import KONDENSE_BIN, ApiServer, OperatorProcess, lenet5_on_claim, tiny_manifest, wait_for
@@ -102,7 +102,9 @@ def test_generated_launcher_runs_both_stages(apiserver, api, operator, tmp_path,
         launcher, workers = api.start_mpijob(mj)
         work = tmp_path / f"stage{stage}"
         work.mkdir()
-        _, message = run_launcher(mj, configmap, pvc, work, kondense_home)
+        out, message = run_launcher(mj, configmap, pvc, work, kondense_home)
+        # rank 0's progress lines come back through mpirun into the launcher's log, where the operator reads them
+        assert (progress.last_progress(out) or {}).get("stage") == stage, out[-4000:]
         assert len(message.encode()) <= 4096 and json.loads(message)["stage"] == stage
         api.succeed_mpijob(mj, launcher, workers, message)
 

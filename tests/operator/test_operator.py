@@ -234,24 +234,23 @@ def suspend_resume_succeed(api, ns: str, name: str) -> None:
     }
 
 
-def test_deletion_leaves_children_to_the_garbage_collector(api, operator, namespace):
+def test_deletion_takes_the_children_along(api, operator, namespace):
     api.create_cj(namespace, cj_manifest("doomed", namespace))
     stage_job(api, namespace, "doomed", 1)
     uid = api.get_cj(namespace, "doomed")["metadata"]["uid"]
-    api.delete_cj(namespace, "doomed")
-    names = []
     for kind in ("Service", "ConfigMap", "Job"):
+        # owner references: the garbage collector's way, should the operator be down at deletion
         (child,) = api.list(kind, namespace)
         (ref,) = child["metadata"]["ownerReferences"]
         assert ref["uid"] == uid and ref["controller"] is True and ref["kind"] == "CompressionJob"
         assert ref["blockOwnerDeletion"] is True
-        names.append((kind, child["metadata"]["name"]))
-    # kmock has no garbage collector: play it, then see that nothing comes back
-    for kind, name in names:
-        api.delete(kind, namespace, name)
+    api.delete_cj(namespace, "doomed")
+    # kmock has no garbage collector: the operator deletes them itself before its finalizer lets go
+    wait_for(lambda: all(api.list(kind, namespace) == [] for kind in ("Service", "ConfigMap", "Job")), 10)
+    wait_for(lambda: api.list_cjs(namespace) == [], 10, message="the CompressionJob gone")
     time.sleep(2)
     for kind in ("Service", "ConfigMap", "Job"):
-        assert api.list(kind, namespace) == []
+        assert api.list(kind, namespace) == [], "nothing comes back"
 
 
 @dataclass
@@ -296,6 +295,9 @@ def test_rbac_rules_cover_exactly_what_the_operator_calls(own_cluster: Cluster):
     suspend_resume_succeed(api, ns, "lifecycle")
     failed_stage(api, ns, "unpullable", _image)
     mpi_suspend_resume_succeed(api, ns, "mpi-lifecycle")
+    for name in ("lifecycle", "unpullable", "mpi-lifecycle"):  # deletion: the operator deletes the children
+        api.delete_cj(ns, name)
+    wait_for(lambda: api.list_cjs(ns) == [], 20, message="the deleted CompressionJobs gone")
     time.sleep(1)  # kopf's last bookkeeping patches after the final status
     calls = {(m, p) for token, m, p in own_cluster.apiserver.emulator.log if token == "operator-token"}
     assert calls, "the operator made no requests?"
@@ -323,7 +325,7 @@ def test_rbac_rules_cover_exactly_what_the_operator_calls(own_cluster: Cluster):
     }
     assert granted == used, f"granted but never used: {granted - used}"
     assert {(g, r, v) for g, r, v in used if g == "kubeflow.org"} == {
-        ("kubeflow.org", "mpijobs", v) for v in ("get", "list", "watch", "create", "patch")
+        ("kubeflow.org", "mpijobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")
     }
     for rule in rbac.namespaced_rules(mpi_job=True) + rbac.CLUSTER_RULES:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "secrets" not in rule["resources"]

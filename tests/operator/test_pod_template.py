@@ -34,6 +34,28 @@ def operator(kubeconfig, tmp_path_factory):
 def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path) -> tuple[list[str], str]:
     """One process per index, as the kubelet would start the pod's container; returns
     (each process's output, index 0's termination message)."""
+    procs, messages = start_pods(job, configmap, pvc_root, work, home)
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # the worker's ranks too
+            except ProcessLookupError:
+                pass
+            p.wait()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    return outputs, messages[0].read_text()
+
+
+def start_pods(
+    job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path
+) -> tuple[list[subprocess.Popen], list[Path]]:
+    """The pods' processes started, each in its own process group (its ranks with it); returns
+    (processes, their termination-message files) by index."""
     spec = job["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -72,20 +94,7 @@ def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path)
                 command, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
             )
         )
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=600)[0])
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # the worker's ranks too
-            except ProcessLookupError:
-                pass
-            p.wait()
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-4000:]
-    return outputs, messages[0].read_text()
+    return procs, messages
 
 
 def test_generated_pods_run_both_stages(apiserver, api, operator, tmp_path, kondense_home):
