@@ -44,7 +44,7 @@ class CountingFineTune(FineTune):
         return self.samples(len(data), epochs)
 
 
-def anneal_with(tmp_path, vals: list[float], **budget) -> tuple[Context, list[dict]]:
+def anneal_with(tmp_path, vals: list[float], finetune: FineTune | None = None, **budget) -> tuple[Context, list[dict]]:
     model = TinyNet().eval()
     ctx = Context(
         original=model,
@@ -53,7 +53,7 @@ def anneal_with(tmp_path, vals: list[float], **budget) -> tuple[Context, list[di
         objective="params",
         protected={"fc2"},
         judge=ScriptedJudge(vals),
-        finetune=CountingFineTune(batch_size=10),
+        finetune=finetune or CountingFineTune(batch_size=10),
         teacher_data=list(range(100)),
         budget=Budget(**{"step_drop": 2.0, "safety": 0.0, **budget}),
         run=RunDir(tmp_path, {}),

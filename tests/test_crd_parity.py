@@ -21,6 +21,7 @@ import pytest
 
 from kondense.job import schema
 from kondense.job import spec as S
+from tests.operator.test_crd_schema import value_paths
 
 SEED = 20261129
 
@@ -269,21 +270,10 @@ NEW_KEYS = [
 ]
 
 
-def _paths(value: Any, path: tuple = ()) -> list[tuple]:
-    out = [path]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            out += _paths(item, path + (key,))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            out += _paths(item, path + (i,))
-    return out
-
-
 def mutate(m: dict, rng: random.Random) -> dict:
     m = copy.deepcopy(m)
     for _ in range(rng.choice([1, 1, 1, 2])):
-        path = rng.choice(_paths(m["spec"])[1:])
+        path = rng.choice([p for p, _ in value_paths(m["spec"])][1:])
         parent = m["spec"]
         for step in path[:-1]:
             parent = parent[step]

@@ -9,20 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from kondense import progress as progress_mod
-from kondense.pipeline.annealing import anneal
-from kondense.pipeline.budget import Budget
-from kondense.pipeline.context import Context
 from kondense.pipeline.distill import FineTune
-from kondense.pipeline.exploration import StageResult
-from kondense.pipeline.runstate import RunDir
-from kondense.pipeline.timing import Stopwatch
 from kondense.progress import PREFIX, Progress, StageProgress, lines_wanted, stage_progress
-from tests.test_annealing import ScriptedJudge
-from tests.tinynet import TinyNet
+from tests.test_annealing import anneal_with
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "compressionjob.yaml"
 
@@ -182,22 +174,7 @@ def anneal_lines(tmp_path: Path, monkeypatch, vals: list[float], **budget) -> li
     out = io.StringIO()
     monkeypatch.setattr(progress_mod.sys, "stdout", out)
     monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)
-    model = TinyNet().eval()
-    ctx = Context(
-        original=model,
-        example=torch.zeros(2, 1, 28, 28),
-        delta=1.0,
-        objective="params",
-        protected={"fc2"},
-        judge=ScriptedJudge(vals),
-        finetune=BatchingFineTune(batch_size=10),
-        teacher_data=list(range(100)),
-        budget=Budget(**{"step_drop": 2.0, "safety": 0.0, **budget}),
-        run=RunDir(tmp_path, {}),
-        original_val=90.0,
-        stopwatch=Stopwatch({}),
-    )
-    anneal(ctx, StageResult(model, [], 90.0))
+    anneal_with(tmp_path, vals, BatchingFineTune(batch_size=10), **budget)
     return records(out)
 
 
