@@ -18,7 +18,7 @@ from kondense.job import spec as spec_mod
 from kondense.job import uris
 from kondense.job.worker_env import WorkerEnv
 
-from . import kueue
+from . import kueue, resources
 from .config import WorkerConfig
 
 JOB_FILE = "/etc/kondense/job.yaml"
@@ -26,7 +26,7 @@ CONFIG_DIR = "/etc/kondense"
 PVC_ROOT = "/mnt/pvc"
 KONDENSE_HOME = "/var/cache/kondense"
 CONTAINER = "worker"
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = resources.GPU_RESOURCE
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -174,20 +174,15 @@ def build_configmap(body: dict, job: spec_mod.CompressionJob, stage: int) -> dic
 
 
 def worker_resources(job: spec_mod.CompressionJob, cfg: WorkerConfig) -> dict:
-    """The admin's defaults, the job's own requests/limits over them, and one GPU per slot for cuda."""
-    out: dict = {
-        "requests": dict((cfg.resources or {}).get("requests") or {}),
-        "limits": dict((cfg.resources or {}).get("limits") or {}),
-    }
-    for key in ("requests", "limits"):
-        out[key].update((job.spec.resources or {}).get(key) or {})
-    if job.spec.device == "cuda":
-        out["limits"][GPU_RESOURCE] = job.spec.slots_per_worker
-    return {k: v for k, v in out.items() if v}
+    """The admin's defaults, the job's own requests/limits over them, and one GPU per slot for cuda
+    (resources.merge, which reconcile checks before any child is made)."""
+    return resources.merge(job, cfg).as_resources()
 
 
-def env_list(contract: dict[str, str]) -> list[dict]:
-    """A container's env: the worker contract (kondense.job.worker_env) and what every pod sets."""
+def env_list(contract: dict[str, str], cfg: WorkerConfig | None = None) -> list[dict]:
+    """A container's env: the worker contract (kondense.job.worker_env), what every pod sets, then
+    the worker config's env (whose schema refuses the names set here)."""
+    extra = [{"name": e["name"], "value": e["value"]} for e in (cfg.env if cfg else [])]
     return [
         {"name": k, "value": v}
         for k, v in {
@@ -198,7 +193,7 @@ def env_list(contract: dict[str, str]) -> list[dict]:
             "PYTHONUNBUFFERED": "1",
             "KONDENSE_PROGRESS_LINES": "1",  # rank 0's progress lines, which the operator reads from the log
         }.items()
-    ]
+    ] + extra
 
 
 def worker_volumes(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> tuple[list[dict], list[dict]]:
@@ -214,7 +209,7 @@ def worker_volumes(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) 
     volumes: list[dict] = [
         job_volume(job.name, stage),
         {"name": "tmp", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # gloo / NCCL / data loaders use shared memory
+        shm_volume(cfg),
         {"name": "home", "persistentVolumeClaim": {"claimName": cfg.zoo_cache_claim}}
         if cfg.zoo_cache_claim
         else {"name": "home", "emptyDir": {}},
@@ -235,6 +230,24 @@ def worker_volumes(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) 
     return volumes, mounts
 
 
+def shm_volume(cfg: WorkerConfig) -> dict:
+    """/dev/shm, which gloo, NCCL and data loaders use: memory-backed, so its pages count against the
+    container's memory limit; the worker config's shmSizeLimit caps it (else the node's memory)."""
+    empty_dir: dict = {"medium": "Memory"}
+    if cfg.shm_size_limit:
+        empty_dir["sizeLimit"] = cfg.shm_size_limit
+    return {"name": "dshm", "emptyDir": empty_dir}
+
+
+def pod_metadata(meta: dict, cfg: WorkerConfig, **own_labels: str) -> dict:
+    """A pod template's metadata: the worker config's podLabels and podAnnotations, under the stage
+    Job's own labels and annotations (which select and describe its pods, so they win)."""
+    return {
+        "labels": {**cfg.pod_labels, **meta["labels"], **own_labels},
+        "annotations": {**cfg.pod_annotations, **meta["annotations"]},
+    }
+
+
 def job_volume(name: str, stage: int) -> dict:
     """The stage's ConfigMap (job.yaml), mounted at CONFIG_DIR."""
     return {
@@ -252,22 +265,37 @@ def container_security() -> dict:
     }
 
 
+def pod_security_context(cfg: WorkerConfig) -> dict:
+    """runAsNonRoot always; the IDs the worker config gives, a None one left out for the platform to
+    assign (OpenShift's restricted SCC refuses fixed UIDs outside the namespace's range); the volumes'
+    ownership changed only when their root does not match already (a large claim is not walked at
+    every pod start)."""
+    ids = {k: v for k, v in cfg.pod_security_context.items() if v is not None}
+    return {
+        "runAsNonRoot": True,
+        **ids,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def pod_spec_base(cfg: WorkerConfig, gpu: bool) -> dict:
-    """What every pod the operator has made shares: UID 1000, no API token, RuntimeDefault seccomp,
-    the worker config's service account and placement (with the GPU nodes' where `gpu`)."""
+    """What every pod the operator has made shares: never root, no API token, RuntimeDefault seccomp,
+    the worker config's IDs (UID 1000 by default), service account, pull secrets, priority class,
+    scheduler and placement (with the GPU nodes' where `gpu`)."""
     spec: dict = {
         "automountServiceAccountToken": False,  # pods report through the termination message, not the API
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(cfg),
     }
     if cfg.service_account_name:
         spec["serviceAccountName"] = cfg.service_account_name
+    if cfg.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in cfg.image_pull_secrets]
+    if cfg.priority_class_name:
+        spec["priorityClassName"] = cfg.priority_class_name
+    if cfg.scheduler_name:
+        spec["schedulerName"] = cfg.scheduler_name
     node_selector = dict(cfg.node_selector)
     tolerations = copy.deepcopy(cfg.tolerations)
     if gpu:
@@ -305,7 +333,7 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": worker_command(stage),
-        "env": env_list(contract),
+        "env": env_list(contract, cfg),
         "ports": [{"name": "rendezvous", "containerPort": cfg.port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         # rank 0 leaves its stage summary here; if a pod dies before writing it, the log's tail
@@ -313,9 +341,9 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(),
     }
-    resources = worker_resources(job, cfg)
-    if resources:
-        container["resources"] = resources
+    requirements = worker_resources(job, cfg)
+    if requirements:
+        container["resources"] = requirements
 
     pod_spec: dict = {
         "restartPolicy": "Never",
@@ -333,7 +361,7 @@ def build_job(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: WorkerC
         "podFailurePolicy": pod_failure_policy(),
         "suspend": True if kueue.managed(s) else s.suspend,
         "template": {
-            "metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
+            "metadata": pod_metadata(meta, cfg),
             "spec": pod_spec,
         },
     }

@@ -2,7 +2,8 @@
 
 The worker config (--worker-config / KONDENSE_WORKER_CONFIG) is the cluster admin's say over
 the pods the operator creates: image, pull policy, service account, node placement, default
-resources, the port the ranks meet on, a PVC that caches zoo weights across jobs, and whether
+resources, the port the ranks meet on, a PVC that caches zoo weights across jobs, the pods'
+pull secrets, labels, annotations, priority class, scheduler, extra env and IDs, and whether
 backend mpi runs (as one Kubeflow MPIJob per stage: the mpiJob switch, off by default).
 worker-config.schema.json, next to this file, declares it once: its keys, their types and their
 defaults. The Helm chart's values.schema.json copies its definitions (scripts/sync-values-schema.py).
@@ -42,6 +43,9 @@ _SCHEMA: dict = json.loads(resources.files(__package__).joinpath(SCHEMA_FILE).re
 _VALIDATOR = jsonschema.Draft7Validator(_SCHEMA)
 KEYS: tuple[str, ...] = tuple(_SCHEMA["properties"])
 MPI_JOB_DEFAULTS: dict = _SCHEMA["properties"]["mpiJob"]["default"]
+POD_SECURITY_DEFAULTS: dict = _SCHEMA["properties"]["podSecurityContext"]["default"]
+# the worker image's user, whose ~/.ssh sshd reads (backend mpi): it must run as exactly this UID
+MPI_SSH_UID = 1000
 
 
 def worker_config_schema() -> dict:
@@ -79,10 +83,30 @@ class WorkerConfig:
     backoff_limit: int = _default("backoffLimit")
     # the file's mapping (enabled, sshAuthMountPath, launcherResources), a key left out at its default
     mpi_job: dict = _default("mpiJob")
+    image_pull_secrets: list = _default("imagePullSecrets")
+    pod_annotations: dict = _default("podAnnotations")
+    pod_labels: dict = _default("podLabels")
+    priority_class_name: str = _default("priorityClassName")
+    scheduler_name: str = _default("schedulerName")
+    env: list = _default("env")
+    # runAsUser, runAsGroup, fsGroup: a key left out at its default, a None one left out of the pods
+    pod_security_context: dict = _default("podSecurityContext")
+    shm_size_limit: str = _default("shmSizeLimit")
 
     def __post_init__(self) -> None:
         given = self.mpi_job or {}
         object.__setattr__(self, "mpi_job", {**copy.deepcopy(MPI_JOB_DEFAULTS), **given})
+        ids = {**POD_SECURITY_DEFAULTS, **(self.pod_security_context or {})}
+        object.__setattr__(self, "pod_security_context", ids)
+        if self.mpi_enabled and ids["runAsUser"] != MPI_SSH_UID:
+            # sshd (backend mpi) logs in the image's user only: another or an assigned UID has no
+            # passwd entry and no ~/.ssh, and every rank would fail to start
+            raise ConfigError(
+                f"podSecurityContext.runAsUser must be {MPI_SSH_UID} while mpiJob.enabled is true, got "
+                f"{ids['runAsUser']!r}: backend mpi's sshd runs as the worker image's UID {MPI_SSH_UID}. "
+                "On OpenShift keep the UIDs and grant the workers' ServiceAccount the nonroot-v2 SCC, "
+                "or set mpiJob.enabled: false"
+            )
 
     @property
     def mpi_enabled(self) -> bool:
@@ -97,7 +121,10 @@ def worker_config_from_dict(data: Any, where: str = "worker config") -> WorkerCo
     if isinstance(data, dict):  # an empty Helm value means "the default"
         data = {k: v for k, v in data.items() if v is not None}
     _check(data, where)
-    return WorkerConfig(**{attribute(k): v for k, v in data.items()})
+    try:
+        return WorkerConfig(**{attribute(k): v for k, v in data.items()})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def load_worker_config(path: str | Path | None, image: str | None = None) -> WorkerConfig:

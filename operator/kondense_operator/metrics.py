@@ -59,6 +59,7 @@ FAILURE_REASONS = (
     "PodFailurePolicy",
     "JobFailed",
     "InvalidChild",
+    "InvalidResources",  # requests and limits the API server would refuse (resources.py)
     # backend mpi (one Kubeflow MPIJob per stage)
     "MPIJobDisabled",
     "MPIJobCRDMissing",

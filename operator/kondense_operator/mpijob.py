@@ -12,7 +12,8 @@ and placement as the Indexed Job of the other backends:
   `kondense worker` then is the MPI launcher: it runs `mpirun -np WORKERS*SLOTS` over the host
   file, forwards the ranks' environment itself, and writes rank 0's stage summary (relayed over
   mpirun's stdout) to its own termination message, which the operator reads. No GPU, no claims.
-- Worker (spec.workers pods, slotsPerWorker ranks each): sshd as UID 1000 on port SSH_PORT, from
+- Worker (spec.workers pods, slotsPerWorker ranks each): sshd as UID 1000 on port SSH_PORT (the
+  worker config refuses another runAsUser while mpiJob is enabled: sshd logs in that user only), from
   the worker image's SSHD_CONFIG, with the MPI operator's key as host key and authorized key
   (docs/operator.md, "MPI (Kubeflow MPIJob)"); the ranks mpirun starts there get the claims,
   /dev/shm, the zoo cache and the GPUs (nvidia.com/gpu = slotsPerWorker for device cuda).
@@ -83,9 +84,8 @@ def sshd_command(cfg: WorkerConfig) -> list[str]:
     ]
 
 
-def _template(meta: dict, role: str, pod_spec: dict) -> dict:
-    labels = {**meta["labels"], ROLE_LABEL: role}
-    return {"metadata": {"labels": labels, "annotations": dict(meta["annotations"])}, "spec": pod_spec}
+def _template(meta: dict, cfg: WorkerConfig, role: str, pod_spec: dict) -> dict:
+    return {"metadata": children.pod_metadata(meta, cfg, **{ROLE_LABEL: role}), "spec": pod_spec}
 
 
 def _launcher(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict:
@@ -100,7 +100,7 @@ def _launcher(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> di
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": children.worker_command(stage),
-        "env": children.env_list(contract),
+        "env": children.env_list(contract, cfg),
         "volumeMounts": [
             {"name": "job", "mountPath": children.CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -130,7 +130,7 @@ def _worker(job: spec_mod.CompressionJob, stage: int, cfg: WorkerConfig) -> dict
         "imagePullPolicy": cfg.image_pull_policy,
         "command": sshd_command(cfg),
         # sshd's sessions do not inherit it: mpirun gives the ranks the launcher's environment
-        "env": children.env_list({}),
+        "env": children.env_list({}, cfg),
         "ports": [{"name": "ssh", "containerPort": SSH_PORT, "protocol": "TCP"}],
         # Ready once sshd listens: the launcher waits for every worker to be Ready (WaitForWorkersReady)
         "readinessProbe": {"tcpSocket": {"port": SSH_PORT}, "periodSeconds": 2, "failureThreshold": 3},
@@ -175,12 +175,12 @@ def build_mpijob(body: dict, job: spec_mod.CompressionJob, stage: int, cfg: Work
                 LAUNCHER: {
                     "replicas": 1,
                     "restartPolicy": "Never",  # the MPI operator's default for the launcher is OnFailure
-                    "template": _template(meta, "launcher", _launcher(job, stage, cfg)),
+                    "template": _template(meta, cfg, "launcher", _launcher(job, stage, cfg)),
                 },
                 WORKER: {
                     "replicas": s.workers,
                     "restartPolicy": "Never",
-                    "template": _template(meta, "worker", _worker(job, stage, cfg)),
+                    "template": _template(meta, cfg, "worker", _worker(job, stage, cfg)),
                 },
             },
         },

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kondense.job import spec as spec_mod
 from kondense.job.spec import parse_for_kubernetes  # re-exported: the operator's validation lives there
 
-from . import children, kueue, metrics, mpijob, progress, refusals, restarts
+from . import children, kueue, metrics, mpijob, progress, refusals, resources, restarts
 from . import status as st
 from .config import DEFAULT_FORBIDDEN_RETRY_S, WorkerConfig
 from .kube import ApiError, Kube
@@ -155,6 +155,9 @@ def _advance(ctx: Context, body: dict, job: spec_mod.CompressionJob, status: dic
     if job.spec.backend == "mpi" and not ctx.worker.mpi_enabled:
         # final, like an invalid spec: the switch is the admin's, and backend is immutable
         return _fail(ctx, body, status, mpijob.DISABLED, mpijob.disabled_message(), generation)
+    invalid = resources.invalid(job, ctx.worker)  # before any child: the API server would refuse its pods
+    if invalid:
+        return _fail(ctx, body, status, resources.INVALID, invalid, generation)
     while True:
         stage = int(status.get("stage") or 1)
         try:

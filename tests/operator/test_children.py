@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kondense.job import spec as spec_mod
-from kondense_operator import children
+from kondense_operator import children, resources
 from kondense_operator import status as st
 from kondense_operator.cli import parse_config
 from kondense_operator.config import ConfigError, WorkerConfig, worker_config_from_dict
@@ -280,3 +280,137 @@ def test_deadline_and_kueue_go_onto_the_job_and_its_pods():
     spec = children.build_job(plain, spec_mod.parse(plain), 1, WorkerConfig())["spec"]
     assert spec["suspend"] is False and "activeDeadlineSeconds" not in spec
     assert spec["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+ADMIN = dict(
+    image_pull_secrets=["regcred"],
+    pod_annotations={"sidecar.istio.io/inject": "false", "kondense.dev/compressionjob": "not-this"},
+    pod_labels={"team": "ml"},
+    priority_class_name="batch-low",
+    scheduler_name="volcano",
+    env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
+    shm_size_limit="2Gi",
+)
+
+
+def test_the_worker_configs_pod_settings_reach_the_job_pods():
+    b = body()
+    job = children.build_job(b, spec_mod.parse(b), 1, worker_config_from_dict({"podSecurityContext": {"fsGroup": 7}}))
+    plain = job["spec"]["template"]
+    cfg = WorkerConfig(**ADMIN, pod_security_context={"fsGroup": 7})
+    template = children.build_job(b, spec_mod.parse(b), 1, cfg)["spec"]["template"]
+    pod, meta = template["spec"], template["metadata"]
+    (c,) = pod["containers"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert (pod["priorityClassName"], pod["schedulerName"]) == ("batch-low", "volcano")
+    # the admin's labels and annotations join the operator's, which win where both name a key
+    assert meta["labels"] == {**plain["metadata"]["labels"], "team": "ml"}
+    assert meta["annotations"] == {**plain["metadata"]["annotations"], "sidecar.istio.io/inject": "false"}
+    assert meta["annotations"]["kondense.dev/compressionjob"] == "job"
+    # the admin's env comes after the worker contract, which it leaves as it was
+    (plain_c,) = plain["spec"]["containers"]
+    assert c["env"] == plain_c["env"] + [{"name": "NCCL_DEBUG", "value": "INFO"}]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 7,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["securityContext"] == plain["spec"]["securityContext"]
+
+
+def test_default_worker_config_adds_nothing_new_to_the_pods():
+    b = body()
+    template = children.build_job(b, spec_mod.parse(b), 1, WorkerConfig())["spec"]["template"]
+    pod = template["spec"]
+    for key in ("imagePullSecrets", "priorityClassName", "schedulerName"):
+        assert key not in pod, key
+    assert set(template["metadata"]["labels"]) == set(children.labels("job", 1)) | {children.LABEL_ATTEMPT}
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert not [e for e in pod["containers"][0]["env"] if e["name"] == "NCCL_DEBUG"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["fsGroup"]) == (1000, 1000)
+
+
+def test_ids_left_out_for_openshift_leave_the_pods_non_root():
+    """OpenShift's restricted SCC assigns the UID and groups: the pods name none, and still refuse root."""
+    cfg = worker_config_from_dict({"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}})
+    b = body()
+    pod = children.build_job(b, spec_mod.parse(b), 1, cfg)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    assert "runAsUser" not in pod["containers"][0]["securityContext"]
+
+
+@pytest.mark.parametrize(
+    "spec,admin,expected",
+    [
+        (
+            {"resources": {"requests": {"memory": "8Gi"}}},
+            {"limits": {"memory": "4Gi"}},
+            "worker pods: spec.resources.requests.memory (8Gi) is above the limit "
+            "(4Gi, from the worker config's resources.limits.memory)",
+        ),
+        (
+            {"resources": {"limits": {"cpu": "500m"}}},
+            {"requests": {"cpu": 1}},
+            "worker pods: the worker config's resources.requests.cpu (1) is above the limit "
+            "(500m, from spec.resources.limits.cpu)",
+        ),
+        (
+            {"device": "cuda", "slotsPerWorker": 2, "resources": {"requests": {"nvidia.com/gpu": 1}}},
+            {},
+            "worker pods: spec.resources.requests.nvidia.com/gpu (1) differs from the limit "
+            "(2, from spec.slotsPerWorker, one GPU per slot for device cuda): nvidia.com/gpu cannot be "
+            "overcommitted, so its request must equal its limit",
+        ),
+        (
+            {"resources": {"requests": {"example.com/fpga": 1}}},
+            {},
+            "worker pods: spec.resources.requests.example.com/fpga (1) has no limit",
+        ),
+        (
+            {"resources": {"requests": {"hugepages-2Mi": "1Gi"}, "limits": {"hugepages-2Mi": "2Gi"}}},
+            {},
+            "worker pods: spec.resources.requests.hugepages-2Mi (1Gi) differs from the limit",
+        ),
+    ],
+)
+def test_resources_the_api_server_would_refuse_are_named(spec, admin, expected):
+    job = spec_mod.parse(body(**spec))
+    message = resources.invalid(job, WorkerConfig(resources=admin))
+    assert message is not None and message.startswith(expected), message
+
+
+@pytest.mark.parametrize(
+    "spec,admin",
+    [
+        # quantities compare as numbers, not as text: 1000m is 1, 1Gi is below 2G, 1024Mi is 1Gi
+        ({"resources": {"requests": {"cpu": "1000m"}}}, {"limits": {"cpu": 1}}),
+        ({"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2G"}}}, {}),
+        ({"resources": {"requests": {"memory": "2Gi", "ephemeral-storage": "1Gi"}}}, {}),  # overcommit allowed
+        ({"device": "cuda", "slotsPerWorker": 2, "resources": {"requests": {"nvidia.com/gpu": 2}}}, {}),
+        ({"resources": {"requests": {"memory": "1Gi"}}}, {"limits": {"memory": "1024Mi"}}),
+    ],
+)
+def test_resources_the_api_server_accepts_pass(spec, admin):
+    job = spec_mod.parse(body(**spec))
+    assert resources.invalid(job, WorkerConfig(resources=admin)) is None
+
+
+def test_the_checked_resources_are_the_containers():
+    b = body(device="cuda", slotsPerWorker=2, resources={"requests": {"memory": "1Gi"}})
+    cfg = WorkerConfig(resources={"requests": {"cpu": "1"}, "limits": {"memory": "4Gi"}})
+    job = spec_mod.parse(b)
+    (c,) = children.build_job(b, job, 1, cfg)["spec"]["template"]["spec"]["containers"]
+    assert c["resources"] == resources.merge(job, cfg).as_resources()
+    assert c["resources"] == {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"memory": "4Gi", "nvidia.com/gpu": 2},
+    }

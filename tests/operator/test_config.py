@@ -31,6 +31,14 @@ FULL = {
         "sshAuthMountPath": "/home/mpiuser/.ssh",
         "launcherResources": {"requests": {"cpu": "250m", "memory": "512Mi"}},
     },
+    "imagePullSecrets": ["regcred", "mirror.pull"],
+    "podAnnotations": {"sidecar.istio.io/inject": "false"},
+    "podLabels": {"team": "ml", "example.com/cost-center": "42"},
+    "priorityClassName": "batch-low",
+    "schedulerName": "volcano",
+    "env": [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "http_proxy", "value": ""}],
+    "podSecurityContext": {"runAsUser": 1000, "runAsGroup": 2000, "fsGroup": 3000},
+    "shmSizeLimit": "2Gi",
 }
 
 
@@ -122,6 +130,39 @@ def test_every_key_reaches_its_attribute():
             "mpiJob.launcherResources.limits.cpu must be a resource quantity",
         ),
         ({"mpiJob": True}, "mpiJob must be a mapping of enabled (true or false), sshAuthMountPath"),
+        ({"imagePullSecrets": "regcred"}, "imagePullSecrets must be a list of Secret names, got 'regcred'"),
+        (
+            {"imagePullSecrets": [{"name": "regcred"}]},
+            "imagePullSecrets[0] must be the name of a Secret of type kubernetes.io/dockerconfigjson (a plain name",
+        ),
+        ({"podAnnotations": {"a": 1}}, "podAnnotations.a must be a string, got 1"),
+        (
+            {"podLabels": {"kondense.dev/job": "x"}},
+            "podLabels must be a label key the operator does not set itself (not kondense.dev/*",
+        ),
+        ({"podLabels": {"app.kubernetes.io/component": "x"}}, "got 'app.kubernetes.io/component'"),
+        ({"podLabels": {"batch.kubernetes.io/job-completion-index": "0"}}, "podLabels must be a label key"),
+        ({"priorityClassName": "High"}, "priorityClassName must be an object name"),
+        ({"schedulerName": "my scheduler"}, "schedulerName must be an object name"),
+        (
+            {"env": [{"name": "KONDENSE_WORKERS", "value": "8"}]},
+            "env[0].name must be a variable name the operator does not set itself (not KONDENSE_*, HOME,"
+            " PYTHONDONTWRITEBYTECODE, PYTHONUNBUFFERED or JOB_COMPLETION_INDEX: the worker reads those),"
+            " got 'KONDENSE_WORKERS'",
+        ),
+        ({"env": [{"name": "OK", "value": "1"}, {"name": "HOME", "value": "/"}]}, "env[1].name must be a variable"),
+        ({"env": [{"name": "N", "value": 1}]}, "env[0].value must be a string (quote numbers and booleans), got 1"),
+        ({"env": [{"name": "N"}]}, "env[0] must be a mapping of name and value (strings), got {'name': 'N'}"),
+        ({"env": {"N": "1"}}, "env must be a list of {name, value}"),
+        ({"podSecurityContext": {"runAsUser": 0}}, "podSecurityContext.runAsUser must be a user ID above 0"),
+        ({"podSecurityContext": {"fsGroup": "1000"}}, "podSecurityContext.fsGroup must be an integer ID, or null"),
+        ({"podSecurityContext": {"runAsNonRoot": False}}, "podSecurityContext: unknown key 'runAsNonRoot'"),
+        ({"shmSizeLimit": "lots"}, "shmSizeLimit must be a quantity such as 1Gi, or empty for no limit, got 'lots'"),
+        (
+            {"podSecurityContext": {"runAsUser": None}},
+            "podSecurityContext.runAsUser must be 1000 while mpiJob.enabled is true, got None",
+        ),
+        ({"podSecurityContext": {"runAsUser": 2000}}, "grant the workers' ServiceAccount the nonroot-v2 SCC"),
     ],
 )
 def test_bad_value_is_named(patch, expected):
@@ -204,3 +245,24 @@ def test_cli_exits_with_the_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"kondense-operator: --worker-config {path}: imagePullPolicy must be" in err
     assert "(did you mean 'Always'?)" in err
+
+
+def test_pod_ids_left_out_keep_their_defaults_and_null_drops_them():
+    """podSecurityContext merges key by key, as mpiJob; null (in the file, or Helm's deleted key the
+    chart renders as null) leaves an ID out of the pods, for OpenShift's restricted SCC."""
+    assert WorkerConfig().pod_security_context == {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
+    some = worker_config_from_dict({"podSecurityContext": {"fsGroup": 5000}})
+    assert some.pod_security_context == {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 5000}
+    none = worker_config_from_dict({"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}})
+    assert none.pod_security_context == {"runAsUser": None, "runAsGroup": None, "fsGroup": None}
+    assert worker_config_from_dict({"podSecurityContext": None}) == WorkerConfig()
+
+
+def test_mpi_needs_the_image_user():
+    """sshd logs in UID 1000 only: a config that would start MPI workers under another UID is refused
+    when it is loaded, not when the first rank fails to start."""
+    with pytest.raises(ConfigError, match=r"^worker config: podSecurityContext.runAsUser must be 1000 while"):
+        worker_config_from_dict({"mpiJob": {"enabled": True}, "podSecurityContext": {"runAsUser": None}})
+    # the IDs may still go with backend mpi off, and the groups may go with it on
+    worker_config_from_dict({"podSecurityContext": {"runAsUser": None}})
+    worker_config_from_dict({"mpiJob": {"enabled": True}, "podSecurityContext": {"fsGroup": None}})

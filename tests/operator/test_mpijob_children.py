@@ -11,7 +11,7 @@ import yaml
 
 from kondense.job import spec as spec_mod
 from kondense.job.worker_env import WorkerEnv
-from kondense_operator import children, mpijob, refusals
+from kondense_operator import children, mpijob, refusals, resources
 from kondense_operator import status as st
 from kondense_operator.config import WorkerConfig
 from kondense_operator.kube import ApiError
@@ -346,3 +346,64 @@ def test_mpijob_carries_deadline_kueue_and_attempt():
         assert meta["annotations"]["kueue.x-k8s.io/priority-class"] == "high"
     _, pod, _ = replica(mj, "Launcher")
     assert pod["volumes"][0]["configMap"]["name"] == "job-s1"  # the stage's ConfigMap, whichever MPIJob
+
+
+def test_launcher_and_workers_carry_the_worker_configs_pod_settings():
+    b = body(
+        workers=2,
+        model={"factory": "mynets.small:build", "codeUri": "pvc://code/src"},
+        data={"uri": "pvc://datasets/train.npz"},
+        output={"uri": "pvc://results/run-1"},
+    )
+    cfg = WorkerConfig(
+        mpi_job=MPI,
+        image_pull_secrets=["regcred"],
+        pod_annotations={"sidecar.istio.io/inject": "false"},
+        pod_labels={"team": "ml"},
+        priority_class_name="batch-low",
+        scheduler_name="volcano",
+        env=[{"name": "NCCL_DEBUG", "value": "INFO"}],
+        shm_size_limit="1Gi",
+        pod_security_context={"fsGroup": 5000},
+    )
+    _, mj = build(b, 1, cfg)
+    for kind, role in (("Launcher", "launcher"), ("Worker", "worker")):
+        r, pod, c = replica(mj, kind)
+        meta = r["template"]["metadata"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], kind
+        assert (pod["priorityClassName"], pod["schedulerName"]) == ("batch-low", "volcano"), kind
+        assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
+        assert meta["labels"]["team"] == "ml" and meta["labels"][mpijob.ROLE_LABEL] == role
+        assert meta["labels"]["kondense.dev/job"] == "job"
+        assert c["env"][-1] == {"name": "NCCL_DEBUG", "value": "INFO"}
+        assert env_of(c).get("KONDENSE_BACKEND", "mpi") == "mpi"
+        # sshd's user: the worker config may change the groups, never the UID, with mpi on
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["fsGroup"] == 5000
+        assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    _, pod, c = replica(mj, "Worker")
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
+    # the ranks run on the workers: the inputs read-only, the output alone writable
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = {
+        volumes[m["name"]]["persistentVolumeClaim"]["claimName"]: (
+            m.get("readOnly", False),
+            volumes[m["name"]]["persistentVolumeClaim"].get("readOnly", False),
+        )
+        for m in c["volumeMounts"]
+        if "persistentVolumeClaim" in volumes[m["name"]]
+    }
+    assert claims == {"code": (True, True), "datasets": (True, True), "results": (False, False)}
+    _, launcher_pod, _ = replica(mj, "Launcher")
+    assert not [v for v in launcher_pod["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_an_mpi_launcher_whose_resources_would_be_refused_is_named():
+    b = body()
+    cfg = WorkerConfig(mpi_job={**MPI, "launcherResources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}})
+    message = resources.invalid(spec_mod.parse(b), cfg)
+    assert message == (
+        "MPI launcher pod: the worker config's mpiJob.launcherResources.requests.cpu (2) is above the limit "
+        "(1, from the worker config's mpiJob.launcherResources.limits.cpu)"
+    )
+    # the same resources are not checked for a backend that has no launcher
+    assert resources.invalid(spec_mod.parse(body(backend="torch")), cfg) is None

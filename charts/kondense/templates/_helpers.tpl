@@ -120,4 +120,15 @@ resources: {{ $w.resources | toJson }}
 port: {{ $w.port }}
 backoffLimit: {{ $w.backoffLimit }}
 mpiJob: {{ $w.mpiJob | toJson }}
+imagePullSecrets: {{ $w.imagePullSecrets | default list | toJson }}
+podAnnotations: {{ $w.podAnnotations | default dict | toJson }}
+podLabels: {{ $w.podLabels | default dict | toJson }}
+priorityClassName: {{ $w.priorityClassName | default "" | quote }}
+schedulerName: {{ $w.schedulerName | default "" | quote }}
+env: {{ $w.env | default list | toJson }}
+{{- /* an ID set to null in the values is gone from them (Helm deletes null keys): null here, which
+the operator reads as "leave it out" (OpenShift's restricted SCC assigns it), not as its default */}}
+{{- $ids := $w.podSecurityContext | default dict }}
+podSecurityContext: {"runAsUser": {{ index $ids "runAsUser" | toJson }}, "runAsGroup": {{ index $ids "runAsGroup" | toJson }}, "fsGroup": {{ index $ids "fsGroup" | toJson }}}
+shmSizeLimit: {{ $w.shmSizeLimit | default "" | quote }}
 {{- end -}}
