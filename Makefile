@@ -93,11 +93,13 @@ image-check-worker:
 	scripts/image-check.sh worker
 
 # The CRD is package data of kondense (engine/kondense/job/compressionjob.crd.yaml, what
-# kondense.job.schema validates with); crds/ and the chart's crds/ (Helm installs CRDs from
-# there) hold copies, and deploy-manifests renders deploy/ from the chart's.
+# kondense.job.schema validates with); crds/ (for kubectl apply) and the chart's files/crd.yaml
+# hold copies. The chart renders the CRD from a template (templates/compressionjob-crd.yaml), not
+# from Helm's crds/ directory, which Helm installs once and never upgrades; deploy-manifests
+# renders deploy/ from the chart.
 sync-crd:
 	cp engine/kondense/job/compressionjob.crd.yaml crds/compressionjob.yaml
-	cp engine/kondense/job/compressionjob.crd.yaml charts/kondense/crds/compressionjob.yaml
+	cp engine/kondense/job/compressionjob.crd.yaml charts/kondense/files/crd.yaml
 
 # The chart's RBAC rules (charts/kondense/files/rbac.yaml) come from operator/kondense_operator/rbac.py.
 sync-rbac: $(STAMP)

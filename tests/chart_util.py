@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "kondense"
 CRD = ROOT / "crds" / "compressionjob.yaml"
-CHART_CRD = CHART / "crds" / "compressionjob.yaml"
+CHART_CRD = CHART / "files" / "crd.yaml"  # rendered by templates/compressionjob-crd.yaml
 DEPLOY = ROOT / "deploy"
 EXAMPLES = ROOT / "examples"
 RELEASE = "kondense"

@@ -88,6 +88,15 @@ CASES = {
         "workers.mpiJob.launcherResources.requests.cpu=500m",
         "workers.mpiJob.launcherResources.requests.memory=1Gi",
     ],
+    # the platform settings (tests/test_chart_platform.py checks each in detail)
+    "platform": [
+        "networkPolicy.enabled=true",
+        "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
+        "crds.keep=false",
+        "rbac.aggregateToDefaultRoles=false",
+        "operator.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight=1",
+        "operator.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm.topologyKey=kubernetes.io/hostname",
+    ],
     "mpi+list": [
         "watch.scope=list",
         "watch.namespaces={team-a,team-b}",
@@ -128,6 +137,14 @@ WORKER_VALUES = {
     "port": "port",
     "backoffLimit": "backoffLimit",
     "mpiJob": "mpiJob",
+    "imagePullSecrets": "imagePullSecrets",
+    "podAnnotations": "podAnnotations",
+    "podLabels": "podLabels",
+    "priorityClassName": "priorityClassName",
+    "schedulerName": "schedulerName",
+    "env": "env",
+    "podSecurityContext": "podSecurityContext",
+    "shmSizeLimit": "shmSizeLimit",
 }
 LABELS = (
     "app.kubernetes.io/name",
@@ -177,6 +194,11 @@ def worker_config_text(case: str) -> str:
 
 def worker_config(case: str) -> dict:
     return yaml.safe_load(worker_config_text(case))
+
+
+def user_access(obj: dict) -> bool:
+    """A ClusterRole aggregated into the default user roles (rbac.aggregateToDefaultRoles)."""
+    return obj["metadata"]["labels"].get("app.kubernetes.io/component") == "user-access"
 
 
 def deployment(case: str) -> dict:
@@ -229,10 +251,15 @@ def test_standard_labels(case):
 def test_chart_crd_is_the_repository_crd():
     assert CRD.is_file(), "crds/compressionjob.yaml is missing"
     assert CHART_CRD.read_bytes() == CRD.read_bytes(), (
-        "charts/kondense/crds/compressionjob.yaml differs from crds/compressionjob.yaml: run `make sync-crd`"
+        "charts/kondense/files/crd.yaml differs from crds/compressionjob.yaml: run `make sync-crd`"
     )
+    assert not (CHART / "crds").exists(), "Helm never upgrades crds/: the CRD is a template"
     (crd,) = by_kind(list(rendered("default")), "CustomResourceDefinition")
-    assert crd == yaml.safe_load(CRD.read_text())
+    source = yaml.safe_load(CRD.read_text())
+    # the chart adds labels and the keep annotation, nothing else (tests/test_chart_platform.py)
+    assert {k: v for k, v in crd.items() if k != "metadata"} == {k: v for k, v in source.items() if k != "metadata"}
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert source["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +304,9 @@ def test_rbac_matches_operator(case):
     assert any(g == "kubeflow.org" for g, _, _ in namespaced) == mpi_enabled(case)
     objs = objects(case)
     roles = {r["metadata"]["namespace"]: rule_triples(r["rules"]) for r in by_kind(objs, "Role")}
-    cluster_roles = [rule_triples(r["rules"]) for r in by_kind(objs, "ClusterRole")]
+    # the users' roles aggregated into admin/edit/view are bound by nothing of the chart's
+    # (tests/test_chart_platform.py checks them)
+    cluster_roles = [rule_triples(r["rules"]) for r in by_kind(objs, "ClusterRole") if not user_access(r)]
     ns = watched(case)
     if ns is None:
         assert roles == {}
@@ -599,6 +628,8 @@ def test_deploy_kustomization():
             "ServiceAccount",
             "ConfigMap",
             "ClusterRole",
+            "ClusterRole",  # users' access, aggregated into edit (and admin)
+            "ClusterRole",  # and into view
             "ClusterRoleBinding",
             "Service",
             "Deployment",
@@ -656,6 +687,9 @@ def test_example(name):
             for key, value in src["helm"]["valuesObject"].items():
                 merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
             assert not list(jsonschema.Draft7Validator(values_schema()).iter_errors(merged))
+        elif doc["apiVersion"].split("/")[0].endswith(".toolkit.fluxcd.io"):
+            # no schema here for Flux's kinds: tests/test_chart_platform.py checks them field by field
+            assert name == "flux-helmrelease.yaml", f"{name}: a Flux object the tests do not check"
         else:
             validate_any(doc)
 

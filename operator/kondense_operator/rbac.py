@@ -22,6 +22,7 @@ this list complete and minimal):
   (spec.runPolicy.suspend), and deletes it with its CompressionJob; kopf lists and watches MPIJobs
   to follow the stages. The MPI operator
   makes the pods, the launcher Job, the Service and the ssh Secret itself, under its own account.
+- `update` on compressionjobs/finalizers: never called (OWNER_REFERENCE_RULES says why).
 """
 
 from __future__ import annotations
@@ -35,7 +36,21 @@ NAMESPACED_RULES: list[dict] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["kondense.dev"], "resources": ["compressionjobs/finalizers"], "verbs": ["update"]},
 ]
+
+# Rights the operator needs but never exercises as a request of its own: the API server checks
+# them while admitting another write. Every child (Job, Service, ConfigMap, MPIJob) carries an
+# owner reference to its CompressionJob with blockOwnerDeletion: true (children.owner_reference),
+# and where the OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift enables
+# it) setting that flag requires `update` on the owner's finalizers subresource: without it
+# every child's create is refused with 403. A request log cannot show this right in use, so
+# tests/operator/test_operator.py::test_rbac_rules_cover_exactly_what_the_operator_calls takes
+# exactly these triples (apiGroup, resource, verb) as granted but unused, and checks the
+# children still set the flag.
+OWNER_REFERENCE_RULES: frozenset[tuple[str, str, str]] = frozenset(
+    {("kondense.dev", "compressionjobs/finalizers", "update")}
+)
 
 CLUSTER_RULES: list[dict] = []
 

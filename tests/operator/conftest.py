@@ -538,6 +538,10 @@ def _server_of(kubeconfig: Path) -> str:
     return yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
 
 
+# how long a test waits for one step of the operator: a pass took 8-17 s on a loaded 2-core machine
+PATIENCE = 60
+
+
 def wait_for(what: Callable[[], Any], timeout: float = 30, interval: float = 0.2, message: str = "") -> Any:
     """Poll until `what()` is truthy; its value, or an AssertionError with the last value."""
     deadline = time.monotonic() + timeout

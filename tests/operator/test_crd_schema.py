@@ -315,7 +315,9 @@ def test_generated_manifests_get_the_same_verdict():
         )
         manifest["spec"] = mutate({**manifest["spec"], **copy.deepcopy(base)}, rng)
         ours, theirs = kondense_accepts(manifest), api_server_errors(manifest) == []
-        if any(isinstance(v, float) and not math.isfinite(v) for _, v in value_paths(manifest["spec"])):  # SEMANTIC_ONLY
+        if any(
+            isinstance(v, float) and not math.isfinite(v) for _, v in value_paths(manifest["spec"])
+        ):  # SEMANTIC_ONLY
             assert not ours, (i, manifest["spec"])
         else:
             assert ours is theirs, (i, manifest["spec"], api_server_errors(manifest))

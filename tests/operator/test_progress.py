@@ -14,7 +14,7 @@ from kondense_operator import progress
 from kondense_operator.children import child_name
 from kondense_operator.kube import ApiError
 
-from .conftest import Api, OperatorProcess, Refusal, cj_manifest, metric_value, summary, wait_for
+from .conftest import PATIENCE, Api, OperatorProcess, Refusal, cj_manifest, metric_value, summary, wait_for
 
 TS = "2026-11-28T10:00:0{}.123456789Z "
 
@@ -223,16 +223,16 @@ def test_status_progress_and_the_gauge_follow_rank_0s_log(apiserver, api: Api, o
     logs.write(namespace, rank0, "loading fashion-mnist")
     logs.write(namespace, rank0, ENGINE_PREFIX + json.dumps({"stage": 1, "step": 3, "steps": 10, "percent": 30}))
     logs.write(namespace, rank1, ENGINE_PREFIX + json.dumps({"stage": 1, "step": 9, "steps": 10, "percent": 90}))
-    got = wait_for(lambda: (p := progress_of(api, namespace, "follow")).get("percent") == 30 and p, 20)
+    got = wait_for(lambda: (p := progress_of(api, namespace, "follow")).get("percent") == 30 and p, PATIENCE)
     assert got["step"] == 3 and got["steps"] == 10 and got["updateTime"].endswith("Z")
-    assert wait_for(lambda: gauge(operator, namespace, "follow", 1) == 30, 10)
+    assert wait_for(lambda: gauge(operator, namespace, "follow", 1) == 30, PATIENCE)
     record = {"stage": 1, "step": 7, "steps": 10, "percent": 70, "etaSeconds": 12, "valAccuracy": 88.5}
     logs.write(namespace, rank0, ENGINE_PREFIX + json.dumps({**record, "compression": 2.5, "message": "fine-tune"}))
-    got = wait_for(lambda: (p := progress_of(api, namespace, "follow")).get("percent") == 70 and p, 20)
+    got = wait_for(lambda: (p := progress_of(api, namespace, "follow")).get("percent") == 70 and p, PATIENCE)
     assert {k: got[k] for k in record} == record and got["compression"] == 2.5 and got["message"] == "fine-tune"
-    assert wait_for(lambda: gauge(operator, namespace, "follow", 1) == 70, 10)
+    assert wait_for(lambda: gauge(operator, namespace, "follow", 1) == 70, PATIENCE)
     logs.write(namespace, rank0, ENGINE_PREFIX + json.dumps({"stage": 1, "step": 8, "steps": 10, "percent": 80}))
-    got = wait_for(lambda: (p := progress_of(api, namespace, "follow")).get("percent") == 80 and p, 20)
+    got = wait_for(lambda: (p := progress_of(api, namespace, "follow")).get("percent") == 80 and p, PATIENCE)
     # what the newest line leaves out is not the line before's (status patches merge nested objects)
     assert not {"etaSeconds", "valAccuracy", "compression", "message"} & set(got), got
     reads = [r for r in logs.reads if r[1] == rank0]
@@ -242,17 +242,17 @@ def test_status_progress_and_the_gauge_follow_rank_0s_log(apiserver, api: Api, o
     # stage 2: stage 1's progress goes, the gauge's series moves to stage 2
     api.succeed_job(job, pods, summary(1))
     job2 = wait_for(lambda: api.get("Job", namespace, child_name("follow", 2)), message="stage 2 Job")
-    wait_for(lambda: not progress_of(api, namespace, "follow"), 20, message="stage 1's progress dropped")
+    wait_for(lambda: not progress_of(api, namespace, "follow"), PATIENCE, message="stage 1's progress dropped")
     pods2 = api.start_job(job2)
     logs.write(
         namespace, pods2[0]["metadata"]["name"], ENGINE_PREFIX + json.dumps({"stage": 2, "step": 1, "percent": 45})
     )
-    wait_for(lambda: progress_of(api, namespace, "follow").get("percent") == 45, 20)
-    assert wait_for(lambda: gauge(operator, namespace, "follow", 2) == 45, 10)
+    wait_for(lambda: progress_of(api, namespace, "follow").get("percent") == 45, PATIENCE)
+    assert wait_for(lambda: gauge(operator, namespace, "follow", 2) == 45, PATIENCE)
     assert gauge(operator, namespace, "follow", 1) is None
 
     api.delete_cj(namespace, "follow")
-    wait_for(lambda: gauge(operator, namespace, "follow", 2) is None, 30, message="the gauge's series removed")
+    wait_for(lambda: gauge(operator, namespace, "follow", 2) is None, PATIENCE, message="the gauge's series removed")
 
 
 def test_a_finished_job_keeps_no_progress_and_no_series(apiserver, api: Api, operator, namespace: str) -> None:
@@ -261,11 +261,11 @@ def test_a_finished_job_keeps_no_progress_and_no_series(apiserver, api: Api, ope
     job = wait_for(lambda: api.get("Job", namespace, child_name("ends", 1)), message="stage 1 Job")
     pods = api.start_job(job)
     logs.write(namespace, pods[0]["metadata"]["name"], ENGINE_PREFIX + json.dumps({"stage": 1, "percent": 55}))
-    wait_for(lambda: gauge(operator, namespace, "ends", 1) == 55, 20)
+    wait_for(lambda: gauge(operator, namespace, "ends", 1) == 55, PATIENCE)
     api.succeed_job(job, pods, summary(1))
-    status = wait_for(lambda: (s := api.get_cj(namespace, "ends")["status"])["phase"] == "Succeeded" and s, 20)
+    status = wait_for(lambda: (s := api.get_cj(namespace, "ends")["status"])["phase"] == "Succeeded" and s, PATIENCE)
     assert "progress" not in status
-    wait_for(lambda: gauge(operator, namespace, "ends", 1) is None, 10, message="the series removed at the end")
+    wait_for(lambda: gauge(operator, namespace, "ends", 1) is None, PATIENCE, message="the series removed at the end")
 
 
 def test_a_log_the_operator_may_not_read_changes_nothing_else(apiserver, api: Api, operator, namespace: str) -> None:
@@ -286,6 +286,6 @@ def test_a_log_the_operator_may_not_read_changes_nothing_else(apiserver, api: Ap
         message="a log read refused",
     )
     api.succeed_job(job, pods, summary(1))
-    status = wait_for(lambda: (s := api.get_cj(namespace, "denied")["status"])["phase"] == "Succeeded" and s, 20)
+    status = wait_for(lambda: (s := api.get_cj(namespace, "denied")["status"])["phase"] == "Succeeded" and s, PATIENCE)
     assert "progress" not in status
     assert "grant get on pods/log" in operator.log()

@@ -18,6 +18,7 @@ from kondense_operator.children import child_name, job_name
 from kondense_operator.config import WorkerConfig
 
 from .conftest import (
+    PATIENCE,
     REPO,
     Api,
     ApiServer,
@@ -29,7 +30,7 @@ from .conftest import (
     write_kubeconfig,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 EVICTED = {"reason": "Evicted", "message": "The node was low on resource: memory."}
 PEER_GONE = json.dumps({"stage": 1, "error": "RuntimeError: [gloo] Connection closed by peer [10.0.0.7]:29500"})
@@ -194,7 +195,7 @@ def test_kueue_example_builds_suspended_jobs_in_its_queue():
 # the operator
 
 
-def wait_status(api, ns: str, name: str, ok, timeout: float = 20) -> dict:
+def wait_status(api, ns: str, name: str, ok, timeout: float = PATIENCE) -> dict:
     return wait_for(lambda: (s := api.get_cj(ns, name).get("status") or {}) and ok(s) and s, timeout)
 
 
@@ -241,26 +242,26 @@ def test_evicted_pod_gets_a_new_job_that_runs_to_success(api, operator, namespac
     name = "evictable"
     before = metric_value(operator.metrics(), "kondense_stage_restarts_total", {"reason": "Evicted"})
     api.create_cj(namespace, cj_manifest(name, namespace))
-    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), 20)
+    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), PATIENCE)
     assert job["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
     pods = api.start_job(job)
     wait_status(api, namespace, name, lambda s: s.get("phase") == "Running")
     lose_worker_1(api, job, pods)
 
-    again = wait_for(lambda: api.get("Job", namespace, job_name(name, 1, 1)), 20, message="the stage's next Job")
+    again = wait_for(lambda: api.get("Job", namespace, job_name(name, 1, 1)), PATIENCE, message="the stage's next Job")
     status = wait_status(api, namespace, name, lambda s: s.get("restarts") == 1)
     assert status["phase"] != "Failed"
     assert again["metadata"]["labels"][children.LABEL_ATTEMPT] == "1"
     env = {e["name"]: e["value"] for e in again["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KONDENSE_COORDINATOR"] == f"{job_name(name, 1, 1)}-0.{child_name(name, 1)}"
-    wait_for(lambda: api.get("Job", namespace, child_name(name, 1)) is None, 20, message="the lost Job deleted")
+    wait_for(lambda: api.get("Job", namespace, child_name(name, 1)) is None, PATIENCE, message="the lost Job deleted")
     events = restarted_events(api, namespace)
     assert len(events) == 1 and "worker 1" in events[0]["message"] and "Evicted" in events[0]["message"]
     assert metric_value(operator.metrics(), "kondense_stage_restarts_total", {"reason": "Evicted"}) == before + 1
 
     # the new Job's pods (the old ones' Failed pods are still listed under the stage's labels)
     api.succeed_job(again, api.start_job(again), summary(1))
-    job2 = wait_for(lambda: api.get("Job", namespace, job_name(name, 2, 1)), 20, message="stage 2's Job")
+    job2 = wait_for(lambda: api.get("Job", namespace, job_name(name, 2, 1)), PATIENCE, message="stage 2's Job")
     api.succeed_job(job2, api.start_job(job2), summary(2))
     status = wait_status(api, namespace, name, lambda s: s.get("phase") == "Succeeded")
     assert status["restarts"] == 1
@@ -270,7 +271,7 @@ def test_evicted_pod_gets_a_new_job_that_runs_to_success(api, operator, namespac
 def test_no_restarts_left_fails_the_job(api, operator, namespace):
     name = "fragile"
     api.create_cj(namespace, cj_manifest(name, namespace, maxRestarts=0))
-    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), 20)
+    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), PATIENCE)
     lose_worker_1(api, job, api.start_job(job))
     status = wait_status(api, namespace, name, lambda s: s.get("phase") == "Failed")
     assert status["reason"] == "Evicted"
@@ -285,7 +286,7 @@ def test_no_restarts_left_fails_the_job(api, operator, namespace):
 def test_worker_error_is_never_restarted(api, operator, namespace):
     name = "buggy"
     api.create_cj(namespace, cj_manifest(name, namespace))
-    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), 20)
+    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), PATIENCE)
     pods = api.start_job(job)
     msg = json.dumps({"stage": 1, "error": "model file /mnt/pvc/models/tiny.pt not found"})
     api.set_pod(pods[0], "Failed", {"terminated": {"exitCode": 1, "reason": "Error", "message": msg}})
@@ -303,7 +304,7 @@ def test_kueue_managed_jobs_are_left_suspended_for_kueue(api, operator, namespac
     manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "team": "a"}
     manifest["metadata"]["annotations"] = {"kueue.x-k8s.io/priority-class": "high"}
     api.create_cj(namespace, manifest)
-    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), 20)
+    job = wait_for(lambda: api.get("Job", namespace, child_name(name, 1)), PATIENCE)
     assert job["spec"]["suspend"] is True and job["spec"]["activeDeadlineSeconds"] == 600
     assert (
         job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and "team" not in job["metadata"]["labels"]
@@ -313,7 +314,7 @@ def test_kueue_managed_jobs_are_left_suspended_for_kueue(api, operator, namespac
     assert status["phase"] == "Pending" and "LocalQueue team-a" in status["message"]
     # a few passes later, the operator still has not unsuspended it
     api.patch_status("Job", namespace, job["metadata"]["name"], {"ready": 0})
-    wait_for(lambda: any(e["reason"] == "WaitingForAdmission" for e in api.list("Event", namespace)), 20)
+    wait_for(lambda: any(e["reason"] == "WaitingForAdmission" for e in api.list("Event", namespace)), PATIENCE)
     assert api.get("Job", namespace, job["metadata"]["name"])["spec"]["suspend"] is True
     patches = [
         (m, p)
@@ -358,7 +359,7 @@ def test_operator_killed_mid_restart_restarts_once(tmp_path):
         op = OperatorProcess(kubeconfig, tmp_path / "op1.log", ["--namespace", ns]).start()
         try:
             api.create_cj(ns, cj_manifest(name, ns))
-            job = wait_for(lambda: api.get("Job", ns, child_name(name, 1)), 20)
+            job = wait_for(lambda: api.get("Job", ns, child_name(name, 1)), PATIENCE)
             pods = api.start_job(job)
             wait_status(api, ns, name, lambda s: s.get("phase") == "Running")
         finally:
@@ -367,15 +368,15 @@ def test_operator_killed_mid_restart_restarts_once(tmp_path):
 
         op = OperatorProcess(kubeconfig, tmp_path / "op2.log", ["--namespace", ns]).start()
         try:
-            wait_for(lambda: api.get("Job", ns, job_name(name, 1, 1)), 30, message="the restarted stage's Job")
-            wait_for(lambda: restarted_events(api, ns), 20, message="the Restarted Event")  # kopf posts it later
+            wait_for(lambda: api.get("Job", ns, job_name(name, 1, 1)), PATIENCE, message="the restarted stage's Job")
+            wait_for(lambda: restarted_events(api, ns), PATIENCE, message="the Restarted Event")  # kopf posts it later
         finally:
             op.stop(signal.SIGKILL)
         op = OperatorProcess(kubeconfig, tmp_path / "op3.log", ["--namespace", ns]).start()
         try:
             again = api.get("Job", ns, job_name(name, 1, 1))
             api.succeed_job(again, api.start_job(again), summary(1))
-            wait_for(lambda: api.get("Job", ns, job_name(name, 2, 1)), 30, message="stage 2 after the restart")
+            wait_for(lambda: api.get("Job", ns, job_name(name, 2, 1)), PATIENCE, message="stage 2 after the restart")
             status = api.get_cj(ns, name)["status"]
         finally:
             op.stop()
@@ -404,7 +405,7 @@ def test_evicted_mpijob_gets_a_new_mpijob(tmp_path):
         op.start()
         try:
             api.create_cj(ns, cj_manifest(name, ns, backend="mpi", stage=1, workers=2))
-            mj = wait_for(lambda: api.get("MPIJob", ns, child_name(name, 1)), 20)
+            mj = wait_for(lambda: api.get("MPIJob", ns, child_name(name, 1)), PATIENCE)
             launcher, workers = api.start_mpijob(mj)
             wait_status(api, ns, name, lambda s: s.get("phase") == "Running")
             # a worker's node goes: the MPI operator fails the MPIJob and removes the running pods
@@ -414,14 +415,16 @@ def test_evicted_mpijob_gets_a_new_mpijob(tmp_path):
                 launcher, "Failed", {"terminated": {"exitCode": 1, "reason": "Error", "message": "mpirun: lost"}}
             )
             api.fail_mpijob(mj, "MPIJobEvicted", "1/2 workers are evicted")
-            again = wait_for(lambda: api.get("MPIJob", ns, job_name(name, 1, 1)), 20, message="the next MPIJob")
+            again = wait_for(lambda: api.get("MPIJob", ns, job_name(name, 1, 1)), PATIENCE, message="the next MPIJob")
             assert (
                 again["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"][children.LABEL_ATTEMPT]
                 == "1"
             )
             status = wait_status(api, ns, name, lambda s: s.get("restarts") == 1)
             assert status["phase"] != "Failed"
-            wait_for(lambda: api.get("MPIJob", ns, child_name(name, 1)) is None, 20, message="the lost MPIJob deleted")
+            wait_for(
+                lambda: api.get("MPIJob", ns, child_name(name, 1)) is None, PATIENCE, message="the lost MPIJob deleted"
+            )
             launcher, workers = api.start_mpijob(again)
             api.succeed_mpijob(again, launcher, workers, summary(1))
             status = wait_status(api, ns, name, lambda s: s.get("phase") == "Succeeded")
