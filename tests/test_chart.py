@@ -288,7 +288,13 @@ def test_chart_rbac_file_is_the_operators():
     from kondense_operator import rbac
 
     chart = yaml.safe_load((CHART / "files" / "rbac.yaml").read_text())
-    assert chart == {"namespaced": rbac.NAMESPACED_RULES, "cluster": rbac.CLUSTER_RULES, "mpijob": rbac.MPIJOB_RULES}, (
+    assert chart == {
+        "namespaced": rbac.NAMESPACED_RULES,
+        "cluster": rbac.CLUSTER_RULES,
+        "mpijob": rbac.MPIJOB_RULES,
+        "peering": rbac.PEERING_RULES,
+        "clusterPeering": rbac.CLUSTER_PEERING_RULES,
+    }, (
         "charts/kondense/files/rbac.yaml differs from operator/kondense_operator/rbac.py: run `make deploy-manifests`"
     )
 

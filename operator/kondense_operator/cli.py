@@ -4,10 +4,15 @@
                       [--metrics-port 9090] [--health-port 8080]
                       [--worker-config PATH] [--worker-image IMAGE]
                       [--forbidden-retry-seconds 300] [--recheck-seconds 30]
+                      [--peering NAME [--peering-lifetime 60]]
 
 Environment alternatives: KONDENSE_WATCH_NAMESPACES (comma-separated), KONDENSE_WORKER_CONFIG,
-KONDENSE_WORKER_IMAGE; flags win. kopf runs standalone (no peering objects) with CRD and
-namespace scanning off, so the operator needs only the rights listed in rbac.py.
+KONDENSE_WORKER_IMAGE, KONDENSE_PEERING, KONDENSE_PEERING_LIFETIME; flags win. Without --peering
+kopf runs standalone (no peering objects): the only operator of its scope. With --peering NAME it
+keeps alive in kopf's peering object NAME (a ClusterKopfPeering with --all-namespaces, a
+KopfPeering in each watched namespace otherwise) and only the oldest live process acts, the others
+stand by (handlers.startup). CRD and namespace scanning are off either way, so the operator needs
+only the rights listed in rbac.py.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .config import (
     DEFAULT_FORBIDDEN_RETRY_S,
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
+    DEFAULT_PEERING_LIFETIME_S,
     DEFAULT_RECHECK_S,
     KEYS,
     ConfigError,
@@ -88,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often every unfinished CompressionJob is looked at again, whatever the watch events "
         f"said: a missed event delays a job by at most this (default {DEFAULT_RECHECK_S:g})",
     )
+    p.add_argument(
+        "--peering",
+        default=os.environ.get("KONDENSE_PEERING") or None,
+        metavar="NAME",
+        help="run as one of several replicas peering in kopf's peering object NAME (which must exist: "
+        "ClusterKopfPeering with --all-namespaces, else a KopfPeering in every watched namespace); one acts, "
+        "the others stand by (default $KONDENSE_PEERING, else standalone: the only operator)",
+    )
+    p.add_argument(
+        "--peering-lifetime",
+        type=_whole_seconds,
+        default=os.environ.get("KONDENSE_PEERING_LIFETIME") or DEFAULT_PEERING_LIFETIME_S,
+        metavar="S",
+        help="how long a peer's keep-alive counts: a standby takes over at most this long after the active "
+        f"operator died unannounced (default $KONDENSE_PEERING_LIFETIME, else {DEFAULT_PEERING_LIFETIME_S})",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -112,6 +134,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _whole_seconds(text: str) -> int:
+    # kopf keeps a peer's lifetime as whole seconds (peering.Peer)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argparse.Namespace]:
     """The OperatorConfig that argv (and the environment) describe; exits on a bad setting."""
     parser = build_parser()
@@ -128,6 +161,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[OperatorConfig, argpars
         worker=worker,
         forbidden_retry_s=args.forbidden_retry_seconds,
         recheck_s=args.recheck_seconds,
+        peering=args.peering,
+        peering_lifetime_s=args.peering_lifetime,
     ), args
 
 
@@ -151,8 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics.serve(config.metrics_port)
     memo = kopf.Memo(config=config)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    # the peering settings proper (name, priority, lifetime) are set in handlers.startup, which runs
+    # before kopf starts its watches and its peering
     kopf.run(
-        standalone=True,
+        standalone=config.peering is None,
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,

@@ -33,6 +33,9 @@ DEFAULT_HEALTH_PORT = 8080
 DEFAULT_FORBIDDEN_RETRY_S = 300.0
 # every unfinished job is looked at again this often, so that a missed watch event cannot leave it stuck
 DEFAULT_RECHECK_S = 30.0
+# kopf's own default: a peer's keep-alive record counts this long, so a standby takes over at most
+# this long after the active operator died without saying goodbye (SIGKILL, a lost node)
+DEFAULT_PEERING_LIFETIME_S = 60
 
 
 class ConfigError(ValueError):
@@ -201,6 +204,9 @@ class OperatorConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     forbidden_retry_s: float = DEFAULT_FORBIDDEN_RETRY_S
     recheck_s: float = DEFAULT_RECHECK_S
+    # kopf peering object's name (--peering); None: standalone, the only operator of its scope
+    peering: str | None = None
+    peering_lifetime_s: int = DEFAULT_PEERING_LIFETIME_S
 
     @property
     def clusterwide(self) -> bool:

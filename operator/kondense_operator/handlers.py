@@ -19,6 +19,8 @@ who removes the finalizer; the garbage collector then takes the children by thei
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Any
 
 import kopf
@@ -31,6 +33,30 @@ from .status import TERMINAL
 
 GROUP, VERSION, PLURAL = kube_mod.GROUP, kube_mod.VERSION, kube_mod.PLURAL
 CHILD_LABELS = {"app.kubernetes.io/name": "kondense", "app.kubernetes.io/managed-by": "kondense-operator"}
+# the children's label selector, as the API server filters watches and lists by it
+CHILD_SELECTOR = ",".join(f"{key}={value}" for key, value in sorted(CHILD_LABELS.items()))
+# the resources whose watches carry CHILD_SELECTOR: kopf's settings key them as the handlers do
+CHILD_RESOURCES: tuple[tuple[str, str, str], ...] = (
+    ("batch", "v1", "jobs"),
+    ("", "v1", "pods"),
+    (kube_mod.MPI_GROUP, kube_mod.MPI_VERSION, kube_mod.MPI_PLURAL),
+)
+# objects per page of kopf's initial lists (and re-lists after a 410 Gone): a namespace with
+# thousands of pods is then read in pages, not as one response held whole in both processes
+LIST_CHUNK_SIZE = 500
+
+
+def peering_priority(now_ns: int | None = None) -> int:
+    """This process's kopf peering priority: the older a process, the higher. kopf pauses every
+    peer that sees a live peer of higher priority, and pauses ALL peers (itself included) while two
+    of equal priority are alive, so equal priorities would freeze every replica. The start time in
+    milliseconds, negated, makes the oldest replica the one that acts: a replica started by a
+    rollout stands by until the old one has gone (which, on SIGTERM, withdraws its keep-alive at
+    once) instead of taking over from a process that is still mid-pass. Three random digits below
+    the milliseconds keep two replicas started in the same millisecond apart (999 times in 1000).
+    About 1.8e15 in magnitude: within 2**53, the integers every JSON reader keeps exact."""
+    millis = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
+    return -(millis * 1000 + random.randrange(1000))
 
 
 def _post_event(body: dict, type_: str, reason: str, message: str) -> None:
@@ -57,10 +83,24 @@ def _context(memo: Any) -> Context:
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, **_: Any) -> None:
     cfg: OperatorConfig = memo.config if hasattr(memo, "config") else OperatorConfig()
-    # standalone, and no scanning of CRDs or namespaces: the RBAC in rbac.py is all it needs
+    # no scanning of CRDs or namespaces: the RBAC in rbac.py is all it needs
     settings.scanning.disabled = True
-    settings.peering.standalone = True
+    # standalone unless --peering: then the peering object's name must exist (mandatory: kopf
+    # stays paused while it is missing rather than run beside other replicas unseen), one per
+    # watched namespace or one cluster-wide, as the watch scope is
+    settings.peering.standalone = cfg.peering is None
     settings.peering.clusterwide = cfg.clusterwide
+    if cfg.peering is not None:
+        settings.peering.name = cfg.peering
+        settings.peering.mandatory = True
+        settings.peering.priority = peering_priority()
+        settings.peering.lifetime = cfg.peering_lifetime_s
+    # Filtered on the API server: kopf's labels= on the handlers below is checked in the client,
+    # after every pod and Job of the watched namespaces was sent; with these selectors the server
+    # sends the children only (the handlers keep labels= as a guard). Lists come in pages.
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
     # kopf's bookkeeping in annotations, never in the status (whose schema is the user's view)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kondense.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -80,10 +120,13 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
         forbidden_retry_s=cfg.forbidden_retry_s,
     )
     logger.info(
-        "kondense operator: worker image %s, %s; backend mpi %s",
+        "kondense operator: worker image %s, %s; backend mpi %s; %s",
         cfg.worker.image,
         "all namespaces" if cfg.clusterwide else "namespaces " + ", ".join(cfg.namespaces),
         "as Kubeflow MPIJobs" if cfg.worker.mpi_enabled else "off (worker config mpiJob.enabled)",
+        "standalone"
+        if cfg.peering is None
+        else f"peering in {cfg.peering!r} (priority {settings.peering.priority}, lifetime {cfg.peering_lifetime_s} s)",
     )
 
 

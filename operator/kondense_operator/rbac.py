@@ -23,6 +23,11 @@ this list complete and minimal):
   to follow the stages. The MPI operator
   makes the pods, the launcher Job, the Service and the ssh Secret itself, under its own account.
 - `update` on compressionjobs/finalizers: never called (OWNER_REFERENCE_RULES says why).
+- peering (--peering, the chart's operator.replicas above 1): kopf lists and watches its peering
+  object and patches its status with its keep-alives; it never creates it (the chart does). A
+  KopfPeering in every watched namespace (PEERING_RULES, namespaced) or, with --all-namespaces, one
+  ClusterKopfPeering (CLUSTER_PEERING_RULES, cluster-wide): peering_rules says which.
+  tests/operator/test_peering.py checks these against the requests of two peering operators.
 """
 
 from __future__ import annotations
@@ -66,3 +71,20 @@ MPIJOB_RULES: list[dict] = [
 def namespaced_rules(mpi_job: bool) -> list[dict]:
     """The rules of every watched namespace, with MPIJOB_RULES where backend mpi is enabled."""
     return NAMESPACED_RULES + (MPIJOB_RULES if mpi_job else [])
+
+
+# kopf's peering (--peering): its observer lists and watches the peering objects, its keep-alive
+# patches one (status: {identity: {priority, lifetime, lastseen}}); kopf creates none and reads
+# none by name. Granted only where the chart runs more than one replica.
+PEERING_RULES: list[dict] = [
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["list", "watch", "patch"]},
+]
+CLUSTER_PEERING_RULES: list[dict] = [
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch", "patch"]},
+]
+
+
+def peering_rules(clusterwide: bool) -> list[dict]:
+    """The peering rights of an operator run with --peering: on the ClusterKopfPeering (a cluster
+    rule) with --all-namespaces, else on the KopfPeering of every watched namespace (namespaced)."""
+    return CLUSTER_PEERING_RULES if clusterwide else PEERING_RULES

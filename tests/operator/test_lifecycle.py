@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from kondense.job.spec import parse_for_kubernetes
-from kondense_operator import children, cleanup
+from kondense_operator import children, cleanup, handlers
 from kondense_operator import status as st
 from kondense_operator.cli import parse_config
 
@@ -351,6 +351,55 @@ def test_log_lines_name_the_compressionjob(api, slow):
     objects = [ln for ln in slow.log().splitlines() if " kopf.objects: " in ln]
     unnamed = [ln for ln in objects if not re.search(r"kopf\.objects: \[[^/\]]+/[^\]]+\] ", ln)]
     assert objects and not unnamed, unnamed[:5]
+
+
+# ---- 7. the children's watches are filtered on the API server, their lists come in pages
+
+
+def _child_collection_gets(apiserver, op: OperatorProcess, ns: str) -> list[tuple[str, dict[str, list[str]]]]:
+    """(collection, query) of every GET `op` made on the Jobs or Pods collection of `ns`."""
+    collections = {f"/apis/batch/v1/namespaces/{ns}/jobs": "jobs", f"/api/v1/namespaces/{ns}/pods": "pods"}
+    gets = []
+    for token, method, path_qs in list(apiserver.emulator.log):
+        url = urlsplit(path_qs)
+        if token == op.token and method == "GET" and url.path in collections:
+            gets.append((collections[url.path], parse_qs(url.query)))
+    return gets
+
+
+def _kopf_gets(gets: list[tuple[str, dict[str, list[str]]]], collection: str, watch: bool) -> list[dict]:
+    # kopf's requests, told from Kube.list_labelled's by what only kopf sends: watch=true on the
+    # watches, limit (LIST_CHUNK_SIZE) on the lists
+    key = "watch" if watch else "limit"
+    return [q for c, q in gets if c == collection and key in q and ("watch" in q) == watch]
+
+
+@pytest.mark.parametrize("which", [FAST, SLOW])
+def test_children_are_filtered_on_the_server(request, apiserver, api, which):
+    op = request.getfixturevalue(which)
+    ns = which
+    wanted = "app.kubernetes.io/managed-by=kondense-operator,app.kubernetes.io/name=kondense"
+    assert handlers.CHILD_SELECTOR == wanted
+    name = "filtered"
+    api.create_cj(ns, cj_manifest(name, ns))
+    stage_job(api, ns, name)  # a pass ran: Kube.list_pods asked for the job's pods too
+
+    def kopf_started() -> bool:
+        gets = _child_collection_gets(apiserver, op, ns)
+        return all(_kopf_gets(gets, c, w) for c in ("jobs", "pods") for w in (False, True))
+
+    wait_for(kopf_started, T, message="kopf's lists and watches of the Jobs and Pods")
+    gets = _child_collection_gets(apiserver, op, ns)
+    for collection, query in gets:
+        # none unfiltered: kopf's carry the children's selector, the operator's own pod lists
+        # (Kube.list_pods) their job's and stage's labels (kondense.dev/job, kondense.dev/stage)
+        assert query.get("labelSelector", [""])[0], f"an unfiltered GET {collection} in {ns}: {query}"
+    for collection in ("jobs", "pods"):
+        for q in _kopf_gets(gets, collection, watch=True) + _kopf_gets(gets, collection, watch=False):
+            assert q["labelSelector"] == [wanted], f"kopf's GET {collection}: {q}"
+        for q in _kopf_gets(gets, collection, watch=False):
+            assert q["limit"] == [str(handlers.LIST_CHUNK_SIZE)] and handlers.LIST_CHUNK_SIZE == 500
+    api.delete_cj(ns, name)
 
 
 # ---- the pieces
