@@ -575,7 +575,10 @@ def test_values_schema_directly():
     assert errors(watch__scope="list")  # no namespaces
     assert any(e.startswith("metrics/port") for e in errors(metrics__port=-5))
     assert any(e.startswith("metrics/port") for e in errors(metrics__port="9090"))  # a string is not a port
-    assert any(e.startswith("operator/replicas") or "replicas" in e for e in errors(operator__replicas=2))
+    # standby replicas (kopf peering) are allowed; fewer than one pod, or a string, is not
+    assert errors(operator__replicas=2) == []
+    assert any(e.startswith("operator/replicas") for e in errors(operator__replicas=0))
+    assert any(e.startswith("operator/replicas") for e in errors(operator__replicas="2"))
     assert any(e.startswith("workers/serviceAccount/create") for e in errors(workers__serviceAccount__create="yes"))
     assert errors(workers__zooCache__create=True)  # scope all
     assert errors(watch__scope="namespace", workers__zooCache__create=True) == []

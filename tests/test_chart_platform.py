@@ -450,3 +450,66 @@ def test_operator_pod_ids_are_settings_and_may_be_left_out(sets, ids):
     assert {k: v for k, v in context.items() if k in ("runAsUser", "runAsGroup", "fsGroup")} == ids
     assert context["runAsNonRoot"] is True and container["securityContext"]["runAsNonRoot"] is True
     assert not {"runAsUser", "runAsGroup"} & set(container["securityContext"]), "the pod's IDs, not the container's"
+
+
+# ---- standby replicas (operator.replicas): kopf peering only above one
+
+
+def _peering_crds(objects: tuple[dict, ...]) -> dict[str, dict]:
+    return {c["metadata"]["name"]: c for c in by_kind(list(objects), "CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev"}
+
+
+def _rules(objects: tuple[dict, ...], kind: str) -> set[tuple[str, str, str]]:
+    return rule_triples([r for o in by_kind(list(objects), kind) if o["metadata"]["name"] == RELEASE for r in o["rules"]])
+
+
+def _operator(objects: tuple[dict, ...]) -> tuple[dict, dict]:
+    (deploy,) = by_kind(list(objects), "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return deploy, container
+
+
+def test_one_replica_runs_standalone():
+    objects = rendered()
+    deploy, container = _operator(objects)
+    assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert not any(a.startswith("--peering") for a in container["args"]) and "env" not in container
+    assert _peering_crds(objects) == {}
+    text = yaml.safe_dump_all(objects)
+    assert "kopf.dev" not in text and "kopfpeering" not in text.lower()
+
+
+@pytest.mark.parametrize("scope", ["all", "namespace"])
+def test_replicas_peer_through_kopf(scope):
+    from kondense_operator import rbac
+
+    objects = rendered("operator.replicas=3", f"watch.scope={scope}")
+    deploy, container = _operator(objects)
+    assert deploy["spec"]["replicas"] == 3 and deploy["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert f"--peering={deploy['metadata']['name']}" in container["args"]
+    assert container["env"][0]["name"] == "POD_ID"  # kopf's identity: the pod's name
+    crds = _peering_crds(objects)
+    assert set(crds) == {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
+    assert crds["kopfpeerings.kopf.dev"]["spec"]["scope"] == "Namespaced"
+    assert crds["clusterkopfpeerings.kopf.dev"]["spec"]["scope"] == "Cluster"
+    for crd in crds.values():
+        validate_any(crd)
+        (version,) = crd["spec"]["versions"]
+        status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert status["x-kubernetes-preserve-unknown-fields"] is True and "subresources" not in version
+        assert crd["metadata"]["annotations"][KEEP] == "keep"
+    cluster, namespaced = _rules(objects, "ClusterRole"), _rules(objects, "Role")
+    if scope == "all":
+        assert rule_triples(rbac.CLUSTER_PEERING_RULES) <= cluster
+        assert not {t for t in cluster | namespaced if t[1] == "kopfpeerings"}
+    else:
+        assert rule_triples(rbac.PEERING_RULES) <= namespaced
+        assert not {t for t in cluster | namespaced if t[1] == "clusterkopfpeerings"}
+    # without crds.install the platform team applies the CRDs; the rights and --peering stay
+    objects = rendered("operator.replicas=2", f"watch.scope={scope}", "crds.install=false")
+    assert _peering_crds(objects) == {} and f"--peering={RELEASE}" in _operator(objects)[1]["args"]
+
+
+def test_replicas_below_one_are_refused():
+    result = template("--set", "operator.replicas=0", check=False)
+    assert result.returncode != 0 and "replicas" in result.stderr

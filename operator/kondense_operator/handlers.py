@@ -59,6 +59,27 @@ def peering_priority(now_ns: int | None = None) -> int:
     return -(millis * 1000 + random.randrange(1000))
 
 
+def ensure_peering_objects(kube: kube_mod.Kube, name: str, namespaces: tuple[str, ...], logger: logging.Logger) -> None:
+    """Create the peering object(s) --peering names, where missing: one ClusterKopfPeering (no
+    namespaces: --all-namespaces), else a KopfPeering in every watched namespace. kopf only patches
+    them, and stays paused while one is missing (peering mandatory); the chart installs their CRDs
+    but cannot install the objects beside them, since Helm refuses an object whose CRD the same
+    release creates. A 409 is another replica that got there first."""
+    body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}}
+    targets = (
+        [("/apis/kopf.dev/v1/clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"})]
+        if not namespaces
+        else [(f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings", {**body, "kind": "KopfPeering"}) for ns in namespaces]
+    )
+    for path, obj in targets:
+        try:
+            kube.request("POST", path, body=obj)
+        except kube_mod.ApiError as e:
+            if e.status != 409:
+                # kopf then stays paused (peering mandatory), which this line explains
+                logger.error("cannot create the peering object %s at %s (the operator stays paused): %s", name, path, e)
+
+
 def _post_event(body: dict, type_: str, reason: str, message: str) -> None:
     ref = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": body.get("metadata")}
     (kopf.warn if type_ == "Warning" else kopf.info)(ref, reason=reason, message=message[:1024])
@@ -113,8 +134,11 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger, 
     # handlers see every object, with type None). What a missed event leaves undone, the
     # re-check timer (recheck_every) picks up.
     settings.watching.server_timeout = 300
+    kube = kube_mod.Kube(kube_mod.load_config())
+    if cfg.peering is not None:
+        ensure_peering_objects(kube, cfg.peering, cfg.namespaces, logger)
     memo.context = Context(
-        kube=kube_mod.Kube(kube_mod.load_config()),
+        kube=kube,
         worker=cfg.worker,
         event=_post_event,
         forbidden_retry_s=cfg.forbidden_retry_s,

@@ -24,7 +24,8 @@ this list complete and minimal):
   makes the pods, the launcher Job, the Service and the ssh Secret itself, under its own account.
 - `update` on compressionjobs/finalizers: never called (OWNER_REFERENCE_RULES says why).
 - peering (--peering, the chart's operator.replicas above 1): kopf lists and watches its peering
-  object and patches its status with its keep-alives; it never creates it (the chart does). A
+  object and patches its status with its keep-alives; the operator creates it at start where
+  missing (handlers.ensure_peering_objects; a 409 from another replica is fine). A
   KopfPeering in every watched namespace (PEERING_RULES, namespaced) or, with --all-namespaces, one
   ClusterKopfPeering (CLUSTER_PEERING_RULES, cluster-wide): peering_rules says which.
   tests/operator/test_peering.py checks these against the requests of two peering operators.
@@ -74,13 +75,13 @@ def namespaced_rules(mpi_job: bool) -> list[dict]:
 
 
 # kopf's peering (--peering): its observer lists and watches the peering objects, its keep-alive
-# patches one (status: {identity: {priority, lifetime, lastseen}}); kopf creates none and reads
-# none by name. Granted only where the chart runs more than one replica.
+# patches one (status: {identity: {priority, lifetime, lastseen}}); the operator creates it at
+# start (kopf creates none). Granted only where the chart runs more than one replica.
 PEERING_RULES: list[dict] = [
-    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["create", "list", "watch", "patch"]},
 ]
 CLUSTER_PEERING_RULES: list[dict] = [
-    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["create", "list", "watch", "patch"]},
 ]
 
 

@@ -40,6 +40,16 @@ CJ_RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
 # Kubeflow's MPIJob, served only where a test installs "the MPI operator's CRD" (ApiServer(mpijobs=True))
 MPIJOB_RESOURCE = "kubeflow.org/v2beta1/mpijobs"
 MPIJOB_PREFIX = "/apis/kubeflow.org/"
+# kopf's peering resources, as the chart's CRDs (operator.replicas above 1) declare them; served
+# always: a standalone operator never asks for them, as the RBAC test sees
+PEERING_RESOURCES = {
+    "kopf.dev/v1/kopfpeerings": {"kind": "KopfPeering", "namespaced": True, "singular": "kopfpeering"},
+    "kopf.dev/v1/clusterkopfpeerings": {
+        "kind": "ClusterKopfPeering",
+        "namespaced": False,
+        "singular": "clusterkopfpeering",
+    },
+}
 # a real API server's answer for a resource it does not serve (no CRD)
 NOT_SERVED = {
     "kind": "Status",
@@ -174,6 +184,11 @@ class ApiServer:
                 "shortnames": ["cpj"],
                 "subresources": ["status"],
             }
+            for resource, info in PEERING_RESOURCES.items():
+                # no status subresource, as in the chart's CRDs: kopf patches the keep-alives into
+                # the object itself
+                verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+                k.resources[resource] = {**info, "verbs": verbs, "shortnames": [], "subresources": []}
             if self.mpijobs:
                 k.resources[MPIJOB_RESOURCE] = {
                     "kind": "MPIJob",

@@ -17,14 +17,30 @@ MPIJobs) the rights on mpijobs.kubeflow.org too, and only then. */}}
 {{- end -}}
 {{- $rules = concat $rules $rbac.mpijob -}}
 {{- end -}}
+{{- /* standby replicas peer in a KopfPeering of every watched namespace (watch.scope all: a
+ClusterKopfPeering, in kondense.clusterRules) */ -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (ne .Values.watch.scope "all") -}}
+{{- if not $rbac.peering -}}
+{{- fail "files/rbac.yaml holds no peering rules: run make sync-rbac" -}}
+{{- end -}}
+{{- $rules = concat $rules $rbac.peering -}}
+{{- end -}}
 {{- toYaml $rules -}}
 {{- end -}}
 
-{{/* Needed cluster-wide whatever the scope (empty today: kopf runs standalone, with CRD and
-namespace scanning off); any rule here gets a ClusterRole in every scope. */}}
+{{/* Needed cluster-wide whatever the scope (none but the ClusterKopfPeering's with standby
+replicas and watch.scope all: CRD and namespace scanning are off); any rule here gets a
+ClusterRole. */}}
 {{- define "kondense.clusterRules" -}}
 {{- $rbac := .Files.Get "files/rbac.yaml" | fromYaml -}}
-{{- with $rbac.cluster -}}
+{{- $rules := $rbac.cluster | default list -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (eq .Values.watch.scope "all") -}}
+{{- if not $rbac.clusterPeering -}}
+{{- fail "files/rbac.yaml holds no clusterPeering rules: run make sync-rbac" -}}
+{{- end -}}
+{{- $rules = concat $rules $rbac.clusterPeering -}}
+{{- end -}}
+{{- with $rules -}}
 {{- toYaml . -}}
 {{- end -}}
 {{- end -}}
