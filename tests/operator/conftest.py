@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -760,12 +760,20 @@ def api(kubeconfig: Path) -> Api:
     return Api(kubeconfig)
 
 
+def operator_process(
+    kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory, *args: str
+) -> Iterator[OperatorProcess]:
+    """For a module-scoped fixture: an operator process started with `args` (default
+    --all-namespaces), its log in a directory of its own, stopped when the module is done."""
+    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", list(args) or None).start()
+    yield op
+    op.stop()
+
+
 @pytest.fixture(scope="module")
 def operator(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory):
     """One operator process for a module's tests (each test uses its own namespace)."""
-    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
-    yield op
-    op.stop()
+    yield from operator_process(kubeconfig, tmp_path_factory)
 
 
 _ns_counter = itertools.count()

@@ -20,7 +20,7 @@ from kondense_operator import children, cleanup, handlers
 from kondense_operator import status as st
 from kondense_operator.cli import parse_config
 
-from .conftest import OperatorProcess, cj_manifest, summary, wait_for
+from .conftest import OperatorProcess, cj_manifest, operator_process, summary, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 FAST, SLOW = "fast", "slow"
@@ -31,20 +31,12 @@ NO_GPU = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/
 
 @pytest.fixture(scope="module")
 def fast(kubeconfig, tmp_path_factory):
-    op = OperatorProcess(
-        kubeconfig, tmp_path_factory.mktemp("fast") / "operator.log", ["--namespace", FAST, "--recheck-seconds", "1"]
-    ).start()
-    yield op
-    op.stop()
+    yield from operator_process(kubeconfig, tmp_path_factory, "--namespace", FAST, "--recheck-seconds", "1")
 
 
 @pytest.fixture(scope="module")
 def slow(kubeconfig, tmp_path_factory):
-    op = OperatorProcess(
-        kubeconfig, tmp_path_factory.mktemp("slow") / "operator.log", ["--namespace", SLOW, "--recheck-seconds", "3600"]
-    ).start()
-    yield op
-    op.stop()
+    yield from operator_process(kubeconfig, tmp_path_factory, "--namespace", SLOW, "--recheck-seconds", "3600")
 
 
 def status_of(api, ns: str, name: str) -> dict:

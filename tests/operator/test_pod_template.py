@@ -17,18 +17,11 @@ import yaml
 from kondense_operator import children
 from kondense_operator.children import child_name
 
-from .conftest import KONDENSE_BIN, OperatorProcess, free_port, lenet5_on_claim, tiny_manifest, wait_for
+from .conftest import KONDENSE_BIN, free_port, lenet5_on_claim, tiny_manifest, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 NS = "ml"
 NAME = "lenet5-local"
-
-
-@pytest.fixture(scope="module")
-def operator(kubeconfig, tmp_path_factory):
-    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("op") / "operator.log").start()
-    yield op
-    op.stop()
 
 
 def run_pods(job: dict, configmap: dict, pvc_root: Path, work: Path, home: Path) -> tuple[list[str], str]:

@@ -12,7 +12,7 @@ import pytest
 
 from kondense_operator.children import child_name
 
-from .conftest import OperatorProcess, Refusal, cj_manifest, metric_value, wait_for
+from .conftest import Refusal, cj_manifest, metric_value, operator_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,13 +52,7 @@ def forbidden_body(namespace: str) -> dict:
 
 @pytest.fixture(scope="module")
 def operator(kubeconfig, tmp_path_factory):
-    op = OperatorProcess(
-        kubeconfig,
-        tmp_path_factory.mktemp("operator") / "operator.log",
-        ["--all-namespaces", "--forbidden-retry-seconds", "1"],
-    ).start()
-    yield op
-    op.stop()
+    yield from operator_process(kubeconfig, tmp_path_factory, "--all-namespaces", "--forbidden-retry-seconds", "1")
 
 
 def jobs_path(namespace: str) -> str:

@@ -17,20 +17,13 @@ import pytest
 
 from kondense_operator.children import child_name, job_name
 
-from .conftest import OperatorProcess, lenet5_on_claim, tiny_manifest, wait_for
+from .conftest import lenet5_on_claim, tiny_manifest, wait_for
 from .test_pod_template import run_pods, start_pods
 from .test_restarts import evict, restarted_events
 
 pytestmark = pytest.mark.timeout(900)
 NS = "ml"
 NAME = "lenet5-evicted"
-
-
-@pytest.fixture(scope="module")
-def operator(kubeconfig, tmp_path_factory):
-    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("op") / "operator.log").start()
-    yield op
-    op.stop()
 
 
 def _checkpointed(state_file: Path) -> bool:
