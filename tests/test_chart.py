@@ -294,9 +294,7 @@ def test_chart_rbac_file_is_the_operators():
         "mpijob": rbac.MPIJOB_RULES,
         "peering": rbac.PEERING_RULES,
         "clusterPeering": rbac.CLUSTER_PEERING_RULES,
-    }, (
-        "charts/kondense/files/rbac.yaml differs from operator/kondense_operator/rbac.py: run `make deploy-manifests`"
-    )
+    }, "charts/kondense/files/rbac.yaml differs from operator/kondense_operator/rbac.py: run `make deploy-manifests`"
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -456,11 +456,17 @@ def test_operator_pod_ids_are_settings_and_may_be_left_out(sets, ids):
 
 
 def _peering_crds(objects: tuple[dict, ...]) -> dict[str, dict]:
-    return {c["metadata"]["name"]: c for c in by_kind(list(objects), "CustomResourceDefinition") if c["spec"]["group"] == "kopf.dev"}
+    return {
+        c["metadata"]["name"]: c
+        for c in by_kind(list(objects), "CustomResourceDefinition")
+        if c["spec"]["group"] == "kopf.dev"
+    }
 
 
 def _rules(objects: tuple[dict, ...], kind: str) -> set[tuple[str, str, str]]:
-    return rule_triples([r for o in by_kind(list(objects), kind) if o["metadata"]["name"] == RELEASE for r in o["rules"]])
+    return rule_triples(
+        [r for o in by_kind(list(objects), kind) if o["metadata"]["name"] == RELEASE for r in o["rules"]]
+    )
 
 
 def _operator(objects: tuple[dict, ...]) -> tuple[dict, dict]:
