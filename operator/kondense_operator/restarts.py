@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kondense.job.spec import JobSpec
 
-from .status import NEVER_STARTS, StageOutcome, who
+from .status import NEVER_STARTS, StageOutcome, true_condition, who
 
 RESTART, FAIL, WAIT = "restart", "fail", "wait"
 
@@ -58,16 +58,9 @@ class Decision:
     message: str = ""
 
 
-def _true_condition(obj: dict, type_: str) -> dict | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return c
-    return None
-
-
 def _failed_reason(obj: dict) -> str | None:
     """The Job's (MPIJob's) Failed reason, without an MPIJob's "/detail"; None while it has not failed."""
-    cond = _true_condition(obj, "Failed")
+    cond = true_condition(obj, "Failed")
     if cond is None:
         return None
     return (cond.get("reason") or "").split("/", 1)[0]
@@ -81,7 +74,7 @@ def pod_loss(pod: dict) -> Loss | None:
     """How the infrastructure took this pod, if it did."""
     status = pod.get("status") or {}
     name = (pod.get("metadata") or {}).get("name")
-    disruption = _true_condition(pod, "DisruptionTarget")
+    disruption = true_condition(pod, "DisruptionTarget")
     reason = POD_REASONS.get(status.get("reason") or "")
     if reason is None and disruption is None:
         return None
@@ -110,7 +103,7 @@ def loss(obj: dict, pods: list[dict], restart_on_oom: bool) -> Loss | None:
         found = pod_loss(pod)
         if found is not None:
             return found
-    cond = _true_condition(obj, "Failed") or {}
+    cond = true_condition(obj, "Failed") or {}
     if (cond.get("reason") or "").startswith("MPIJobEvicted"):
         return Loss("MPIJobEvicted", cond.get("message") or "the MPIJob's pods were evicted")
     if cond.get("reason") == "PodFailurePolicy" and "DisruptionTarget" in (cond.get("message") or ""):

@@ -51,8 +51,9 @@ class StageOutcome:
     duration_s: float | None = None
 
 
-def _job_condition(job: dict, type_: str) -> dict | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
+def true_condition(obj: dict, type_: str) -> dict | None:
+    """The condition `type_` of a Kubernetes object (Job, MPIJob, Pod) where its status is True."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
         if c.get("type") == type_ and c.get("status") == "True":
             return c
     return None
@@ -184,7 +185,7 @@ def failure(job: dict, pods: list[dict]) -> tuple[str, str] | None:
     found = pods_failure(pods)
     if found is not None:
         return found
-    job_failed = _job_condition(job, "Failed")
+    job_failed = true_condition(job, "Failed")
     if job_failed is None:
         return None
     # 4. the Job gave up; with the log tail of a failed worker if there is one
@@ -244,7 +245,7 @@ def observe_stage(job: dict, pods: list[dict]) -> StageOutcome:
     if found is not None:
         return StageOutcome("failed", *found)
     completions = (job.get("spec") or {}).get("completions") or 1
-    if _job_condition(job, "Complete") or (st.get("succeeded") or 0) >= completions:
+    if true_condition(job, "Complete") or (st.get("succeeded") or 0) >= completions:
         duration = _duration(st)
         summary = rank0_summary(pods)
         if summary is None:
@@ -277,7 +278,7 @@ def observe_mpijob(mpijob: dict, pods: list[dict]) -> StageOutcome:
     if found is not None:
         return StageOutcome("failed", *found)
     st = mpijob.get("status") or {}
-    failed_cond = _job_condition(mpijob, "Failed")
+    failed_cond = true_condition(mpijob, "Failed")
     if failed_cond is not None:
         # the MPI operator's reason: its launcher Job's (BackoffLimitExceeded/Error, DeadlineExceeded),
         # MPIJobEvicted, or MPIJobFailed; the part after a "/" stays in the message
@@ -287,7 +288,7 @@ def observe_mpijob(mpijob: dict, pods: list[dict]) -> StageOutcome:
         if raw != reason:
             message = f"{raw}: {message}"
         return StageOutcome("failed", reason, _with_log_tail(message, pods)[:2000])
-    if _job_condition(mpijob, "Succeeded"):
+    if true_condition(mpijob, "Succeeded"):
         summary = launcher_summary(pods)
         if summary is None:
             return StageOutcome(
@@ -302,7 +303,7 @@ def observe_mpijob(mpijob: dict, pods: list[dict]) -> StageOutcome:
     if waiting:
         return StageOutcome("pending", UNSCHEDULABLE, waiting)
     launcher = ((st.get("replicaStatuses") or {}).get("Launcher") or {}).get("active") or 0
-    if _job_condition(mpijob, "Running") or _job_condition(mpijob, "Restarting") or launcher > 0:
+    if true_condition(mpijob, "Running") or true_condition(mpijob, "Restarting") or launcher > 0:
         return StageOutcome("running")
     return StageOutcome("pending")
 
@@ -343,4 +344,5 @@ __all__ = [
     "unschedulable",
     "waiting_for_nodes",
     "termination_message",
+    "true_condition",
 ]
