@@ -7,6 +7,13 @@ its accuracy is measured in the runtime that will run it, not in a simulation of
 model is kept only if its validation accuracy, like every other decision's, stays above the run's
 floor; the test split is only reported.
 
+Post-training quantisation comes first, always: RECIPES in turn, cheapest first. Only where none clears the
+floor does a short quantisation-aware fine-tune (pipeline.qat) train a copy of the float model against a
+simulation of this same scheme; its float weights are exported and the recipes run again on them, and the
+result is judged as before. model.pt and model.onnx stay the float model; only model.int8.onnx comes from the
+fine-tuned copy. Its samples count against the run's budget.max_samples (where it would pass the cap it is not
+run, and the entry says so).
+
 This is stage 3 (`stage=3`), which `quantize='int8'` also runs after stage 1 or 2. Where a stage 3 run keeps
 its model, report.json's "stage3" holds its six metrics (stage3_metrics), beside the float stages' columns.
 """
@@ -18,7 +25,7 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -28,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from kondense.errors import KondenseError
 from kondense.measure.profile import MB, Metrics, profile
+from kondense.pipeline import onnx_export, qat
 from kondense.pipeline.onnx_export import INPUT, OUTPUT, session
 
 logger = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ RECIPES = {
     "percentile": "activation ranges from the 99.999th percentile",
     "float-ends": "minimum/maximum ranges, the first and the last layer kept in float",
 }
+QAT_PREFIX = "qat+"  # a recipe tried on the quantisation-aware fine-tuned weights: "qat+minmax"
 
 
 def quantize_int8(
@@ -193,9 +202,11 @@ def stage3(
     floor: float,
     fp32_val: float,
     samples: int = CALIBRATION_SAMPLES,
+    retraining: qat.Retraining | None = None,
 ) -> dict:
     """Quantise model.onnx into `target` if its validation accuracy stays above `floor`; report.json's "int8"
-    entry either way (with the reason where it was not kept)."""
+    entry either way (with the reason where it was not kept). Where no recipe clears the floor and `retraining`
+    is given, the recipes are tried again on a quantisation-aware fine-tuned copy of its model (pipeline.qat)."""
     threads = torch.get_num_threads()
     entry: dict = {
         "file": None,
@@ -204,19 +215,37 @@ def stage3(
     }
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".stage3.") as tmp:
         candidate = Path(tmp) / target.name
-        for recipe in RECIPES:
-            try:
-                entry["preparation"] = quantize_int8(onnx_path, candidate, calibration, samples, recipe)
-            except KondenseError as e:
-                logger.warning(f"model.int8.onnx not written: {e}")
-                return entry | {"error": str(e)}
-            val_acc = accuracy(candidate, val, threads)
-            entry["attempts"].append({"recipe": recipe, "valAccuracy": val_acc})
-            if val_acc >= floor:
-                break
-            logger.info(f"INT8 ({RECIPES[recipe]}): val acc {val_acc:.2f}% is below the floor {floor:.2f}%")
+
+        def first_clearing(source: Path, prefix: str = "") -> tuple[str, float]:
+            """The recipes in turn on `source` until one clears the floor: the last one tried, its val accuracy."""
+            for recipe in RECIPES:
+                entry["preparation"] = quantize_int8(source, candidate, calibration, samples, recipe)
+                val_acc = accuracy(candidate, val, threads)
+                entry["attempts"].append({"recipe": prefix + recipe, "valAccuracy": val_acc})
+                if val_acc >= floor:
+                    break
+                logger.info(f"INT8 ({prefix}{RECIPES[recipe]}): val acc {val_acc:.2f}% is below the floor {floor:.2f}%")
+            return prefix + recipe, val_acc
+
+        try:
+            recipe, val_acc = first_clearing(onnx_path)
+            not_run = None
+            if val_acc < floor:
+                not_run = "no training data was given for it" if retraining is None else retraining.refusal()
+                if not_run is None:
+                    recipe, val_acc = _after_qat(
+                        entry, retraining, Path(tmp), calibration, samples, example, first_clearing
+                    )
+        except KondenseError as e:
+            logger.warning(f"model.int8.onnx not written: {e}")
+            return entry | {"error": str(e)}
         entry["recipe"] = recipe
-        entry["method"] += f"; {RECIPES[recipe]}"
+        entry["method"] += f"; {RECIPES[recipe.removeprefix(QAT_PREFIX)]}"
+        if "qat" in entry:
+            entry["method"] += (
+                "; the INT8 weights are those of a quantisation-aware fine-tuned copy of the float model "
+                "(model.pt and model.onnx stay the float model)"
+            )
         entry |= {
             "calibrationSamples": min(samples, len(calibration.dataset)),  # type: ignore[arg-type]
             "valAccuracy": val_acc,
@@ -234,10 +263,14 @@ def stage3(
         }
         if val_acc < floor:
             tried = ", ".join(f"{a['recipe']} {a['valAccuracy']:.2f}%" for a in entry["attempts"])
+            qat_note = (
+                "after quantisation-aware fine-tuning too"
+                if not_run is None
+                else f"quantisation-aware fine-tuning was not run ({not_run})"
+            )
             entry["error"] = (
                 f"the INT8 model's validation accuracy stays below the floor {floor:.2f}% with every recipe "
-                f"({tried}; the float model's is {fp32_val:.2f}%): kept the float model; quantisation-aware "
-                "fine-tuning is not implemented"
+                f"({tried}; the float model's is {fp32_val:.2f}%), {qat_note}: kept the float model only"
             )
             logger.warning(f"model.int8.onnx not written: {entry['error']}")
             return entry
@@ -254,3 +287,31 @@ def stage3(
         f"{entry['latency']['fp32Ms']:.2f} ms at batch 1"
     )
     return entry
+
+
+def _after_qat(
+    entry: dict,
+    retraining: qat.Retraining,
+    tmp: Path,
+    calibration: DataLoader,
+    samples: int,
+    example: torch.Tensor,
+    first_clearing: Callable[[Path, str], tuple[str, float]],
+) -> tuple[str, float]:
+    """The quantisation-aware fine-tune, then the recipes again on its float weights; entry["qat"] records it."""
+    logger.info(
+        f"INT8: no recipe clears the floor; quantisation-aware fine-tuning on {retraining.planned_samples():,} "
+        "training samples"
+    )
+    try:
+        outcome = qat.fine_tune(retraining, calibration, samples)
+    except (RuntimeError, ValueError) as e:  # the run's outputs stand; stage 3 reports why it has no INT8 file
+        raise KondenseError(f"quantisation-aware fine-tuning failed: {type(e).__name__}: {e}") from e
+    entry["qat"] = {"samples": outcome.samples, "seconds": round(outcome.seconds, 2), "lr": outcome.lr}
+    entry["qat"]["epochs"] = retraining.epochs
+    source = tmp / "qat.onnx"
+    onnx_export.export(source, outcome.model, example)
+    tried = len(entry["attempts"])
+    result = first_clearing(source, QAT_PREFIX)
+    entry["qat"]["valAccuracy"] = {a["recipe"]: a["valAccuracy"] for a in entry["attempts"][tried:]}
+    return result
