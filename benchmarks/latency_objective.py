@@ -9,7 +9,7 @@ Both compressed models, rebuilt from their model.pt, and the original are export
 timed in ONNX Runtime on this CPU at batch 1 and batch 32, in interleaved rounds so that a busy
 spell of the machine falls on all three alike; the median of the rounds is kept. Also in torch.
 Test accuracies come from each run's report (all 10,000 test images). Results go to
-benchmarks/results/latency-objective.json and a table is printed. The issue's target: the latency
+benchmarks/results/latency-objective.json (or --out) and a table is printed. The issue's target: the latency
 objective's model at least 1.5x faster than the params objective's, at a test drop within delta.
 """
 
@@ -94,15 +94,16 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("out/bench-torchvision-b"))
     parser.add_argument("--latency", type=Path, default=Path("out/bench-latency"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"the results file (default {RESULTS})")
     args = parser.parse_args()
     logs.setup()
     torch.set_num_threads(args.threads)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.models:
         entry = compare(name, args.params / name, args.latency / name, args.threads)
         entry["machine"] = f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}"
         results[name] = entry
-        save_json(results, RESULTS)
+        save_json(results, args.out)
         print(f"\n{name} (delta {entry['delta']}, {args.threads} threads; ms per call, median of {ROUNDS} rounds)")
         print(f"{'':<22}{'original':>10}{'params':>10}{'latency':>10}{'params/latency':>16}")
         for where in entry["msPerCall"]["latency"]:

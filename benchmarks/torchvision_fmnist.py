@@ -2,6 +2,7 @@
 
     python benchmarks/torchvision_fmnist.py train resnet18:4 mobilenet_v3_small:10
     python benchmarks/torchvision_fmnist.py compress resnet18 mobilenet_v3_small [--train-samples N] [--objective O]
+        [--latency-runtime R --latency-batch B]
 
 `train` fits each NAME:EPOCHS on all 54,000 training images (the engine's split; 6,000 carved
 for validation) with the zoo's recipe (SGD, one-cycle, light augmentation), checkpoints after
@@ -13,7 +14,8 @@ wall time go to benchmarks/results/torchvision-fmnist-train.json.
 `compress` runs kondense.compress("torchvision:NAME", ...) on those weights at the same input size
 with the zoo benchmark's budget (benchmarks/compress_zoo.py) and writes the six metrics of the
 original, stage 1 and stage 2, the test drop, the wall time and the training samples to
-benchmarks/results/torchvision-fmnist.json (with --objective latency or macs: torchvision-fmnist-OBJECTIVE.json;
+benchmarks/results/torchvision-fmnist.json (with --objective latency or macs: torchvision-fmnist-OBJECTIVE.json,
+and torchvision-fmnist-latency-ort.json where the latency table is timed in ONNX Runtime;
 benchmarks/latency_objective.py compares the latency objective's models with the params objective's).
 
 Why 32x32: torchvision's ImageNet stems halve the input five times (resnet18: stride-2 conv,
@@ -110,6 +112,8 @@ def compress(name: str, args: argparse.Namespace) -> dict:
         out=Path(args.out) / name,
         device=args.device,
         objective=args.objective,
+        latency_runtime=args.latency_runtime,
+        latency_batch=args.latency_batch,
         budget=Budget(
             max_samples=args.max_samples,
             scan_samples=args.scan_samples,
@@ -125,6 +129,7 @@ def compress(name: str, args: argparse.Namespace) -> dict:
         "inputSize": [SIZE, SIZE],
         "delta": args.delta,
         "objective": args.objective,
+        "latency": {"runtime": args.latency_runtime, "batch": args.latency_batch},
         "report": r,
         "wallSeconds": round(time.time() - began),
         "machine": machine(),
@@ -165,6 +170,8 @@ def main() -> None:
     c.add_argument("--train-samples", type=int)
     c.add_argument("--out", default="out/bench-torchvision")
     c.add_argument("--objective", default="params", choices=["params", "macs", "latency"])
+    c.add_argument("--latency-runtime", default="torch", choices=["torch", "onnxruntime"])
+    c.add_argument("--latency-batch", type=int, default=1)
     args = parser.parse_args()
     logs.setup()
     if args.command == "train":
@@ -179,6 +186,8 @@ def main() -> None:
         for name in args.models:
             entry = compress(name, args)
             results = RESULTS if args.objective == "params" else HERE / f"torchvision-fmnist-{args.objective}.json"
+            if args.objective == "latency" and args.latency_runtime == "onnxruntime":
+                results = HERE / "torchvision-fmnist-latency-ort.json"  # beside the torch table's runs, not over them
             record(results, name, entry)
             print(json.dumps({name: entry["targets"]}, indent=2), file=sys.stderr)
 

@@ -270,3 +270,38 @@ def test_compress_stage_3_with_quantize_none_is_refused_before_any_work(tmp_path
         "choose stage 2",
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_compress_latency_flags_reach_the_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import kondense.api
+    from kondense.cli import build_parser
+
+    class Called(Exception):
+        pass
+
+    seen: dict = {}
+
+    def compress(*args, **kwargs):  # the engine itself is tested in tests/test_latency_objective.py
+        seen.update(kwargs)
+        raise Called
+
+    monkeypatch.setattr(kondense.api, "compress", compress)
+    common = ["compress", "--model", "zoo:resnet18", "--data", "fashion-mnist", "--delta", "1", "--out", str(tmp_path)]
+    args = build_parser().parse_args([*common, "--objective", "latency", "--latency-runtime", "onnxruntime"])
+    args.argv = []
+    with pytest.raises(Called):
+        args.func(args)
+    assert (seen["latency_runtime"], seen["latency_batch"]) == ("onnxruntime", 1)
+    args = build_parser().parse_args([*common, "--latency-batch", "32"])
+    args.argv = []
+    with pytest.raises(Called):
+        args.func(args)
+    assert (seen["latency_runtime"], seen["latency_batch"]) == ("torch", 32)
+
+
+def test_compress_bad_latency_settings_are_refused_before_any_work(tmp_path: Path) -> None:
+    args = ["--model", "zoo:resnet18", "--data", "fashion-mnist", "--delta", "1", "--out", str(tmp_path / "o")]
+    assert_user_error(run_cli("compress", *args, "--latency-batch", "5000"), "spec.latency.batch", "[1, 4096]")
+    result = run_cli("compress", *args, "--latency-runtime", "tensorrt")
+    assert result.returncode == 2 and "invalid choice: 'tensorrt'" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -53,7 +53,12 @@ VALID = {
         },
         data={"uri": "pvc://data/train.npz", "format": "npz", "normalize": {"mean": [0.5], "std": [0.25]}},
     ),
-    "weights file": manifest(model={"uri": "pvc://models/m.pt", "arch": "vgg19"}, stage=3, objective="latency"),
+    "weights file": manifest(
+        model={"uri": "pvc://models/m.pt", "arch": "vgg19"},
+        stage=3,
+        objective="latency",
+        latency={"runtime": "onnxruntime", "batch": 4096},
+    ),
     "gpus, resources": manifest(
         workers=4,
         slotsPerWorker=8,
@@ -108,6 +113,9 @@ BREAKS = [
     ("deadline 0", ("activeDeadlineSeconds",), 0, "spec.activeDeadlineSeconds"),
     ("deadline a string", ("activeDeadlineSeconds",), "1h", "spec.activeDeadlineSeconds"),
     ("managedBy unknown", ("managedBy",), "kueue", "spec.managedBy"),
+    ("latency runtime unknown", ("latency", "runtime"), "tensorrt", "spec.latency.runtime"),
+    ("latency batch 0", ("latency", "batch"), 0, "spec.latency.batch"),
+    ("latency batch 5000", ("latency", "batch"), 5000, "spec.latency.batch"),
     ("negative cpu", ("resources", "requests", "cpu"), -1, "spec.resources.requests.cpu"),
     ("negative memory", ("resources", "limits", "memory"), "-8Gi", "spec.resources.limits.memory"),
     ("not a quantity", ("resources", "requests", "memory"), "8 GB", "spec.resources.requests.memory"),

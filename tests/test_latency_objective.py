@@ -9,6 +9,7 @@ import pytest
 
 import kondense
 from kondense import Budget, FineTune
+from kondense.errors import KondenseError
 from kondense.measure.deployed_latency import speedups
 
 DELTA = 3.0
@@ -35,7 +36,8 @@ def test_the_plan_minimises_measured_latency_within_delta(result) -> None:
     assert r["validation"]["original"] - r["validation"]["stage2"] <= DELTA
     table = r["latencyTable"]
     assert table["finalMs"] < table["originalMs"], table
-    assert {table["device"], table["batch"]} == {"cpu", 1} and table["layerShapes"] >= 5
+    assert (table["runtime"].split()[0], table["device"], table["batch"]) == ("torch", "cpu", 1)
+    assert table["layerShapes"] >= 5
     # the scan priced every option in the table's milliseconds, never more than the whole model's
     scan = json.loads((result.out / "checkpoints" / "state.json").read_text())["scan"]
     savings = [o["saving"] for o in scan]
@@ -53,3 +55,62 @@ def test_both_models_are_timed_in_torch_and_onnx_runtime(result) -> None:
     md = (result.out / "report.md").read_text()
     assert "Latency, original -> compressed, ms per call:" in md and "onnxruntime" in md
     assert "the objective's table (torch" in md and "batch 1" in md
+
+
+@pytest.fixture(scope="module")
+def deployed(tiny, bundle, tmp_path_factory):
+    """The same job deployed in ONNX Runtime at batch 8: its table is timed there."""
+    return kondense.compress(
+        tiny,
+        bundle,
+        delta=DELTA,
+        stage=2,
+        out=tmp_path_factory.mktemp("latency-ort"),
+        device="cpu",
+        objective="latency",
+        latency_runtime="onnxruntime",
+        latency_batch=8,
+        finetune=FineTune(batch_size=64),
+        budget=Budget(ratios=(0.5, 0.25), stage1_epochs=1, step_epochs=1, max_steps=2, scan_samples=300),
+    )
+
+
+def test_the_table_is_timed_in_the_deployment_runtime_and_batch(deployed) -> None:
+    r = deployed.report
+    table = r["latencyTable"]
+    assert table["runtime"].startswith("onnxruntime ") and (table["device"], table["batch"]) == ("cpu", 8)
+    assert table["layerShapes"] >= 5 and table["finalMs"] < table["originalMs"], table
+    assert r["validation"]["original"] - r["validation"]["stage2"] <= DELTA
+    # the deployment batch is timed beside 1 and 32, for both models, in both runtimes
+    for runtime in ("torch", "onnxruntime"):
+        part = r["latency"][runtime]
+        assert list(part["final"]) == list(part["original"]) == ["1", "8", "32"]
+        assert part["final"]["8"] > 0 and part["original"]["8"] > 0
+    md = (deployed.out / "report.md").read_text()
+    assert "the objective's table (onnxruntime" in md and "on cpu" in md and "batch 8," in md
+
+
+def test_a_latency_run_resumes_only_at_the_same_deployment(deployed, tiny, bundle) -> None:
+    with pytest.raises(KondenseError, match="other settings"):
+        kondense.compress(
+            tiny,
+            bundle,
+            delta=DELTA,
+            stage=2,
+            out=deployed.out,
+            device="cpu",
+            objective="latency",
+            latency_runtime="onnxruntime",
+            latency_batch=16,
+            budget=Budget(ratios=(0.5, 0.25), stage1_epochs=1, scan_samples=300),
+        )
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [({"latency_runtime": "tensorrt"}, "spec.latency.runtime"), ({"latency_batch": 0}, "spec.latency.batch")],
+)
+def test_bad_latency_settings_are_refused_before_any_work(tiny, tmp_path, setting, field) -> None:
+    with pytest.raises(KondenseError, match=field):
+        kondense.compress(tiny, "fashion-mnist", delta=1.0, out=tmp_path / "out", objective="latency", **setting)
+    assert not (tmp_path / "out").exists()

@@ -52,6 +52,7 @@ def full() -> dict:
             "backend": "horovod",
             "device": "cuda",
             "objective": "macs",
+            "latency": {"runtime": "onnxruntime", "batch": 32},
             "quantize": "int8",
             "suspend": True,
             "seed": 7,
@@ -124,6 +125,14 @@ def test_defaults_are_the_crds():
     s = S.parse(minimal()).spec
     assert S.DEFAULTS == {k: v["default"] for k, v in CRD_SPEC.items() if "default" in v}
     assert S.DEFAULTS["backend"] == "torch", "one default backend everywhere: torch is always installed"
+    # an object defaulted to {}, whose own fields carry the defaults: today's behaviour, torch at batch 1
+    latency = CRD_SPEC["latency"]["properties"]
+    assert S.DEFAULTS["latency"] == {} and s.latency == S.LatencySpec("torch", 1)
+    assert (S.DEFAULT_LATENCY_RUNTIME, S.DEFAULT_LATENCY_BATCH) == (
+        latency["runtime"]["default"],
+        latency["batch"]["default"],
+    )
+    assert S.LATENCY_RUNTIMES == tuple(latency["runtime"]["enum"]) == ("torch", "onnxruntime")
     assert {
         k: getattr(s, a)
         for k, a in [
@@ -139,7 +148,7 @@ def test_defaults_are_the_crds():
             ("restartOnOOMKilled", "restart_on_oom"),
             ("managedBy", "managed_by"),
         ]
-    } == S.DEFAULTS
+    } == {k: v for k, v in S.DEFAULTS.items() if k != "latency"}
     assert s.active_deadline_s is None and "activeDeadlineSeconds" not in S.DEFAULTS, "no deadline unless asked"
     assert S.MANAGED_BY == tuple(CRD_SPEC["managedBy"]["enum"]) and S.MANAGED_BY_OPERATOR == S.DEFAULTS["managedBy"]
     assert "quantize" not in S.DEFAULTS and s.quantize == "none", "quantize depends on the stage (resolve_quantize)"
@@ -162,6 +171,8 @@ def test_cli_flags_default_to_the_crd():
     compress = commands.choices["compress"]
     for key in ("stage", "objective", "device", "seed", "backend"):
         assert compress.get_default(key) == S.DEFAULTS[key], key
+    assert compress.get_default("latency_runtime") == S.DEFAULT_LATENCY_RUNTIME
+    assert compress.get_default("latency_batch") == S.DEFAULT_LATENCY_BATCH
 
 
 def test_nulls_mean_defaults_and_metadata_and_status_are_kubernetes():
@@ -176,6 +187,7 @@ def test_nulls_mean_defaults_and_metadata_and_status_are_kubernetes():
                 "backend",
                 "device",
                 "objective",
+                "latency",
                 "suspend",
                 "seed",
                 "budget",
@@ -207,6 +219,8 @@ def test_full_manifest_and_inferred_format():
         7,
     )
     assert s.budget.ratios == (0.5, 0.25) and s.budget.test_samples is None and s.budget.step_epochs == 2.0
+    assert s.latency == S.LatencySpec("onnxruntime", 32)
+    assert S.parse(with_spec(latency={"batch": 8})).spec.latency == S.LatencySpec("torch", 8), "runtime defaulted"
     assert s.resources == {"limits": {"nvidia.com/gpu": 2}}
     for uri, fmt in [("pvc://data/imgs/", "imagefolder"), ("/d/x.npz", "npz"), ("x.npz/", "imagefolder")]:
         assert S.parse(with_spec(data={"uri": uri})).spec.data.format == fmt
@@ -228,10 +242,13 @@ def test_to_manifest_round_trips(job):
     manifest = S.to_manifest(job)
     assert S.parse(manifest) == job
     assert S.parse(yaml.safe_load(yaml.safe_dump(manifest))) == job  # through YAML, as `kubectl apply` sends it
-    assert {k: manifest["spec"][k] for k in S.DEFAULTS} == {
+    latency = job.spec.latency
+    assert manifest["spec"]["latency"] == {"runtime": latency.runtime, "batch": latency.batch}
+    scalars = [k for k in S.DEFAULTS if k != "latency"]
+    assert {k: manifest["spec"][k] for k in scalars} == {
         k: getattr(job.spec, a)
         for k, a in zip(
-            S.DEFAULTS,
+            scalars,
             (
                 "stage",
                 "workers",
@@ -499,6 +516,9 @@ def test_check_settings_judges_with_the_crd():
         ({"stage": 4}, "spec.stage", "1, 2, 3"),
         ({"stage": 3, "quantize": "none"}, "spec.quantize", "for float outputs only, choose stage 2"),
         ({"objective": "flops"}, "spec.objective", "params, macs, latency"),
+        ({"latency": {"runtime": "tensorrt"}}, "spec.latency.runtime", "torch, onnxruntime"),
+        ({"latency": {"batch": 0}}, "spec.latency.batch", "[1, 4096]"),
+        ({"latency": {"batch": 5000}}, "spec.latency.batch", "[1, 4096]"),
         ({"workers": 0}, "spec.workers", "[1, 256]"),
         ({"seed": 1.5}, "spec.seed", "integer"),
         ({"budget": {"ratios": [2]}}, "spec.budget.ratios[0]", "(0, 1)"),
@@ -597,6 +617,8 @@ def test_engine_arguments(tmp_path):
         "delta": 1.0,
         "stage": 1,
         "objective": "macs",
+        "latency_runtime": "onnxruntime",
+        "latency_batch": 32,
         "quantize": "int8",
         "device": "cuda",
         "seed": 7,

@@ -19,6 +19,8 @@ from kondense.errors import KondenseError
 from kondense.files import save_json
 from kondense.job.spec import (
     DEFAULT_DEVICE,
+    DEFAULT_LATENCY_BATCH,
+    DEFAULT_LATENCY_RUNTIME,
     DEFAULT_OBJECTIVE,
     DEFAULT_SEED,
     DEFAULT_STAGE,
@@ -39,6 +41,7 @@ from kondense.pipeline.distill import FineTune, cache_teacher
 from kondense.pipeline.exploration import explore
 from kondense.pipeline.onnx_export import save_onnx
 from kondense.pipeline.plan import Plan
+from kondense.pipeline.qat import Retraining
 from kondense.pipeline.runstate import RunDir
 from kondense.pipeline.timing import Stopwatch
 from kondense.sources import ModelOptions, load_model
@@ -85,6 +88,8 @@ def compress(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     objective: str = DEFAULT_OBJECTIVE,
+    latency_runtime: str = DEFAULT_LATENCY_RUNTIME,
+    latency_batch: int = DEFAULT_LATENCY_BATCH,
     quantize: str | None = None,
     device: str = DEFAULT_DEVICE,
     seed: int = DEFAULT_SEED,
@@ -109,7 +114,12 @@ def compress(
     delta      the allowed top-1 accuracy drop, in percentage points, in (0, 100]
     stage      1: exploration only; 2: exploration then annealing; 3: both, then INT8 post-training
                quantisation of the stage 2 model (quantize='int8', which stage 3 implies)
-    objective  what to minimise: 'params', 'macs' or 'latency' (measured at batch 1 on `device`, per layer shape)
+    objective  what to minimise: 'params', 'macs' or 'latency' (measured per layer shape where the model will
+               be deployed: `latency_runtime` at `latency_batch`)
+    latency_runtime  where the model will be deployed: 'torch' (eager, on `device`) or 'onnxruntime' (on the
+               CPU whatever `device`); the latency objective's table is timed there
+    latency_batch  inputs per call in deployment, 1..4096: the latency table's batch; report.json's
+               "latency" also times both models at it, beside batches 1 and 32
     quantize   'int8': after the last stage, INT8 post-training quantisation of model.onnx, written as
                model.int8.onnx where its validation accuracy stays within delta (report.json's "stage3"
                then holds its six metrics); 'none': float outputs only; None (default): 'int8' at
@@ -127,7 +137,14 @@ def compress(
     Bad settings raise KondenseError naming the field.
     """
     began = time.perf_counter()
-    check_settings(delta=delta, stage=stage, objective=objective, quantize=quantize, seed=seed)
+    check_settings(
+        delta=delta,
+        stage=stage,
+        objective=objective,
+        latency={"runtime": latency_runtime, "batch": latency_batch},
+        quantize=quantize,
+        seed=seed,
+    )
     quantize = resolve_quantize(stage, quantize)
     budget = budget or Budget()
     finetune = finetune or FineTune()
@@ -156,6 +173,8 @@ def compress(
         "data": splits.name,
         "delta": delta,
         "objective": objective,
+        # the latency objective's choices depend on where its table is timed
+        **({"latency": {"runtime": latency_runtime, "batch": latency_batch}} if objective == "latency" else {}),
         "seed": seed,
         "budget": budget.to_dict(),
         "train": len(splits.train),
@@ -218,6 +237,7 @@ def compress(
         stopwatch=stopwatch,
         seed=seed,
         comm=comm,
+        latency_table=latency_table.table(latency_runtime, str(dev), latency_batch) if objective == "latency" else None,
     )
 
     stage1 = explore(ctx)
@@ -252,15 +272,18 @@ def compress(
         save_torchscript(out / "model.ts", final.model, example)
         report["onnx"] = save_onnx(out / "model.onnx", final.model, example, DataLoader(splits.test, batch_size=256))
         onnx_file = out / report["onnx"]["file"] if report["onnx"].get("file") else None
-        report["latency"] = latency_report(original, final.model, onnx_file, example)
-        if objective == "latency":
-            table = latency_table.table_for(final.model)
+        report["latency"] = latency_report(original, final.model, onnx_file, example, latency_batch)
+        if ctx.latency_table is not None:
+            table = ctx.latency_table
             report["latencyTable"] = table.describe() | {
                 "originalMs": table.model_ms(original, splits.input_shape),
                 "finalMs": table.model_ms(final.model, splits.input_shape),
             }
         if quantize == "int8":
-            report["int8"] = _int8(out, report["onnx"], splits, example, ctx.accept_floor, final.val_accuracy, seed)
+            report["int8"] = _int8(out, report["onnx"], splits, example, ctx, final.model, final.val_accuracy)
+            if "qat" in report["int8"]:
+                # the quantisation-aware fine-tune is part of the run's work: its samples and its time
+                report.update(trainingSamples=ctx.samples, seconds=stopwatch.total, timing=stopwatch.report())
             if stage == 3 and report["int8"].get("file"):
                 # stage 3's model is the last one produced: its column, and the enhancement measured against it.
                 # After stage 1 or 2 INT8 stays an extra output (report.json "int8"), as --quantize int8 asked.
@@ -379,21 +402,26 @@ def _metrics(
     return metrics
 
 
-def _int8(out: Path, onnx: dict, splits: _Splits, example: torch.Tensor, floor: float, val: float, seed: int) -> dict:
-    """Stage 3 on model.onnx (see pipeline.quantize): report.json's "int8" entry."""
+def _int8(
+    out: Path, onnx: dict, splits: _Splits, example: torch.Tensor, ctx: Context, model: nn.Module, val: float
+) -> dict:
+    """Stage 3 on model.onnx (see pipeline.quantize): report.json's "int8" entry. `model` is model.onnx's float
+    model, which a quantisation-aware fine-tune copies where no post-training recipe clears the floor. Rank 0
+    runs it alone, on its shard of the training data; the other ranks wait at the barrier after it."""
     if not onnx.get("file"):
         return {"file": None, "error": f"INT8 quantises model.onnx, which was not written: {onnx.get('error')}"}
     return quantize_mod.stage3(
         out / onnx["file"],
         out / "model.int8.onnx",
         calibration=DataLoader(
-            splits.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
+            splits.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(ctx.seed)
         ),
         val=DataLoader(splits.val, batch_size=256),
         test=DataLoader(splits.test, batch_size=256),
         example=example.cpu(),
-        floor=floor,
+        floor=ctx.accept_floor,
         fp32_val=val,
+        retraining=Retraining.of(ctx, model),
     )
 
 

@@ -8,7 +8,16 @@ import sys
 
 from kondense import logs
 from kondense.errors import KondenseError
-from kondense.job.spec import BACKENDS, DEFAULTS, OBJECTIVES, QUANTIZE, STAGES
+from kondense.job.spec import (
+    BACKENDS,
+    DEFAULT_LATENCY_BATCH,
+    DEFAULT_LATENCY_RUNTIME,
+    DEFAULTS,
+    LATENCY_RUNTIMES,
+    OBJECTIVES,
+    QUANTIZE,
+    STAGES,
+)
 from kondense.pipeline import budget
 
 
@@ -175,6 +184,8 @@ def _compress(args: argparse.Namespace) -> None:
         mean=args.mean,
         std=args.std,
         objective=args.objective,
+        latency_runtime=args.latency_runtime,
+        latency_batch=args.latency_batch,
         quantize=args.quantize,
         device=args.device,
         seed=args.seed,
@@ -342,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS["objective"],
         choices=OBJECTIVES,
         help=f"what to minimise (default {DEFAULTS['objective']})",
+    )
+    c.add_argument(
+        "--latency-runtime",
+        default=DEFAULT_LATENCY_RUNTIME,
+        choices=LATENCY_RUNTIMES,
+        help="where the model will be deployed: torch (eager, on --device) or onnxruntime (on the CPU); "
+        f"--objective latency times its per-layer table there (default {DEFAULT_LATENCY_RUNTIME})",
+    )
+    c.add_argument(
+        "--latency-batch",
+        type=int,
+        default=DEFAULT_LATENCY_BATCH,
+        help="inputs per call in deployment: the latency table's batch, also timed in report.json's latency "
+        f"block beside 1 and 32 (default {DEFAULT_LATENCY_BATCH})",
     )
     c.add_argument(
         "--quantize",

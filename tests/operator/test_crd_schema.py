@@ -429,6 +429,8 @@ def test_spec_is_immutable_but_suspend():
         ({"resources": {"limits": {"cpu": 2}}}, "spec.resources"),
         ({"backend": "horovod"}, "spec.backend"),
         ({"quantize": "int8"}, "spec.quantize"),
+        ({"latency": {"runtime": "onnxruntime"}}, "spec.latency"),
+        ({"latency": {"batch": 32}}, "spec.latency"),
         ({"budget": None}, "spec.budget"),
         ({"managedBy": "kueue.x-k8s.io"}, "spec.managedBy"),
     ]:

@@ -52,6 +52,9 @@ MANAGED_BY = tuple(_PROPERTIES["managedBy"]["enum"])  # who owns the suspension 
 MANAGED_BY_OPERATOR, MANAGED_BY_KUEUE = MANAGED_BY
 STAGES = tuple(_PROPERTIES["stage"]["enum"])  # the CLI's --stage choices
 DATA_FORMATS = tuple(_PROPERTIES["data"]["properties"]["format"]["enum"])
+_LATENCY = _PROPERTIES["latency"]["properties"]
+LATENCY_RUNTIMES = tuple(_LATENCY["runtime"]["enum"])  # the CLI's --latency-runtime choices
+DEFAULT_LATENCY_RUNTIME, DEFAULT_LATENCY_BATCH = _LATENCY["runtime"]["default"], _LATENCY["batch"]["default"]
 
 SPEC_KEYS = tuple(_PROPERTIES)
 # camelCase manifest key -> BudgetSpec attribute (also the Budget / compress() keyword)
@@ -112,6 +115,15 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True)
+class LatencySpec:
+    """Where and at what batch the model will be deployed: the latency objective's table is timed
+    there, and report.json's latency block adds this batch."""
+
+    runtime: str = DEFAULT_LATENCY_RUNTIME
+    batch: int = DEFAULT_LATENCY_BATCH
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated `spec`, every default (the CRD's) applied, budget fields excepted (see BudgetSpec)."""
 
@@ -125,6 +137,7 @@ class JobSpec:
     backend: str
     device: str
     objective: str
+    latency: LatencySpec
     quantize: str  # resolved: never absent (see resolve_quantize)
     suspend: bool
     seed: int
@@ -326,6 +339,7 @@ def _job_spec(spec: dict, base_dir: str | Path | None) -> JobSpec:
         backend=spec["backend"],
         device=spec["device"],
         objective=spec["objective"],
+        latency=LatencySpec(**spec["latency"]),
         quantize=resolve_quantize(spec["stage"], spec.get("quantize")),
         suspend=spec["suspend"],
         seed=spec["seed"],
@@ -384,6 +398,7 @@ def to_manifest(job: CompressionJob) -> dict:
         "backend": s.backend,
         "device": s.device,
         "objective": s.objective,
+        "latency": {"runtime": s.latency.runtime, "batch": s.latency.batch},
         "quantize": s.quantize,
         "output": {"uri": s.output_uri},
         "suspend": s.suspend,
@@ -419,6 +434,8 @@ def compress_kwargs(spec: JobSpec, pvc_root: str | Path) -> dict:
         "delta": spec.delta,
         "stage": spec.stage,
         "objective": spec.objective,
+        "latency_runtime": spec.latency.runtime,
+        "latency_batch": spec.latency.batch,
         "quantize": spec.quantize,
         "device": spec.device,
         "seed": spec.seed,

@@ -4,7 +4,8 @@ with its runtime, device, threads and batch.
 The six-metric table's latencyMs is torch on the job's device at batch 32, per sample. A deployment
 runs one input at a time or a batch, often in ONNX Runtime, and on a CPU or a GPU these rank models
 differently (a compressed net can be faster at batch 1 and slower at 32). So both models are timed
-at batch 1 and batch 32, in torch on the job's device and in ONNX Runtime on the CPU.
+at batch 1 and batch 32, and at the job's deployment batch (spec.latency.batch) where it is another,
+in torch on the job's device and in ONNX Runtime on the CPU.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from kondense.errors import KondenseError
 from kondense.measure.profile import latency_ms as torch_latency_ms
 from kondense.pipeline import onnx_export, quantize
 
-BATCHES = (1, 32)
+BATCHES = (1, 32)  # always timed: one input at a time, and a typical server batch
 
 
-def latency_report(original: nn.Module, final: nn.Module, final_onnx: Path | None, example: torch.Tensor) -> dict:
-    """Milliseconds per call (not per sample) of both models at each of BATCHES."""
+def batches(deployment_batch: int = 1) -> tuple[int, ...]:
+    """BATCHES and the deployment's batch, sorted, each once."""
+    return tuple(sorted({*BATCHES, deployment_batch}))
+
+
+def latency_report(
+    original: nn.Module, final: nn.Module, final_onnx: Path | None, example: torch.Tensor, deployment_batch: int = 1
+) -> dict:
+    """Milliseconds per call (not per sample) of both models at each of batches(deployment_batch)."""
+    timed = batches(deployment_batch)
     threads = torch.get_num_threads()
     device = next(final.parameters()).device
     shape = tuple(example.shape[1:])
@@ -34,7 +43,7 @@ def latency_report(original: nn.Module, final: nn.Module, final_onnx: Path | Non
             "device": str(device),
             "threads": threads,
             **{
-                name: {str(b): torch_latency_ms(model, shape, batch_size=b) * b for b in BATCHES}
+                name: {str(b): torch_latency_ms(model, shape, batch_size=b) * b for b in timed}
                 for name, model in (("original", original), ("final", final))
             },
         },
@@ -52,7 +61,7 @@ def latency_report(original: nn.Module, final: nn.Module, final_onnx: Path | Non
             "device": "cpu",
             "threads": threads,
             **{
-                name: {str(b): quantize.latency_ms(path, cpu_example, threads, batch=b) for b in BATCHES}
+                name: {str(b): quantize.latency_ms(path, cpu_example, threads, batch=b) for b in timed}
                 for name, path in (("original", original_onnx), ("final", final_onnx))
                 if path is not None
             },

@@ -2,17 +2,23 @@
 
 The conductor compares hundreds of candidates; timing each whole model would be slow and, on a
 busy machine, noisy enough to reorder them. As NetAdapt and HALP do, each distinct Conv2d/Linear
-shape (channels, kernel, stride, groups, input size) is timed once, alone, on the device the job
-runs on, and a model's latency is the sum of its layers' entries. Two candidates that differ in one
-layer then differ by exactly that layer's entries, so rankings are stable. What lies outside these
+shape (channels, kernel, stride, groups, input size) is timed once, alone, where the model will be
+deployed (spec.latency: torch eager on the job's device, or ONNX Runtime on the CPU, at the
+deployment's batch), and a model's latency is the sum of its layers' entries. Two candidates that
+differ in one layer then differ by exactly that layer's entries, so rankings are stable. What lies outside these
 layers (activations, pooling, the attention's matrix products) is left out: pruning and
 factorising change it little beside the layers themselves.
+
+A table measured in one runtime and batch does not carry over to another: oneDNN in torch eager and
+ONNX Runtime's kernels, or batch 1 and batch 32, rank layer shapes differently (a cut that saves
+time in torch at batch 1 may save none in ONNX Runtime at 32), so the objective must be timed where
+the model will run (docs/benchmarks.md, issue #15).
 """
 
 from __future__ import annotations
 
-import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,8 +26,11 @@ import torch
 from torch import nn
 
 from kondense.device import in_mode
+from kondense.errors import KondenseError
+from kondense.job.spec import DEFAULT_LATENCY_BATCH, DEFAULT_LATENCY_RUNTIME, LATENCY_RUNTIMES
+from kondense.measure import onnx_layer
+from kondense.pipeline import onnx_export
 
-LATENCY_BATCH = 1  # the edge case kondense targets: one input at a time
 _MIN_BLOCK_S = 2e-4  # time blocks of calls at least this long: one small layer call is below the timer's noise
 _BLOCKS = 7
 
@@ -75,10 +84,18 @@ class LayerShape:
 
 
 class LatencyTable:
-    """Milliseconds per layer shape at one batch size on one device, each measured once."""
+    """Milliseconds per layer shape in one runtime, on one device, at one batch size, each measured once.
+    ONNX Runtime runs on the CPU (CPUExecutionProvider) whatever the job's device: there its device is cpu."""
 
-    def __init__(self, device: torch.device, batch: int = LATENCY_BATCH) -> None:
-        self.device, self.batch = torch.device(device), batch
+    def __init__(
+        self, device: torch.device | str, batch: int = DEFAULT_LATENCY_BATCH, runtime: str = DEFAULT_LATENCY_RUNTIME
+    ) -> None:
+        if runtime not in LATENCY_RUNTIMES:
+            raise KondenseError(f"latency runtime {runtime!r} is unknown; choose one of {', '.join(LATENCY_RUNTIMES)}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise KondenseError(f"latency batch must be a positive integer, got {batch!r}")
+        self.runtime, self.batch = runtime, batch
+        self.device = torch.device("cpu") if runtime == "onnxruntime" else torch.device(device)
         self.entries: dict[LayerShape, float] = {}
         self.seconds = 0.0  # spent measuring
 
@@ -97,7 +114,7 @@ class LatencyTable:
     def describe(self) -> dict:
         """What the table's numbers are, for report.json."""
         return {
-            "runtime": f"torch {torch.__version__} eager",
+            "runtime": f"torch {torch.__version__} eager" if self.runtime == "torch" else onnx_export.runtime(),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "batch": self.batch,
@@ -106,21 +123,35 @@ class LatencyTable:
         }
 
     def _measure(self, shape: LayerShape) -> float:
+        if self.runtime == "onnxruntime":
+            # the threads every ONNX measurement of the job uses (onnx_export.session, deployed_latency)
+            return fastest_block_ms(onnx_layer.runner(shape, self.batch, torch.get_num_threads()))
         layer = shape.build().to(self.device).eval()
         x = torch.randn(self.batch, *shape.input, device=self.device)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        return fastest_block_ms(lambda: layer(x), sync)
 
-        def block(calls: int) -> float:
-            sync()
-            began = time.perf_counter()
-            for _ in range(calls):
-                layer(x)
-            sync()
-            return time.perf_counter() - began
 
-        block(3)  # warm-up: kernel selection, caches
-        calls = max(1, int(_MIN_BLOCK_S / max(block(1), 1e-7)))
-        return 1e3 * statistics.median(block(calls) / calls for _ in range(_BLOCKS))
+def fastest_block_ms(call: Callable[[], object], sync: Callable[[], None] | None = None) -> float:
+    """Milliseconds per `call`: the fastest of _BLOCKS blocks of calls, each block long enough to rise above the
+    timer's noise, after a warm-up (kernel selection, caches). The fastest, not the median: a busy machine only
+    ever adds time (a stalled thread, another process on the core), so the minimum is the closest to the
+    layer's own cost, and a table measured beside other work still ranks shapes by their work. `sync` waits
+    for queued device work."""
+
+    def block(calls: int) -> float:
+        if sync:
+            sync()
+        began = time.perf_counter()
+        for _ in range(calls):
+            call()
+        if sync:
+            sync()
+        return time.perf_counter() - began
+
+    block(3)
+    calls = max(1, int(_MIN_BLOCK_S / max(block(1), 1e-7)))
+    return 1e3 * min(block(calls) / calls for _ in range(_BLOCKS))
 
 
 @torch.no_grad()
@@ -142,18 +173,26 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSh
     return seen
 
 
+def table(
+    runtime: str = DEFAULT_LATENCY_RUNTIME, device: str = "cpu", batch: int = DEFAULT_LATENCY_BATCH
+) -> LatencyTable:
+    """One table per (runtime, device, batch) for the whole process: entries are measured once per run
+    (a resumed stage, or stage 2 after stage 1 in one process, reads the same table)."""
+    return _table(runtime, "cpu" if runtime == "onnxruntime" else str(torch.device(device)), batch)
+
+
 @lru_cache(maxsize=8)
-def table(device: str, batch: int = LATENCY_BATCH) -> LatencyTable:
-    """One table per device and batch for the whole process: entries are measured once per run."""
-    return LatencyTable(torch.device(device), batch)
+def _table(runtime: str, device: str, batch: int) -> LatencyTable:
+    return LatencyTable(device, batch, runtime)
 
 
-def table_for(model: nn.Module) -> LatencyTable:
-    """The table of the device `model` is on, at LATENCY_BATCH: the one the latency objective reads."""
+def default_table(model: nn.Module) -> LatencyTable:
+    """The table of a job that says nothing of its deployment (spec.latency's defaults): torch on the
+    device `model` is on, at the default batch."""
     ref = next(model.parameters(), None)
-    return table(str(ref.device if ref is not None else torch.device("cpu")))
+    return table(DEFAULT_LATENCY_RUNTIME, str(ref.device if ref is not None else "cpu"), DEFAULT_LATENCY_BATCH)
 
 
-def latency_cost(model: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """The latency objective's cost: milliseconds at LATENCY_BATCH on the model's device, from the table."""
-    return table_for(model).model_ms(model, input_shape)
+def latency_cost(model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable | None = None) -> float:
+    """The latency objective's cost: milliseconds of `model`'s layers in `table` (None: default_table)."""
+    return (table or default_table(model)).model_ms(model, input_shape)

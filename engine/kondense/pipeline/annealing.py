@@ -88,6 +88,7 @@ def _anneal(ctx: Context, start: StageResult, report: StageProgress) -> tuple[St
                         ctx.objective,
                         ctx.protected,
                         budget.recal_samples,
+                        ctx.latency_table,
                     )
                 )
                 scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))

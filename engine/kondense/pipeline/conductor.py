@@ -25,7 +25,7 @@ from kondense import transforms
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
 from kondense.errors import KondenseError
-from kondense.measure.latency_table import latency_cost
+from kondense.measure.latency_table import LatencyTable, latency_cost
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
@@ -79,17 +79,19 @@ class Judge:
         return evaluate_sharded(model, self.val, self.eval_fn, self.comm)
 
 
-# What a plan can minimise, per objective the CompressionJob allows (a test holds the two equal).
-COSTS: dict[str, Callable[[nn.Module, tuple[int, ...]], float]] = {
-    "params": lambda model, input_shape: params_m(model),  # millions
-    "macs": macs_g,  # billions
-    "latency": latency_cost,  # milliseconds at batch 1 on the job's device, from a per-layer table
+# What a plan can minimise, per objective the CompressionJob allows (a test holds the two equal);
+# each takes the model, its input shape and the job's latency table (read by the latency objective only).
+COSTS: dict[str, Callable[[nn.Module, tuple[int, ...], LatencyTable | None], float]] = {
+    "params": lambda model, input_shape, table: params_m(model),  # millions
+    "macs": lambda model, input_shape, table: macs_g(model, input_shape),  # billions
+    "latency": latency_cost,  # milliseconds in spec.latency's runtime and batch, from a per-layer table
 }
 
 
-def cost(model: nn.Module, objective: str, input_shape: tuple[int, ...]) -> float:
-    """What the plan minimises, in the objective's units."""
-    return COSTS[objective](model, input_shape)
+def cost(model: nn.Module, objective: str, input_shape: tuple[int, ...], table: LatencyTable | None = None) -> float:
+    """What the plan minimises, in the objective's units. `table`: where the latency objective's milliseconds
+    are measured (None: torch on the model's device at batch 1, spec.latency's defaults)."""
+    return COSTS[objective](model, input_shape, table)
 
 
 @dataclass
@@ -120,10 +122,17 @@ class _Trials:
     """Compressing one candidate of `model` alone, and what it saves and which layers' channels move
     with it: what the measured scan and the estimates both record for every candidate."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, objective: str, protected: set[str]) -> None:
-        self.model, self.example, self.objective = model, example, objective
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        objective: str,
+        protected: set[str],
+        table: LatencyTable | None = None,
+    ) -> None:
+        self.model, self.example, self.objective, self.table = model, example, objective, table
         self.input_shape = tuple(example.shape[1:])
-        self.base_cost = cost(model, objective, self.input_shape)
+        self.base_cost = cost(model, objective, self.input_shape, table)
         self.base_dims = _out_dims(model)
         self.candidates = [
             (layer, t)
@@ -136,7 +145,7 @@ class _Trials:
         trial = applied(self.model, [Step(layer, transform, ratio)], self.example)
         dims = _out_dims(trial)
         coupled = [n for n, d in self.base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
-        return trial, self.base_cost - cost(trial, self.objective, self.input_shape), coupled
+        return trial, self.base_cost - cost(trial, self.objective, self.input_shape, self.table), coupled
 
 
 def scan(
@@ -146,14 +155,16 @@ def scan(
     ratios: tuple[float, ...],
     objective: str,
     protected: set[str],
+    table: LatencyTable | None = None,
 ) -> list[Option]:
-    """Every candidate (layer, transform, ratio), each applied alone to a copy of `model`.
+    """Every candidate (layer, transform, ratio), each applied alone to a copy of `model`; `table` prices
+    the latency objective (see cost).
 
     With several ranks, each judges its share of the trials on the whole scan subset and the
     results are gathered: N ranks scan about N times faster than one, where sharding every trial's
     evaluation would leave each rank a batch or two and a collective per trial.
     """
-    made = _Trials(model, example, objective, protected)
+    made = _Trials(model, example, objective, protected, table)
     trials = [(layer, transform, ratio) for layer, transform in made.candidates for ratio in ratios]
     comm = getattr(judge, "comm", None) or SingleComm()
     spread = comm.size > 1 and getattr(judge, "scan_whole", None) is not None
@@ -200,10 +211,11 @@ def estimated(
     objective: str,
     protected: set[str],
     samples: int,
+    table: LatencyTable | None = None,
 ) -> list[Option]:
     """Every candidate (layer, transform) at `ratio`, its harm estimated from one pass of gradients
-    (pipeline.estimate) rather than measured: what an annealing step ranks."""
-    made = _Trials(model, example, objective, protected)
+    (pipeline.estimate) rather than measured: what an annealing step ranks; `table` as for scan."""
+    made = _Trials(model, example, objective, protected, table)
     moments = estimate.moments(model, recal, samples)
     options = []
     for layer, transform in made.candidates:

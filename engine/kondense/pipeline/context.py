@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kondense.distributed import Comm, SingleComm
+from kondense.measure.latency_table import LatencyTable
 from kondense.pipeline.budget import Budget
 from kondense.pipeline.conductor import Judge
 from kondense.pipeline.distill import FineTune, WithTeacher
@@ -31,6 +32,7 @@ class Context:
     stopwatch: Stopwatch
     seed: int = 0
     comm: Comm = field(default_factory=SingleComm)
+    latency_table: LatencyTable | None = None  # where objective latency's milliseconds are measured (spec.latency)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

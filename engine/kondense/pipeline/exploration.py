@@ -66,7 +66,7 @@ def _explore(ctx: Context, report: StageProgress, batches: int) -> StageResult:
             logger.info(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
         else:
             logger.info(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
-            options = scan(base, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected)
+            options = scan(base, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected, ctx.latency_table)
             run.state["scan"] = options_to_json(options)
             run.save()
         base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
