@@ -1,40 +1,55 @@
 #!/usr/bin/env bash
-# The GPU benchmark (issue #17): on one NVIDIA GPU, train the zoo ResNet-18 on Fashion-MNIST in bf16
-# and compress it with the zoo benchmark's settings (benchmarks/compress_zoo.py: delta 1, stage 2,
-# 20,000 training samples, 199,680 processed at most, 1,000 scan samples, 256 recalibration samples).
+# The GPU benchmark (issues #17 and #15): on one NVIDIA GPU, train a zoo model (ResNet-18 unless --model
+# says otherwise) on Fashion-MNIST in bf16 and compress it with the zoo benchmark's settings
+# (benchmarks/compress_zoo.py: delta 1, stage 2 or --stage 3 with INT8, 20,000 training samples, 199,680
+# processed at most, 1,000 scan samples, 256 recalibration samples).
 # Records each part's wall time, the scan's share of the compression (report.json's `timing`),
 # peak GPU memory (nvidia-smi sampled every 200 ms, and torch's peak allocation per part) and the
-# six metrics; writes benchmarks/results/gpu.json and prints a table.
+# six metrics; writes a JSON record (below) and prints a table.
 #
-#   benchmarks/gpu.sh                                      the benchmark (one NVIDIA GPU)
+#   benchmarks/gpu.sh                                      the benchmark (one NVIDIA GPU): ResNet-18, stage 2
+#   benchmarks/gpu.sh --model mobilenet_v2 --stage 3       another zoo model; stage 3 adds INT8 (model.int8.onnx)
 #   benchmarks/gpu.sh --smoke                              a few hundred samples, one step: the script end to end
 #   KONDENSE_GPU_BENCH_DEVICE=cpu benchmarks/gpu.sh --smoke   the same without a GPU (how it is tested)
 #
 # Environment: KONDENSE_GPU_BENCH_DEVICE (default cuda), KONDENSE_GPU_BENCH_OUT (default out/gpu, or
-# out/gpu-smoke), PYTHON (default .venv/bin/python). Only a full run on a GPU writes
-# benchmarks/results/gpu.json; smoke and CPU runs write OUT/gpu.json, so they never pass for GPU numbers.
+# out/gpu-smoke), PYTHON (default .venv/bin/python). Only a full run on a GPU writes benchmarks/results/
+# (gpu.json for ResNet-18 at stage 2, gpu-MODEL-stageN.json otherwise); smoke and CPU runs write
+# OUT/gpu.json, so they never pass for GPU numbers.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+GIVEN="$*"  # for the record's command line (the loop below consumes the arguments)
 SMOKE=0
-for arg in "$@"; do
-    case "$arg" in
+MODEL=resnet18
+STAGE=2
+while [[ $# -gt 0 ]]; do
+    case "$1" in
         --smoke) SMOKE=1 ;;
+        --model | --stage)
+            [[ $# -ge 2 ]] || { echo "gpu.sh: $1 needs a value" >&2; exit 2; }
+            if [[ $1 == --model ]]; then MODEL="$2"; else STAGE="$2"; fi
+            shift
+            ;;
         -h | --help)
-            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "gpu.sh: unknown argument '$arg' (--smoke, --help)" >&2
+            echo "gpu.sh: unknown argument '$1' (--model NAME, --stage 2|3, --smoke, --help)" >&2
             exit 2
             ;;
     esac
+    shift
 done
+[[ $STAGE == 2 || $STAGE == 3 ]] || { echo "gpu.sh: --stage must be 2 or 3, not '$STAGE'" >&2; exit 2; }
+[[ $MODEL =~ ^[a-z0-9_]+$ ]] || { echo "gpu.sh: --model takes a zoo name (kondense zoo list), not '$MODEL'" >&2; exit 2; }
 
 DEVICE="${KONDENSE_GPU_BENCH_DEVICE:-cuda}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 if [[ $SMOKE == 1 ]]; then OUT="${KONDENSE_GPU_BENCH_OUT:-out/gpu-smoke}"; else OUT="${KONDENSE_GPU_BENCH_OUT:-out/gpu}"; fi
-if [[ $SMOKE == 0 && $DEVICE == cuda* ]]; then RESULT=benchmarks/results/gpu.json; else RESULT="$OUT/gpu.json"; fi
+if [[ $MODEL == resnet18 && $STAGE == 2 ]]; then NAME=gpu; else NAME="gpu-$MODEL-stage$STAGE"; fi
+if [[ $SMOKE == 0 && $DEVICE == cuda* ]]; then RESULT="benchmarks/results/$NAME.json"; else RESULT="$OUT/gpu.json"; fi
 
 # The settings of both parts. Full: the zoo's ResNet-18 recipe (docs/zoo.md, 3 epochs on all 54,000
 # training images) and compress_zoo.py's budget. Smoke: just enough data to pass through every part.
@@ -66,7 +81,7 @@ fi
 mkdir -p "$OUT"
 # a fresh run every time: zoo training resumes from its checkpoint and compression from its run
 # directory, and a resumed part would time only its tail
-rm -rf "$OUT/gpu-memory.csv" "$OUT/resnet18.pt" "$OUT/resnet18.ckpt" "$OUT/resnet18.json" "$OUT/compressed"
+rm -rf "$OUT/gpu-memory.csv" "$OUT/$MODEL.pt" "$OUT/$MODEL.ckpt" "$OUT/$MODEL.json" "$OUT/compressed"
 SAMPLER=""
 stop_sampler() { [[ -n $SAMPLER ]] && kill "$SAMPLER" 2> /dev/null && wait "$SAMPLER" 2> /dev/null || true; }
 trap stop_sampler EXIT
@@ -82,8 +97,8 @@ else
 fi
 
 # One part in one process, so that torch's peak memory is the part's own: `python -c "$PART_PY" NAME OUT DEVICE
-# ARGS...` with NAME train (ARGS: the `kondense` command's arguments) or compress (ARGS: the model file and
-# the budget as JSON). Writes OUT/NAME.part.json.
+# ARGS...` with NAME train (ARGS: the `kondense` command's arguments) or compress (ARGS: the model file,
+# the budget as JSON and the stage). Writes OUT/NAME.part.json.
 # shellcheck disable=SC2016
 PART_PY='
 import json, sys, time
@@ -108,7 +123,8 @@ else:
     budget = json.loads(sys.argv[5])
     budget = Budget(**{k: tuple(v) if k == "ratios" else v for k, v in budget.items()})
     report = kondense.compress(
-        sys.argv[4], "fashion-mnist", delta=1.0, stage=2, out=out / "compressed", device=sys.argv[3], budget=budget
+        sys.argv[4], "fashion-mnist", delta=1.0, stage=int(sys.argv[6]), out=out / "compressed", device=sys.argv[3],
+        budget=budget,
     ).report
     result = {"budget": budget.to_dict()}
 result["seconds"] = time.perf_counter() - began
@@ -120,21 +136,21 @@ result["peakReservedMB"] = torch.cuda.max_memory_reserved() / 2**20 if cuda else
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 BEGAN=$(now)
-echo "== 1/2 training resnet18 on Fashion-MNIST (${TRAIN_ARGS[*]}, $DEVICE, bf16)" >&2
+echo "== 1/2 training $MODEL on Fashion-MNIST (${TRAIN_ARGS[*]}, $DEVICE, bf16)" >&2
 T0=$(now)
-"$PYTHON" -c "$PART_PY" train "$OUT" "$DEVICE" zoo train resnet18 --dataset fashion-mnist "${TRAIN_ARGS[@]}" \
-    --device "$DEVICE" --precision bf16 --out "$OUT/resnet18.pt" --json > "$OUT/train.json"
+"$PYTHON" -c "$PART_PY" train "$OUT" "$DEVICE" zoo train "$MODEL" --dataset fashion-mnist "${TRAIN_ARGS[@]}" \
+    --device "$DEVICE" --precision bf16 --out "$OUT/$MODEL.pt" --json > "$OUT/train.json"
 TRAIN_WALL=$(since "$T0")
-echo "== 2/2 compressing it within delta = 1 point ($DEVICE)" >&2
+echo "== 2/2 compressing it within delta = 1 point, stage $STAGE ($DEVICE)" >&2
 T0=$(now)
-"$PYTHON" -c "$PART_PY" compress "$OUT" "$DEVICE" "$OUT/resnet18.pt" "$BUDGET"
+"$PYTHON" -c "$PART_PY" compress "$OUT" "$DEVICE" "$OUT/$MODEL.pt" "$BUDGET" "$STAGE"
 COMPRESS_WALL=$(since "$T0")
 TOTAL_WALL=$(since "$BEGAN")
 stop_sampler
 SAMPLER=""
 
 # Everything into one record, and the table.
-"$PYTHON" - "$OUT" "$RESULT" "$DEVICE" "$SMOKE" "$TRAIN_WALL" "$COMPRESS_WALL" "$TOTAL_WALL" "$BASELINE_MB" <<'PY'
+"$PYTHON" - "$OUT" "$RESULT" "$DEVICE" "$SMOKE" "$TRAIN_WALL" "$COMPRESS_WALL" "$TOTAL_WALL" "$BASELINE_MB" "$GIVEN" <<'PY'
 import json
 import platform
 import sys
@@ -153,7 +169,7 @@ samples = [float(v) for v in (out / "gpu-memory.csv").read_text().split()] if (o
 gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
 rnd = lambda v, n=1: None if v is None else round(v, n)  # noqa: E731
 record = {
-    "command": "benchmarks/gpu.sh" + (" --smoke" if smoke else ""),
+    "command": " ".join(["benchmarks/gpu.sh", *sys.argv[9].split()]),
     "smoke": smoke,
     "device": device,
     "gpu": gpu,
@@ -175,12 +191,14 @@ record = {
         "torchPeakAllocated": {"train": rnd(train_part["peakAllocatedMB"]), "compress": rnd(part["peakAllocatedMB"])},
         "torchPeakReserved": {"train": rnd(train_part["peakReservedMB"]), "compress": rnd(part["peakReservedMB"])},
     },
-    "metrics": {k: report[k] for k in ("original", "stage1", "stage2", "enhancement")},
+    "metrics": {k: report[k] for k in ("original", "stage1", "stage2", "stage3", "enhancement") if k in report},
+    "int8": report.get("int8"),  # stage 3: the INT8 model, its recipe, or why it was not kept
     "data": report.get("data"),
 }
 result.write_text(json.dumps(record, indent=2) + "\n")
 
-o, s, e = report["original"], report["stage2"], report["enhancement"]
+last = "stage3" if "stage3" in report else "stage2"  # the enhancement is measured against the last stage
+o, s, e = report["original"], report[last], report["enhancement"]
 rows = [
     ("accuracy %", o["accuracy"], s["accuracy"], f"drop {e['accuracyDrop']:.2f}"),
     ("params M", o["paramsM"], s["paramsM"], f"{e['params']:.1f}x"),
@@ -190,7 +208,7 @@ rows = [
     ("latency ms", o["latencyMs"], s["latencyMs"], f"{e['latency']:.1f}x"),
 ]
 print(f"\nkondense GPU benchmark: {gpu or device}{' (smoke)' if smoke else ''}")
-print(f"{'metric':<12} {'original':>10} {'compressed':>11} {'gain':>10}")
+print(f"{'metric':<12} {'original':>10} {last:>11} {'gain':>10}")
 for name, a, b, gain in rows:
     print(f"{name:<12} {a:>10.4g} {b:>11.4g} {gain:>10}")
 share = record["compress"]["scanShare"]
