@@ -75,3 +75,27 @@ def test_stage_2_reports_say_nothing_of_stage_3(tmp_path):
     report.write_markdown(r, tmp_path / "report.md")
     assert "Stage 3" not in (tmp_path / "report.md").read_text()
     assert "Stage 3" not in cli_text(report.report_table(r))
+
+
+def test_the_int8_line_gives_the_quantisation_aware_fine_tunes_cost_kept_or_not():
+    entry = {
+        "file": "model.int8.onnx",
+        "method": "onnxruntime quantize_static; minimum/maximum ranges",
+        "valAccuracy": 90.1,
+        "fp32ValAccuracy": 90.5,
+        "testAccuracy": 89.9,
+        "sizeMB": 0.2,
+        "fp32SizeMB": 0.65,
+        "latency": LATENCY,
+    }
+    assert "quantisation-aware" not in report._int8_line(entry), "no fine-tune ran: none is reported"
+    entry["qat"] = {"samples": 10_048, "seconds": 41.6, "lr": 0.002, "epochs": 0.5}
+    kept = report._int8_line(entry)
+    assert (
+        kept.startswith("INT8: model.int8.onnx")
+        and "quantisation-aware fine-tune: 10,048 training samples, 42 s" in kept
+    )
+    failed = report._int8_line(
+        entry | {"file": None, "error": "below the floor after quantisation-aware fine-tuning too"}
+    )
+    assert failed.startswith("INT8: not written: below the floor") and "10,048 training samples" in failed

@@ -185,6 +185,9 @@ def _int8_line(entry: dict) -> str:
         f"{latency['int8Ms']:.2f} ms (float {latency['fp32Ms']:.2f} ms) at batch {latency['batch']}, "
         f"{latency['threads']} threads, {latency['runtime']}"
     )
+    qat = entry.get("qat")
+    if qat:  # the fine-tune's cost belongs beside its result, kept or not
+        measured += f"; quantisation-aware fine-tune: {qat['samples']:,} training samples, {qat['seconds']:.0f} s"
     if entry.get("file"):
         return f"INT8: {entry['file']} ({entry['method']}): {measured}."
     return f"INT8: not written: {entry['error']} ({measured})"
