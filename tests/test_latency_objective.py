@@ -15,19 +15,25 @@ from kondense.measure.deployed_latency import speedups
 DELTA = 3.0
 
 
-@pytest.fixture(scope="module")
-def result(tiny, bundle, tmp_path_factory):
+def compress_for_latency(tiny, bundle, out, **deployment) -> kondense.Result:
+    """The tiny job with objective latency; `deployment`: latency_runtime / latency_batch, if any."""
     return kondense.compress(
         tiny,
         bundle,
         delta=DELTA,
         stage=2,
-        out=tmp_path_factory.mktemp("latency"),
+        out=out,
         device="cpu",
         objective="latency",
         finetune=FineTune(batch_size=64),
         budget=Budget(ratios=(0.5, 0.25), stage1_epochs=1, step_epochs=1, max_steps=2, scan_samples=300),
+        **deployment,
     )
+
+
+@pytest.fixture(scope="module")
+def result(tiny, bundle, tmp_path_factory):
+    return compress_for_latency(tiny, bundle, tmp_path_factory.mktemp("latency"))
 
 
 def test_the_plan_minimises_measured_latency_within_delta(result) -> None:
@@ -60,18 +66,8 @@ def test_both_models_are_timed_in_torch_and_onnx_runtime(result) -> None:
 @pytest.fixture(scope="module")
 def deployed(tiny, bundle, tmp_path_factory):
     """The same job deployed in ONNX Runtime at batch 8: its table is timed there."""
-    return kondense.compress(
-        tiny,
-        bundle,
-        delta=DELTA,
-        stage=2,
-        out=tmp_path_factory.mktemp("latency-ort"),
-        device="cpu",
-        objective="latency",
-        latency_runtime="onnxruntime",
-        latency_batch=8,
-        finetune=FineTune(batch_size=64),
-        budget=Budget(ratios=(0.5, 0.25), stage1_epochs=1, step_epochs=1, max_steps=2, scan_samples=300),
+    return compress_for_latency(
+        tiny, bundle, tmp_path_factory.mktemp("latency-ort"), latency_runtime="onnxruntime", latency_batch=8
     )
 
 
@@ -92,18 +88,8 @@ def test_the_table_is_timed_in_the_deployment_runtime_and_batch(deployed) -> Non
 
 def test_a_latency_run_resumes_only_at_the_same_deployment(deployed, tiny, bundle) -> None:
     with pytest.raises(KondenseError, match="other settings"):
-        kondense.compress(
-            tiny,
-            bundle,
-            delta=DELTA,
-            stage=2,
-            out=deployed.out,
-            device="cpu",
-            objective="latency",
-            latency_runtime="onnxruntime",
-            latency_batch=16,
-            budget=Budget(ratios=(0.5, 0.25), stage1_epochs=1, scan_samples=300),
-        )
+        # everything as the finished run's but the batch, so that only the deployment can be what differs
+        compress_for_latency(tiny, bundle, deployed.out, latency_runtime="onnxruntime", latency_batch=16)
 
 
 @pytest.mark.parametrize(
