@@ -197,6 +197,8 @@ def test_compress_command_end_to_end(quick_zoo_file: Path, tmp_path: Path) -> No
         "300",
         "--ratios",
         "0.5",
+        "--screen",
+        "1",
         "--scan-samples",
         "200",
         "--stage1-epochs",
@@ -212,6 +214,9 @@ def test_compress_command_end_to_end(quick_zoo_file: Path, tmp_path: Path) -> No
     # 1,024 samples a plan may not survive fine-tuning, and then a stage keeps what it had
     assert report["original"]["paramsM"] >= report["stage1"]["paramsM"] >= report["stage2"]["paramsM"]
     assert "using a subset of fashion-mnist" in result.stderr and "stage 1" in result.stderr
+    assert "candidates chosen by their gradient estimates" in result.stderr  # --screen reached the scan
+    scanned = json.loads((out / "checkpoints" / "state.json").read_text())["scan"]
+    assert len({o["layer"] for o in scanned}) == len(scanned)  # one option measured per layer
     assert json.loads((out / "report.json").read_text()) == report
     rebuilt = __import__("kondense").load_compressed(out / "model.pt")  # a zoo-based file rebuilds alone
     assert sum(p.numel() for p in rebuilt.parameters()) / 1e6 == pytest.approx(report["stage2"]["paramsM"])

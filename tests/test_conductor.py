@@ -87,6 +87,38 @@ def test_a_scan_and_its_plan_search_trace_the_model_once(monkeypatch) -> None:
     assert len(builds) == 1
 
 
+def test_a_screened_scan_measures_only_the_best_estimated_options_of_each_layer(monkeypatch) -> None:
+    """scan(screen=k): every option is estimated from one pass of gradients, and of each layer's only the k
+    saving most per unit of estimated harm are measured: those are the options the scan returns."""
+    import torch_pruning as tp
+    from torch.utils.data import DataLoader
+
+    from kondense.pipeline.conductor import estimated, scan
+    from tests.tinynet import small_data, trained_tiny
+
+    bundle = small_data()
+    model = trained_tiny(bundle, epochs=1)
+    # unshuffled, as the judge's: the scan's estimates and these read the same samples
+    recal, example = DataLoader(bundle.train, batch_size=64), torch.zeros(2, 1, 28, 28)
+    ratios = (0.75, 0.5, 0.25)
+    builds = []
+    real_build = tp.DependencyGraph.build_dependency
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    every = [o for r in ratios for o in estimated(model, recal, example, r, "params", {"fc2"}, 256)]
+    layers = {o.layer for o in every}
+    for keep in (1, 2):
+        judge = CountingJudge(model, sorted(layers))
+        judge.recal, judge.recal_samples = recal, 256
+        options = scan(model, judge, example, ratios, "params", {"fc2"}, screen=keep)
+        assert judge.calls == len(options) == keep * len(layers)  # every layer here has more than 2 options
+        for layer in layers:
+            mine = sorted((o for o in every if o.layer == layer), key=lambda o: -o.saving / max(o.harm, 1e-12))
+            measured = {(o.transform, o.ratio) for o in options if o.layer == layer}
+            assert measured == {(o.transform, o.ratio) for o in mine[:keep]}, layer
+        assert all(o.accuracy is not None for o in options)
+    assert len(builds) == 1  # one trace of the model, shared by every estimate and measured trial
+
+
 def test_estimated_harm_grows_as_layers_shrink_and_leaves_the_model_alone() -> None:
     """Annealing's estimates: one pass of gradients prices every candidate; shrinking a layer further
     costs more, a trained network's estimates are not all zero, and the model is left as it was."""

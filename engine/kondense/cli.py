@@ -161,6 +161,7 @@ def _compress(args: argparse.Namespace) -> None:
                 "max_samples": args.max_samples,
                 "scan_samples": args.scan_samples,
                 "ratios": tuple(args.ratios) if args.ratios else None,
+                "screen": args.screen,
                 "train_samples": args.train_samples,
                 "val_samples": args.val_samples,
                 "test_samples": args.test_samples,
@@ -407,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         help=f"layer sizes tried in the stage 1 scan (default {' '.join(map(str, budget.default('ratios')))})",
+    )
+    c.add_argument(
+        "--screen",
+        type=_positive,
+        metavar="K",
+        help="measure only each layer's K most promising scan options, chosen by gradient estimates "
+        "(default: measure every option)",
     )
     c.add_argument("--workers", type=_positive, default=1, help="processes on this machine (default 1)")
     c.add_argument(

@@ -11,6 +11,7 @@ class Budget:
     """How much work a run may do. Defaults suit a real network on a real data set; tests shrink them.
 
     ratios          sizes tried per layer in the stage 1 sensitivity scan (fraction of the layer kept)
+    screen          options measured per layer in that scan: the best by their gradient estimates (None: all)
     stage1_drop     scan-accuracy drop allowed before stage 1 fine-tuning, in units of delta
     stage1_epochs   fine-tuning epochs of stage 1
     anneal_ratio    how much a layer shrinks in one annealing step
@@ -28,6 +29,7 @@ class Budget:
     """
 
     ratios: tuple[float, ...] = (0.75, 0.5, 0.25, 0.125)
+    screen: int | None = None
     stage1_drop: float = 10.0
     stage1_epochs: float = 2.0
     anneal_ratio: float = 0.7

@@ -2,7 +2,8 @@
 
 Sensitivity is the accuracy on a fixed validation subset after compressing one layer
 alone and re-estimating BatchNorm statistics (without it every layer looks worse than it
-is); annealing estimates it from gradients instead (pipeline.estimate). Plans rank the
+is); stage 1 measures the options that gradient estimates (pipeline.estimate) screen, and
+annealing ranks by the estimates alone. Plans rank the
 candidates by saving per point of harm, one per layer, and take the longest prefix whose
 composed model stays above a floor: a plan that weighs what a layer saves, where one accuracy
 threshold across all layers (AIMET's greedy selection, which kondense used first) left the
@@ -147,6 +148,17 @@ class _Trials:
         coupled = [n for n, d in self.base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
         return trial, self.base_cost - cost(trial, self.objective, self.input_shape, self.table), coupled
 
+    def estimate(self, moments: estimate.Moments, layer: str, transform: str, ratio: float) -> Option:
+        """The candidate with its harm estimated from gradient moments of `self.model`, not measured."""
+        _, saving, coupled = self.make(layer, transform, ratio)
+        if transform == "prune":
+            harm = estimate.prune_harm(self.model, moments, layer, ratio, self.example)
+        elif transform == "heads":
+            harm = estimate.heads_harm(self.model, moments, layer, ratio)
+        else:
+            harm = estimate.lowrank_harm(self.model, moments, layer, ratio)
+        return Option(layer, transform, ratio, None, saving, coupled, harm)
+
 
 def scan(
     model: nn.Module,
@@ -156,9 +168,12 @@ def scan(
     objective: str,
     protected: set[str],
     table: LatencyTable | None = None,
+    screen: int | None = None,
 ) -> list[Option]:
-    """Every candidate (layer, transform, ratio), each applied alone to a copy of `model`; `table` prices
-    the latency objective (see cost).
+    """Candidates (layer, transform, ratio), each applied alone to a copy of `model` and measured; `table`
+    prices the latency objective (see cost). Every candidate, or with `screen` = k only the k per layer
+    that their gradient estimates (pipeline.estimate) rank best by saving per unit of harm: a layer's
+    other options are rarely the one a plan takes, and each measurement is a thousand forward passes.
 
     With several ranks, each judges its share of the trials on the whole scan subset and the
     results are gathered: N ranks scan about N times faster than one, where sharding every trial's
@@ -167,6 +182,9 @@ def scan(
     made = _Trials(model, example, objective, protected, table)
     trials = [(layer, transform, ratio) for layer, transform in made.candidates for ratio in ratios]
     comm = getattr(judge, "comm", None) or SingleComm()
+    if screen is not None:
+        # rank 0's choice, so that every rank measures its share of the same list
+        trials = comm.broadcast_object(_screened(made, trials, judge.recal, judge.recal_samples, screen))
     spread = comm.size > 1 and getattr(judge, "scan_whole", None) is not None
     mine = range(comm.rank, len(trials), comm.size) if spread else range(len(trials))
     judged: dict[int, Option] = {}
@@ -217,17 +235,22 @@ def estimated(
     (pipeline.estimate) rather than measured: what an annealing step ranks; `table` as for scan."""
     made = _Trials(model, example, objective, protected, table)
     moments = estimate.moments(model, recal, samples)
-    options = []
-    for layer, transform in made.candidates:
-        _, saving, coupled = made.make(layer, transform, ratio)
-        if transform == "prune":
-            harm = estimate.prune_harm(model, moments, layer, ratio, example)
-        elif transform == "heads":
-            harm = estimate.heads_harm(model, moments, layer, ratio)
-        else:
-            harm = estimate.lowrank_harm(model, moments, layer, ratio)
-        options.append(Option(layer, transform, ratio, None, saving, coupled, harm))
-    return options
+    return [made.estimate(moments, layer, transform, ratio) for layer, transform in made.candidates]
+
+
+def _screened(
+    made: _Trials, trials: list[tuple[str, str, float]], recal: DataLoader, samples: int, keep: int
+) -> list[tuple[str, str, float]]:
+    """The `keep` trials per layer that save the most per unit of estimated harm, in their given order."""
+    moments = estimate.moments(made.model, recal, samples)
+    options = [made.estimate(moments, *trial) for trial in trials]
+    chosen: set[int] = set()
+    for layer in dict.fromkeys(o.layer for o in options):
+        mine = [i for i, o in enumerate(options) if o.layer == layer and o.saving > 0]
+        mine.sort(key=lambda i: -options[i].saving / max(options[i].harm or 0.0, 1e-12))
+        chosen.update(mine[:keep])
+    logger.info(f"  sensitivity scan: {len(chosen)} of {len(trials)} candidates chosen by their gradient estimates")
+    return [t for i, t in enumerate(trials) if i in chosen]
 
 
 def ranked(options: list[Option]) -> list[Option]:

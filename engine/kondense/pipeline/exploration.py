@@ -1,4 +1,7 @@
-"""Stage 1, exploration: a full sensitivity scan, a coarse plan, short distillation.
+"""Stage 1, exploration: a sensitivity scan, a coarse plan, short distillation.
+
+The scan estimates every (layer, transform, ratio) from one pass of gradients and measures each layer's
+`Budget.screen` most promising options (all of them with screen None).
 
 Every nn.MultiheadAttention is unpacked first (a 'heads' step at ratio 1.0: the same computation with
 plain projections), so the scan can reach attention projections, heads and the model's width.
@@ -66,7 +69,16 @@ def _explore(ctx: Context, report: StageProgress, batches: int) -> StageResult:
             logger.info(f"stage 1: sensitivity scan resumed from checkpoint ({len(options)} options)")
         else:
             logger.info(f"stage 1: sensitivity scan at ratios {list(budget.ratios)}")
-            options = scan(base, ctx.judge, ctx.example, budget.ratios, ctx.objective, ctx.protected, ctx.latency_table)
+            options = scan(
+                base,
+                ctx.judge,
+                ctx.example,
+                budget.ratios,
+                ctx.objective,
+                ctx.protected,
+                ctx.latency_table,
+                budget.screen,
+            )
             run.state["scan"] = options_to_json(options)
             run.save()
         base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
