@@ -9,6 +9,7 @@
 #
 #   benchmarks/gpu.sh                                      the benchmark (one NVIDIA GPU): ResNet-18, stage 2
 #   benchmarks/gpu.sh --model mobilenet_v2 --stage 3       another zoo model; stage 3 adds INT8 (model.int8.onnx)
+#   benchmarks/gpu.sh --screen 2                           stage 1's scan measures 2 options per layer (--screen K)
 #   benchmarks/gpu.sh --smoke                              a few hundred samples, one step: the script end to end
 #   KONDENSE_GPU_BENCH_DEVICE=cpu benchmarks/gpu.sh --smoke   the same without a GPU (how it is tested)
 #
@@ -23,32 +24,35 @@ GIVEN="$*"  # for the record's command line (the loop below consumes the argumen
 SMOKE=0
 MODEL=resnet18
 STAGE=2
+SCREEN=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
-        --model | --stage)
+        --model | --stage | --screen)
             [[ $# -ge 2 ]] || { echo "gpu.sh: $1 needs a value" >&2; exit 2; }
-            if [[ $1 == --model ]]; then MODEL="$2"; else STAGE="$2"; fi
+            case "$1" in --model) MODEL="$2" ;; --stage) STAGE="$2" ;; --screen) SCREEN="$2" ;; esac
             shift
             ;;
         -h | --help)
-            sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "gpu.sh: unknown argument '$1' (--model NAME, --stage 2|3, --smoke, --help)" >&2
+            echo "gpu.sh: unknown argument '$1' (--model NAME, --stage 2|3, --screen K, --smoke, --help)" >&2
             exit 2
             ;;
     esac
     shift
 done
 [[ $STAGE == 2 || $STAGE == 3 ]] || { echo "gpu.sh: --stage must be 2 or 3, not '$STAGE'" >&2; exit 2; }
+[[ -z $SCREEN || $SCREEN =~ ^[1-9][0-9]*$ ]] || { echo "gpu.sh: --screen takes a positive integer, not '$SCREEN'" >&2; exit 2; }
 [[ $MODEL =~ ^[a-z0-9_]+$ ]] || { echo "gpu.sh: --model takes a zoo name (kondense zoo list), not '$MODEL'" >&2; exit 2; }
 
 DEVICE="${KONDENSE_GPU_BENCH_DEVICE:-cuda}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 if [[ $SMOKE == 1 ]]; then OUT="${KONDENSE_GPU_BENCH_OUT:-out/gpu-smoke}"; else OUT="${KONDENSE_GPU_BENCH_OUT:-out/gpu}"; fi
 if [[ $MODEL == resnet18 && $STAGE == 2 ]]; then NAME=gpu; else NAME="gpu-$MODEL-stage$STAGE"; fi
+if [[ -n $SCREEN ]]; then NAME="$NAME-screen$SCREEN"; fi
 if [[ $SMOKE == 0 && $DEVICE == cuda* ]]; then RESULT="benchmarks/results/$NAME.json"; else RESULT="$OUT/gpu.json"; fi
 
 # The settings of both parts. Full: the zoo's ResNet-18 recipe (docs/zoo.md, 3 epochs on all 54,000
@@ -61,6 +65,7 @@ else
     TRAIN_ARGS=(--epochs 3)
     BUDGET='{"max_samples": 199680, "scan_samples": 1000, "recal_samples": 256, "train_samples": 20000}'
 fi
+if [[ -n $SCREEN ]]; then BUDGET="${BUDGET%\}}, \"screen\": $SCREEN}"; fi
 
 die() {
     echo "gpu.sh: $*" >&2

@@ -102,13 +102,16 @@ def test_aimet_trial(original: Path, tmp_path: Path) -> None:
 
 
 def test_demo_table_sets_kondense_beside_the_peers_and_marks_test_drops_over_delta() -> None:
+    """Each row's drop is against the original it compressed: the recorded peers ran on an earlier training
+    (91.52%) than the demo's (91.25%), and their 90.36% is 1.16 points below theirs, over delta."""
     spec = importlib.util.spec_from_file_location("demo_table", PEERS.parent / "demo_table.py")
     demo_table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo_table)
-    stage = {"accuracy": 90.75}
-    report = {"original": {"accuracy": 91.52}, "stage2": stage, "stage1": stage, "delta": 1.0, "trainingSamples": 49920}
-    report["enhancement"] = {"params": 8.31, "macs": 3.15}
+    stage = {"accuracy": 90.79}
+    report = {"original": {"accuracy": 91.25}, "stage2": stage, "stage1": stage, "delta": 1.0, "trainingSamples": 49920}
+    report["enhancement"] = {"params": 9.03, "macs": 3.57}
     peers = {
+        "original": {"testAccuracy": 91.52},
         "methods": [
             {
                 "method": "uniform-ce",
@@ -119,19 +122,29 @@ def test_demo_table_sets_kondense_beside_the_peers_and_marks_test_drops_over_del
             },
             {"method": "scratch", "bestRatio": None, "samples": 49920},
             {"method": "aimet", "skipped": "aimet_torch does not import"},
-        ]
+        ],
     }
-    rows = demo_table.rows(report, peers)
-    assert [r[0] for r in rows] == [
+    trial = {"paramsRatio": 9.1, "macsRatio": 9.6, "testAccuracy": 89.95, "samples": 49920, "withinDelta": False}
+    live = {"original": {"testAccuracy": 91.25}, "methods": [{"method": "uniform-kd", "trials": [trial]}]}
+    rows = demo_table.rows(report, peers, live)
+    assert [r.method for r in rows] == [
         "kondense",
-        "uniform-ce",
+        "uniform-kd at kondense's ratio (val: over delta)",
+        "uniform-ce (recorded)",
         "scratch (none within delta)",
         "aimet (skipped: not installed)",
     ]
-    assert rows[0][1:] == (8.31, 3.15, 90.75, 49920)
+    assert (rows[0].params, rows[0].macs, rows[0].accuracy, rows[0].original) == (9.03, 3.57, 90.79, 91.25)
+    assert (rows[1].params, rows[1].accuracy, rows[1].original) == (9.1, 89.95, 91.25)
+    assert rows[2].original == 91.52
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(demo_table.table(report, peers))
+    console.print(demo_table.table(report, peers, live))
     text = console.export_text()
-    assert "+1.16 (over delta)" in text and "+0.77 " in text and "(over delta)" not in text.split("uniform-ce")[0]
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 2}
+    assert "+0.46 " in lines["kondense"] and "over delta" not in lines["kondense"]
+    assert "+1.30 (over delta)" in lines["uniform-kd at kondense's ratio (val: over delta)"]
+    assert "+1.16 (over delta)" in lines["uniform-ce (recorded)"] and "91.52%" in lines["uniform-ce (recorded)"]
+    # without the live peer, the table is the report and the record
+    assert [r.method for r in demo_table.rows(report, peers)][:2] == ["kondense", "uniform-ce (recorded)"]
