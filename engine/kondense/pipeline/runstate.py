@@ -29,7 +29,7 @@ class RunDir:
         self.state: dict = {}
         if self.state_file.exists():
             self.state = json.loads(self.state_file.read_text())
-            if self.state.get("fingerprint") != fingerprint:
+            if not _same(self.state.get("fingerprint"), fingerprint):
                 raise KondenseError(
                     f"{self.path} holds a run with other settings ({_diff(self.state.get('fingerprint', {}), fingerprint)}); "
                     "use another --out directory, or delete this one to start over"
@@ -53,6 +53,15 @@ class RunDir:
 
     def load_model(self, name: str, original: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Step]]:
         return artifacts.load_state(self.checkpoints / name, original, example)
+
+
+def _same(old: object, new: object) -> bool:
+    """Whether a run directory's settings are these. A setting that a later version added, at None (its
+    "off"), matches its absence: a run started before an upgrade resumes after it (the operator's next
+    stage may run a newer image than the last)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return set(old) <= set(new) and all(_same(old[k], v) if k in old else v is None for k, v in new.items())
+    return old == new
 
 
 def _diff(old: dict, new: dict) -> str:
