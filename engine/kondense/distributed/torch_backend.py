@@ -94,7 +94,16 @@ class TorchComm(Comm):
 
     def shutdown(self) -> None:
         if dist.is_initialized():
-            # a rank that tears down its gloo pairs while a peer still uses them can abort the peer
-            # (SIGABRT, "terminate called without an active exception"): leave together
+            # A rank that tears down its gloo pairs while a peer still uses them aborts the peer (SIGABRT,
+            # "terminate called without an active exception"). A barrier alone left that in about 1 run in
+            # 8: a rank can return from it while its last message is still being handled. So every rank
+            # also says through the store that it is past the barrier, and leaves once all are; the rank
+            # that hosts the store leaves last, once every other has read it.
             self.barrier()
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"kondense/past-barrier/{self.rank}", "1")
+            store.wait([f"kondense/past-barrier/{r}" for r in range(self.size)])
+            store.set(f"kondense/leaving/{self.rank}", "1")
+            if self.rank == 0:
+                store.wait([f"kondense/leaving/{r}" for r in range(self.size)])
             dist.destroy_process_group()
