@@ -247,16 +247,21 @@ def _screened(
     chosen: set[int] = set()
     for layer in dict.fromkeys(o.layer for o in options):
         mine = [i for i, o in enumerate(options) if o.layer == layer and o.saving > 0]
-        mine.sort(key=lambda i: -options[i].saving / max(options[i].harm or 0.0, 1e-12))
+        mine.sort(key=lambda i: -_worth(options[i]))
         chosen.update(mine[:keep])
     logger.info(f"  sensitivity scan: {len(chosen)} of {len(trials)} candidates chosen by their gradient estimates")
     return [t for i, t in enumerate(trials) if i in chosen]
 
 
+def _worth(option: Option) -> float:
+    """What an option saves per unit of harm: how the screen and the plans rank."""
+    return option.saving / max(option.harm or 0.0, 1e-12)
+
+
 def ranked(options: list[Option]) -> list[Option]:
     """An annealing step's candidates, most saving per unit of estimated harm first: one per layer,
     a pruning group pruned once. How many of them a step takes, `fit` measures."""
-    order = sorted((o for o in options if o.saving > 0), key=lambda o: -o.saving / max(o.harm or 0.0, 1e-12))
+    order = sorted((o for o in options if o.saving > 0), key=lambda o: -_worth(o))
     picks, pruned, used = [], set(), set()
     for o in order:
         group = set(o.coupled) | {o.layer}
