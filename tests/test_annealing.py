@@ -3,6 +3,8 @@ kept step, and it stops on patience or on the caps a user sets."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -34,13 +36,18 @@ class ScriptedJudge:
         return self.vals.pop(0)
 
 
+@dataclass
 class CountingFineTune(FineTune):
     """Counts its runs and reports the samples a real one would process, without training."""
 
-    calls: int = 0
+    runs: list[str] = field(default_factory=list)  # the description of every run, in order
+
+    @property
+    def calls(self) -> int:
+        return len(self.runs)
 
     def run(self, model, data, epochs, seed, description="", comm=None) -> int:
-        self.calls += 1
+        self.runs.append(description)
         return self.samples(len(data), epochs)
 
 

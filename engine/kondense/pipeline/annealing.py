@@ -101,7 +101,7 @@ def _anneal(ctx: Context, start: StageResult, report: StageProgress) -> tuple[St
         model = applied(current.model, steps, ctx.example)
         ctx.fine_tune(model, budget.step_epochs, seed=ctx.seed + k, description=f"stage 2 step {k}")
         val = ctx.val_accuracy(model)
-        if ctx.accept_floor - ctx.delta / 2 <= val < ctx.accept_floor and not _cap_reached(ctx, k - 1):
+        if ctx.accept_floor - ctx.delta / 2 <= val < ctx.accept_floor and ctx.within_sample_cap(budget.step_epochs):
             # Close: a bigger cut needs more training, not a retreat. One more fine-tuning of the same
             # length before the step is given up, rather than throwing away what it has learnt.
             logger.info(f"stage 2, step {k}: val acc {val:.2f}% is just below the floor; fine-tuning it once more")
@@ -152,7 +152,7 @@ def _planned_steps(ctx: Context, done: int) -> int | None:
     if budget.max_steps is not None:
         caps.append(budget.max_steps)
     if budget.max_samples is not None:
-        per_step = ctx.finetune.samples(len(ctx.teacher_data), budget.step_epochs) * ctx.comm.size
+        per_step = ctx.planned_samples(budget.step_epochs)
         caps.append(done + max(0, (budget.max_samples - ctx.samples) // max(per_step, 1)))
     return max(min(caps), done + 1) if caps else None
 
@@ -162,12 +162,9 @@ def _cap_reached(ctx: Context, step: int) -> str | None:
     budget = ctx.budget
     if budget.max_steps is not None and step >= budget.max_steps:
         return f"the step cap ({budget.max_steps}) is reached"
-    if budget.max_samples is not None:
-        per_step = ctx.finetune.samples(len(ctx.teacher_data), budget.step_epochs) * ctx.comm.size
-        if ctx.samples + per_step > budget.max_samples:
-            return (
-                f"another step would pass the training-sample cap ({ctx.samples} + {per_step} > {budget.max_samples})"
-            )
+    if not ctx.within_sample_cap(budget.step_epochs):
+        per_step = ctx.planned_samples(budget.step_epochs)
+        return f"another step would pass the training-sample cap ({ctx.samples} + {per_step} > {budget.max_samples})"
     return None
 
 

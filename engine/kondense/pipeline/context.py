@@ -60,3 +60,12 @@ class Context:
     def val_accuracy(self, model: nn.Module) -> float:
         with self.stopwatch.timing("eval"):
             return self.judge.val_accuracy(model)
+
+    def planned_samples(self, epochs: float) -> int:
+        """The training samples, all ranks together, that a fine-tuning of `epochs` will process."""
+        return self.finetune.samples(len(self.teacher_data), epochs) * self.comm.size
+
+    def within_sample_cap(self, epochs: float) -> bool:
+        """Whether a fine-tuning of `epochs` more stays within the training-sample cap the user set."""
+        cap = self.budget.max_samples
+        return cap is None or self.samples + self.planned_samples(epochs) <= cap

@@ -7,7 +7,9 @@ Every nn.MultiheadAttention is unpacked first (a 'heads' step at ratio 1.0: the 
 plain projections), so the scan can reach attention projections, heads and the model's width.
 The plan ranks every measured candidate by saving per point of scan accuracy it costs and takes
 the longest prefix whose composed model keeps the scan accuracy within `stage1_drop` deltas; if
-fine-tuning cannot bring it back within delta, the allowance halves and it tries again.
+fine-tuning cannot bring it back within delta, the allowance halves and it tries again. (An attempt
+just below the floor is not fine-tuned once more, as an annealing step is: a second schedule of
+stage 1's length lost as often as it won on the demo, and a loss spends most of the budget.)
 """
 
 from __future__ import annotations
@@ -84,8 +86,7 @@ def _explore(ctx: Context, report: StageProgress, batches: int) -> StageResult:
         base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
-        planned = ctx.finetune.samples(len(ctx.teacher_data), budget.stage1_epochs) * ctx.comm.size
-        if attempt > 1 and budget.max_samples is not None and ctx.samples + planned > budget.max_samples:
+        if attempt > 1 and not ctx.within_sample_cap(budget.stage1_epochs):
             logger.info(f"stage 1: another attempt would pass the training-sample cap ({budget.max_samples})")
             break
         with ctx.stopwatch.timing("scan"):
