@@ -379,3 +379,40 @@ def test_a_pruning_that_breaks_the_forward_pass_is_refused_with_reason() -> None
     with pytest.raises(KondenseError, match="forward pass fails once it is pruned"):
         apply(model, "conv", "prune", 0.5, x)
     assert model.conv.out_channels == 8 and model(x).shape == (1, 10)  # refused before changing anything
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(24, 16), nn.Conv2d(8, 12, 3)], ids=["matrix", "tucker"])
+def test_the_decomposition_of_one_weight_serves_every_ratio_and_every_copy(layer, monkeypatch) -> None:
+    from kondense.transforms import lowrank
+
+    decompositions = []
+    svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: decompositions.append(1) or svd(*a, **k))
+    monkeypatch.setattr(lowrank, "_DECOMPOSED", [])
+
+    def fresh(layer: nn.Module, ratio: float) -> list[torch.Tensor]:
+        lowrank._DECOMPOSED.clear()
+        return lowrank._factors(layer, ratio)
+
+    per_layer = 1 if isinstance(layer, nn.Linear) else 2  # Tucker-2: its output and its input unfolding
+    expected = {ratio: fresh(layer, ratio) for ratio in (0.75, 0.5, 0.25)}
+    lowrank._DECOMPOSED.clear()
+    decompositions.clear()
+    for ratio in (0.75, 0.5, 0.25):  # the scan: a copy of the layer at each ratio
+        got = lowrank._factors(copy.deepcopy(layer), ratio)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected[ratio], strict=True))
+    assert len(decompositions) == per_layer
+    # the same tensor changed in place (fine-tuned) is decomposed again, not served from before
+    with torch.no_grad():
+        layer.weight.mul_(0.5)
+    got = lowrank._factors(layer, 0.5)
+    assert len(decompositions) == 2 * per_layer
+    assert all(torch.equal(a, b) for a, b in zip(got, fresh(layer, 0.5), strict=True))
+    for _ in range(lowrank._KEPT + 1):  # what it keeps is bounded: a large layer's SVD is large
+        lowrank._factors(copy.deepcopy(layer).apply(_reinitialised), 0.5)
+    assert len(lowrank._DECOMPOSED) == lowrank._KEPT
+
+
+def _reinitialised(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        module.reset_parameters()

@@ -95,24 +95,52 @@ def _copy_into(param: torch.nn.Parameter, value: torch.Tensor, like: torch.nn.Pa
     param.requires_grad_(like.requires_grad)
 
 
+# The decompositions of the weights factorised last, with a copy of each weight to know them by. The
+# scan factorises one layer at every ratio, and an annealing step estimates a factorisation and then
+# builds it, each time on another copy of the same weight; the SVDs do not depend on the ratio, and
+# on a large layer they are most of a trial's time. Two entries hold what is reused (the scan's ratios
+# of one layer come one after another), and bound the memory a large classifier's SVD keeps.
+_DECOMPOSED: list[tuple[torch.Tensor, bool, tuple[torch.Tensor, ...]]] = []
+_KEPT = 2
+
+
+def _decomposed(w: torch.Tensor, pointwise: bool) -> tuple[torch.Tensor, ...]:
+    """(u, s, vh) of the weight as an out x in matrix for a pointwise layer; for a kxk conv the left
+    singular vectors of its output and its input unfoldings (Tucker-2's factor matrices, all columns)."""
+    for i, (seen, kind, result) in enumerate(_DECOMPOSED):
+        if kind == pointwise and seen.shape == w.shape and seen.dtype == w.dtype and seen.device == w.device:
+            if torch.equal(seen, w):
+                _DECOMPOSED.append(_DECOMPOSED.pop(i))
+                return result
+    work = w.to(_svd_dtype(w))
+    c_out, c_in = w.shape[:2]
+    if pointwise:
+        result = tuple(torch.linalg.svd(work.reshape(c_out, c_in), full_matrices=False))
+    else:
+        result = (
+            torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0],
+            torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0],
+        )
+    _DECOMPOSED.append((w.clone(), pointwise, result))
+    del _DECOMPOSED[: max(len(_DECOMPOSED) - _KEPT, 0)]
+    return result
+
+
 def _factors(layer: nn.Conv2d | nn.Linear, ratio: float) -> list[torch.Tensor]:
     """The factors' weights, in the layer's dtype: (first, second) for SVD, (first, core, last) for Tucker-2."""
     w = layer.weight.detach()
-    work = w.to(_svd_dtype(w))
     if _is_pointwise(layer):
         k = matrix_rank(layer, ratio)
-        c_in, c_out = _dims(layer)
-        u, s, vh = torch.linalg.svd(work.reshape(c_out, c_in), full_matrices=False)
+        u, s, vh = _decomposed(w, pointwise=True)
         root = s[:k].sqrt()
         first_w, second_w = root[:, None] * vh[:k], u[:, :k] * root  # (k, in), (out, k): balanced factors
         if isinstance(layer, nn.Conv2d):
             first_w, second_w = first_w[:, :, None, None], second_w[:, :, None, None]
         return [first_w.to(w.dtype), second_w.to(w.dtype)]
     r1, r2 = tucker_ranks(layer, ratio)
-    c_out, c_in = w.shape[:2]
-    u_out = torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0][:, :r2]
-    u_in = torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0][:, :r1]
-    core = torch.einsum("oihw,or,is->rshw", work, u_out, u_in)
+    u_out, u_in = _decomposed(w, pointwise=False)
+    u_out, u_in = u_out[:, :r2], u_in[:, :r1]
+    core = torch.einsum("oihw,or,is->rshw", w.to(u_out.dtype), u_out, u_in)
     return [t.to(w.dtype) for t in (u_in.t()[:, :, None, None], core, u_out[:, :, None, None])]
 
 
