@@ -63,10 +63,16 @@ def test_compresses_within_delta_and_stage2_beyond_stage1(result) -> None:
 def test_report_splits_the_time_between_search_fine_tuning_and_evaluation(result) -> None:
     timing = result.report["timing"]
     parts = ("scanSeconds", "fineTuneSeconds", "evalSeconds", "otherSeconds")
-    assert set(timing) == {*parts, "totalSeconds"}
+    assert set(timing) == {*parts, "totalSeconds", "search"}
     assert all(timing[p] > 0 for p in parts[:3]), timing  # a stage 2 run scans, fine-tunes and evaluates
     assert sum(timing[p] for p in parts) == pytest.approx(timing["totalSeconds"], abs=0.05)
     assert timing["totalSeconds"] == pytest.approx(result.report["seconds"], rel=0.01)
+    # the search's time by what it did: stage 1's measured options, annealing's gradient estimates, and
+    # the composed models measured to fit each plan; all of it but ranking and handing plans around
+    search = timing["search"]
+    assert set(search) == {"trialsSeconds", "estimatesSeconds", "probesSeconds"}
+    assert all(v > 0 for v in search.values()), search
+    assert 0.9 * timing["scanSeconds"] - 0.05 <= sum(search.values()) <= timing["scanSeconds"] + 0.05, timing
 
 
 def test_outputs_are_complete(result) -> None:

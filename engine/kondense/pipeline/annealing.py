@@ -78,23 +78,28 @@ def _anneal(ctx: Context, start: StageResult, report: StageProgress) -> tuple[St
         )
         with ctx.stopwatch.timing("scan"):
             if scanned is None:
-                # every rank computes the same estimates; rank 0's are taken so that all probe alike
-                options = ctx.comm.broadcast_object(
-                    estimated(
-                        current.model,
-                        ctx.judge.recal,
-                        ctx.example,
-                        budget.anneal_ratio,
-                        ctx.objective,
-                        ctx.protected,
-                        budget.recal_samples,
-                        ctx.latency_table,
+                with ctx.stopwatch.searching("estimates"):
+                    # every rank computes the same estimates; rank 0's are taken so that all probe alike
+                    options = ctx.comm.broadcast_object(
+                        estimated(
+                            current.model,
+                            ctx.judge.recal,
+                            ctx.example,
+                            budget.anneal_ratio,
+                            ctx.objective,
+                            ctx.protected,
+                            budget.recal_samples,
+                            ctx.latency_table,
+                        )
                     )
-                )
-                scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
+                with ctx.stopwatch.searching("probes"):
+                    scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
             options, base = scanned
-            steps, _ = fit(current.model, ranked(options), options, ctx.judge, ctx.example, base, base - state["drop"])
-            steps = ctx.comm.broadcast_object(steps)
+            with ctx.stopwatch.searching("probes"):
+                steps, _ = fit(
+                    current.model, ranked(options), options, ctx.judge, ctx.example, base, base - state["drop"]
+                )
+                steps = ctx.comm.broadcast_object(steps)
         if not steps:
             logger.info(f"stage 2, step {k}: no layer can shrink within the allowance; done")
             break

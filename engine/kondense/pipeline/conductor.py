@@ -30,6 +30,7 @@ from kondense.measure.latency_table import LatencyTable, latency_cost
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
+from kondense.pipeline.timing import Stopwatch, searching
 from kondense.train import recalibrate_batchnorm
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def scan(
     protected: set[str],
     table: LatencyTable | None = None,
     screen: int | None = None,
+    watch: Stopwatch | None = None,
 ) -> list[Option]:
     """Candidates (layer, transform, ratio), each applied alone to a copy of `model` and measured; `table`
     prices the latency objective (see cost). Every candidate, or with `screen` = k only the k per layer
@@ -177,14 +179,22 @@ def scan(
 
     With several ranks, each judges its share of the trials on the whole scan subset and the
     results are gathered: N ranks scan about N times faster than one, where sharding every trial's
-    evaluation would leave each rank a batch or two and a collective per trial.
+    evaluation would leave each rank a batch or two and a collective per trial. `watch` is told which
+    of its time went to estimates and which to measured trials.
     """
-    made = _Trials(model, example, objective, protected, table)
+    with searching(watch, "trials"):
+        made = _Trials(model, example, objective, protected, table)
     trials = [(layer, transform, ratio) for layer, transform in made.candidates for ratio in ratios]
     comm = getattr(judge, "comm", None) or SingleComm()
     if screen is not None:
-        # rank 0's choice, so that every rank measures its share of the same list
-        trials = comm.broadcast_object(_screened(made, trials, judge.recal, judge.recal_samples, screen))
+        with searching(watch, "estimates"):
+            # rank 0's choice, so that every rank measures its share of the same list
+            trials = comm.broadcast_object(_screened(made, trials, judge.recal, judge.recal_samples, screen))
+    with searching(watch, "trials"):
+        return _measured(made, trials, judge, comm)
+
+
+def _measured(made: _Trials, trials: list[tuple[str, str, float]], judge: Judge, comm: Comm) -> list[Option]:
     spread = comm.size > 1 and getattr(judge, "scan_whole", None) is not None
     mine = range(comm.rank, len(trials), comm.size) if spread else range(len(trials))
     judged: dict[int, Option] = {}

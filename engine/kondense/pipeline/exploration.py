@@ -80,16 +80,18 @@ def _explore(ctx: Context, report: StageProgress, batches: int) -> StageResult:
                 ctx.protected,
                 ctx.latency_table,
                 budget.screen,
+                ctx.stopwatch,
             )
             run.state["scan"] = options_to_json(options)
             run.save()
-        base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
+        with ctx.stopwatch.searching("probes"):
+            base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
         if attempt > 1 and not ctx.within_sample_cap(budget.stage1_epochs):
             logger.info(f"stage 1: another attempt would pass the training-sample cap ({budget.max_samples})")
             break
-        with ctx.stopwatch.timing("scan"):
+        with ctx.stopwatch.timing("scan"), ctx.stopwatch.searching("probes"):
             picks = ranked(priced(options, base_scan))
             steps, _ = fit(base, picks, options, ctx.judge, ctx.example, base_scan, base_scan - drop)
             steps = ctx.comm.broadcast_object(steps)

@@ -1,13 +1,18 @@
-"""Where a compression run's time goes: the search (sensitivity scans and composed probes),
-fine-tuning, and evaluation. Kept in the run's state, so a resumed run adds to what it had."""
+"""Where a compression run's time goes: the search (sensitivity scans, gradient estimates and
+composed probes), fine-tuning, and evaluation. Kept in the run's state, so a resumed run adds to
+what it had."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 PARTS = ("scan", "fineTune", "eval")
+# What the search's time (the scan part) went to: stage 1's measured options, the gradient estimates
+# (stage 1's screen and every annealing step) and the composed models measured to fit each plan.
+SEARCH = ("trials", "estimates", "probes")
 
 
 class Stopwatch:
@@ -16,6 +21,7 @@ class Stopwatch:
         self.seconds = seconds  # the run state's own dict: saving the state saves it
         for part in (*PARTS, "total"):
             self.seconds.setdefault(part, 0.0)
+        self.search = self.seconds.setdefault("search", dict.fromkeys(SEARCH, 0.0))
         self._mark = time.perf_counter() if since is None else since
 
     def _lap(self) -> None:
@@ -34,14 +40,30 @@ class Stopwatch:
             self.seconds[part] += time.perf_counter() - began
             self._lap()
 
+    @contextmanager
+    def searching(self, detail: str) -> Iterator[None]:
+        """Time spent on one of SEARCH, which the caller's timing("scan") around it also counts."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.search[detail] += time.perf_counter() - began
+
     @property
     def total(self) -> float:
         self._lap()
         return self.seconds["total"]
 
     def report(self) -> dict[str, float]:
-        """report.json's `timing`: seconds per part, the rest (loading, caching the teacher, writing), the total."""
+        """report.json's `timing`: seconds per part, the rest (loading, caching the teacher, writing), the total,
+        and `search`: the scan part's seconds per SEARCH detail."""
         total = self.total
         parts = {f"{part}Seconds": round(self.seconds[part], 2) for part in PARTS}
         other = max(total - sum(self.seconds[part] for part in PARTS), 0.0)
-        return {**parts, "otherSeconds": round(other, 2), "totalSeconds": round(total, 2)}
+        search = {f"{detail}Seconds": round(self.search[detail], 2) for detail in SEARCH}
+        return {**parts, "otherSeconds": round(other, 2), "totalSeconds": round(total, 2), "search": search}
+
+
+def searching(watch: Stopwatch | None, detail: str) -> AbstractContextManager:
+    """`watch.searching(detail)`, or nothing where no stopwatch is kept (the conductor called on its own)."""
+    return watch.searching(detail) if watch is not None else contextlib.nullcontext()
