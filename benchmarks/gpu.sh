@@ -219,6 +219,9 @@ for name, a, b, gain in rows:
 share = record["compress"]["scanShare"]
 print(f"\nwall time: train {train_wall:.0f}s (test accuracy {train['testAccuracy']:.2f}%), compress {compress_wall:.0f}s "
       f"(scan share {'n/a: no timing in report.json' if share is None else f'{100 * share:.1f}%'}), total {total_wall:.0f}s")
+search = (timing or {}).get("search")
+if search:
+    print("scan: " + ", ".join(f"{k.removesuffix('Seconds')} {v:.0f}s" for k, v in search.items()))
 mem = record["gpuMemoryMB"]
 if gpu:
     print(f"GPU memory: nvidia-smi peak {mem['nvidiaSmiPeak']} MB (before: {baseline} MB); torch peak allocated "
