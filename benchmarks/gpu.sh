@@ -10,13 +10,16 @@
 #   benchmarks/gpu.sh                                      the benchmark (one NVIDIA GPU): ResNet-18, stage 2
 #   benchmarks/gpu.sh --model mobilenet_v2 --stage 3       another zoo model; stage 3 adds INT8 (model.int8.onnx)
 #   benchmarks/gpu.sh --screen 2                           stage 1's scan measures 2 options per layer (--screen K)
+#   benchmarks/gpu.sh --peers uniform-kd                   then benchmarks/peers.py on the same original, subset
+#                                                          and samples, on the GPU (comma-separated methods):
+#                                                          benchmarks/results/peers-MODEL-gpu.json
 #   benchmarks/gpu.sh --smoke                              a few hundred samples, one step: the script end to end
 #   KONDENSE_GPU_BENCH_DEVICE=cpu benchmarks/gpu.sh --smoke   the same without a GPU (how it is tested)
 #
 # Environment: KONDENSE_GPU_BENCH_DEVICE (default cuda), KONDENSE_GPU_BENCH_OUT (default out/gpu, or
 # out/gpu-smoke), PYTHON (default .venv/bin/python). Only a full run on a GPU writes benchmarks/results/
 # (gpu.json for ResNet-18 at stage 2, gpu-MODEL-stageN.json otherwise); smoke and CPU runs write
-# OUT/gpu.json, so they never pass for GPU numbers.
+# OUT/gpu.json (and OUT/peers.json), so they never pass for GPU numbers.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,20 +28,21 @@ SMOKE=0
 MODEL=resnet18
 STAGE=2
 SCREEN=
+PEERS=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
-        --model | --stage | --screen)
+        --model | --stage | --screen | --peers)
             [[ $# -ge 2 ]] || { echo "gpu.sh: $1 needs a value" >&2; exit 2; }
-            case "$1" in --model) MODEL="$2" ;; --stage) STAGE="$2" ;; --screen) SCREEN="$2" ;; esac
+            case "$1" in --model) MODEL="$2" ;; --stage) STAGE="$2" ;; --screen) SCREEN="$2" ;; --peers) PEERS="$2" ;; esac
             shift
             ;;
         -h | --help)
-            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "gpu.sh: unknown argument '$1' (--model NAME, --stage 2|3, --screen K, --smoke, --help)" >&2
+            echo "gpu.sh: unknown argument '$1' (--model NAME, --stage 2|3, --screen K, --peers M[,M...], --smoke, --help)" >&2
             exit 2
             ;;
     esac
@@ -47,13 +51,23 @@ done
 [[ $STAGE == 2 || $STAGE == 3 ]] || { echo "gpu.sh: --stage must be 2 or 3, not '$STAGE'" >&2; exit 2; }
 [[ -z $SCREEN || $SCREEN =~ ^[1-9][0-9]*$ ]] || { echo "gpu.sh: --screen takes a positive integer, not '$SCREEN'" >&2; exit 2; }
 [[ $MODEL =~ ^[a-z0-9_]+$ ]] || { echo "gpu.sh: --model takes a zoo name (kondense zoo list), not '$MODEL'" >&2; exit 2; }
+for method in ${PEERS//,/ }; do
+    [[ $method =~ ^(uniform-ce|uniform-kd|taylor-ce|taylor-kd|scratch)$ ]] ||
+        { echo "gpu.sh: --peers takes uniform-ce, uniform-kd, taylor-ce, taylor-kd or scratch (comma-separated), not '$method'" >&2; exit 2; }
+done
 
 DEVICE="${KONDENSE_GPU_BENCH_DEVICE:-cuda}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 if [[ $SMOKE == 1 ]]; then OUT="${KONDENSE_GPU_BENCH_OUT:-out/gpu-smoke}"; else OUT="${KONDENSE_GPU_BENCH_OUT:-out/gpu}"; fi
 if [[ $MODEL == resnet18 && $STAGE == 2 ]]; then NAME=gpu; else NAME="gpu-$MODEL-stage$STAGE"; fi
 if [[ -n $SCREEN ]]; then NAME="$NAME-screen$SCREEN"; fi
-if [[ $SMOKE == 0 && $DEVICE == cuda* ]]; then RESULT="benchmarks/results/$NAME.json"; else RESULT="$OUT/gpu.json"; fi
+if [[ $SMOKE == 0 && $DEVICE == cuda* ]]; then
+    RESULT="benchmarks/results/$NAME.json"
+    PEERS_RESULT="benchmarks/results/peers-$MODEL-gpu.json"
+else
+    RESULT="$OUT/gpu.json"
+    PEERS_RESULT="$OUT/peers.json"
+fi
 
 # The settings of both parts. Full: the zoo's ResNet-18 recipe (docs/zoo.md, 3 epochs on all 54,000
 # training images) and compress_zoo.py's budget. Smoke: just enough data to pass through every part.
@@ -61,9 +75,13 @@ if [[ $SMOKE == 1 ]]; then
     TRAIN_ARGS=(--epochs 1 --train-samples 256 --val-samples 128 --test-samples 128)
     BUDGET='{"max_steps": 1, "scan_samples": 64, "recal_samples": 32, "ratios": [0.5],
              "stage1_epochs": 1.0, "train_samples": 256, "val_samples": 128, "test_samples": 128}'
+    PEER_ARGS=(--train-samples 256 --val-samples 128 --samples 256 --max-ratio 4)
 else
     TRAIN_ARGS=(--epochs 3)
     BUDGET='{"max_samples": 199680, "scan_samples": 1000, "recal_samples": 256, "train_samples": 20000}'
+    # the peers get what kondense got: the same 20,000-image subset and validation split, 199,680 samples
+    # per compression; the ladder starts at 16x (kondense reached 21-60x on the zoo models)
+    PEER_ARGS=(--train-samples 20000 --samples 199680 --start-ratio 16)
 fi
 if [[ -n $SCREEN ]]; then BUDGET="${BUDGET%\}}, \"screen\": $SCREEN}"; fi
 
@@ -228,3 +246,13 @@ if gpu:
           f"train {mem['torchPeakAllocated']['train']} MB, compress {mem['torchPeakAllocated']['compress']} MB")
 print(f"written to {result}")
 PY
+
+if [[ -n $PEERS ]]; then
+    RATIO=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["enhancement"]["params"])' \
+        "$OUT/compressed/report.json")
+    echo "== peers (${PEERS//,/, }) on the same original, subset and samples ($DEVICE); also at kondense's ${RATIO}x" >&2
+    T0=$(now)
+    "$PYTHON" benchmarks/peers.py --model "$OUT/$MODEL.pt" --data fashion-mnist --delta 1 "${PEER_ARGS[@]}" \
+        --methods ${PEERS//,/ } --at-ratio "$RATIO" --device "$DEVICE" --out "$PEERS_RESULT"
+    echo "peers: $(since "$T0")s, written to $PEERS_RESULT" >&2
+fi

@@ -20,7 +20,9 @@ For each method: a geometric ladder of parameter ratios (original params / prune
 `--start-ratio`, doubling until the first ratio whose validation accuracy falls more than delta below the
 original's, then one bisection step between the last pass and the first fail; the largest passing ratio
 is the method's best. Decisions on the validation split; test accuracy on the whole test split is only reported.
-`--at-ratio R` adds a trial at kondense's ratio; `--no-search` runs that trial alone.
+`--at-ratio R` adds a trial at kondense's ratio; `--no-search` runs that trial alone. `--device cuda` runs
+the originals, the shrunk models and their fine-tunes on a GPU (bf16 autocast, as kondense fine-tunes
+there); AIMET's search stays on the CPU.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from kondense import data as data_mod
 from kondense import logs, sources, zoo
 from kondense.device import in_mode
+from kondense.device import resolve as resolve_device
 from kondense.files import save_json
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline.distill import FineTune, WithTeacher, cache_teacher
@@ -100,6 +103,7 @@ class Setup:
     lr: float
     seed: int
     taylor_batches: int
+    device: torch.device = torch.device("cpu")  # where the original, every shrunk model and its fine-tune run
     aimet_candidates: int = 5
     aimet_reconstruction: int = 1000
     aimet_eval_samples: int = 500
@@ -191,7 +195,7 @@ def with_gradients(model: nn.Module, setup: Setup) -> Callable[[], nn.Module]:
         for i, (x, y) in enumerate(loader):
             if i >= setup.taylor_batches:
                 break
-            F.cross_entropy(work(x), y).backward()
+            F.cross_entropy(work(x.to(setup.device)), y.to(setup.device)).backward()
     grads = {n: p.grad.detach().clone() for n, p in work.named_parameters() if p.grad is not None}
 
     def make() -> nn.Module:
@@ -245,7 +249,7 @@ def aimet_shrink(setup: Setup, target: float) -> tuple[nn.Module, int]:
     def evaluate(model: nn.Module, iterations: int | None = None, use_cuda: bool = False) -> float:
         return accuracy(model, part) / 100
 
-    model = copy.deepcopy(setup.original).eval()
+    model = copy.deepcopy(setup.original).cpu().eval()  # AIMET's search on the CPU; its result trains on the device
     # the per-layer scores of SVD on the original do not depend on the target: computed once, reused
     saved = setup.aimet_svd_scores if setup.aimet_svd_scores and setup.aimet_svd_scores.exists() else None
     svd = svd_params(
@@ -265,7 +269,7 @@ def aimet_shrink(setup: Setup, target: float) -> tuple[nn.Module, int]:
         shutil.copyfile(written, setup.aimet_svd_scores)
     rest = setup.params / target / params_m(model)  # the share of the SVD model's parameters to keep
     if rest >= 1:
-        return model, 0
+        return model.to(setup.device), 0
     loader = DataLoader(
         setup.teacher_data.base, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(2)
     )
@@ -281,7 +285,7 @@ def aimet_shrink(setup: Setup, target: float) -> tuple[nn.Module, int]:
         ),
     )
     model, _ = compressor.compress_model(model, evaluate, 1, shape, scheme.channel_pruning, cost.memory, cp)
-    return model, samples
+    return model.to(setup.device), samples
 
 
 # ---------------------------------------------------------------- one trial per method
@@ -310,7 +314,7 @@ def make_model(method: str, setup: Setup, target: float) -> tuple[nn.Module | No
 
         def fresh() -> nn.Module:
             torch.manual_seed(setup.seed)
-            return zoo.build(setup.arch, num_classes, in_channels)
+            return zoo.build(setup.arch, num_classes, in_channels).to(setup.device)
 
         return shrink_to(fresh, prune_uniform, setup, target), 0
     if method == "aimet":
@@ -439,7 +443,8 @@ def prepare(args: argparse.Namespace) -> Setup:
     original, base, _ = sources.load_model(
         args.model, sources.ModelOptions(arch=args.arch), args.data, bundle.num_classes, content_shape
     )
-    original.eval()
+    device = resolve_device(args.device)
+    original.eval().to(device)
     arch = base.get("arch") or args.arch
     train = as_tensors(bundle.train)
     val = DataLoader(as_tensors(bundle.val), batch_size=EVAL_BATCH)
@@ -457,7 +462,7 @@ def prepare(args: argparse.Namespace) -> Setup:
         teacher_data=cache_teacher(original, train),
         val=val,
         test=test,
-        example=torch.zeros(1, *content_shape),
+        example=torch.zeros(1, *content_shape, device=device),
         params=params_m(original),
         macs=macs_g(original, content_shape),
         val_accuracy=val_accuracy,
@@ -467,6 +472,7 @@ def prepare(args: argparse.Namespace) -> Setup:
         lr=args.lr,
         seed=args.seed,
         taylor_batches=args.taylor_batches,
+        device=device,
         aimet_candidates=args.aimet_candidates,
         aimet_reconstruction=args.aimet_reconstruction,
         aimet_eval_samples=args.aimet_eval_samples,
@@ -519,6 +525,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aimet-reconstruction", type=int, default=1000, help="AIMET channel pruning: samples")
     parser.add_argument("--aimet-eval-samples", type=int, default=500, help="AIMET greedy: validation samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (fine-tunes in bf16 where native, as kondense does)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="the JSON file to write")
     return parser.parse_args(argv)
@@ -535,6 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(args.model),
         "arch": setup.arch,
         "data": args.data,
+        "device": str(setup.device),
         "delta": args.delta,
         "trainSamples": len(setup.bundle.train),
         "samples": args.samples,

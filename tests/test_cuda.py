@@ -121,3 +121,25 @@ def test_cli_compress_on_cuda(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["stage2"]["paramsM"] <= report["original"]["paramsM"]
+
+
+def test_peers_on_cuda(tmp_path: Path) -> None:
+    """benchmarks/peers.py --device cuda, the way benchmarks/gpu.sh --peers runs it: every method that
+    trains on the device (magnitude, Taylor gradients, from scratch) reaches its ratio there."""
+    weights = tmp_path / "lenet5.pt"
+    train = [sys.executable, "-m", "kondense.cli", "zoo", "train", "lenet5", "--dataset", "fashion-mnist"]
+    common = ["--train-samples", "512", "--val-samples", "256", "--test-samples", "256"]
+    subprocess.run([*train, "--epochs", "1", "--device", "cuda", "--out", str(weights), *common], check=True)
+    out = tmp_path / "peers.json"
+    peers = [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--model", str(weights), "--data", "fashion-mnist"]
+    flags = ["--delta", "100", "--train-samples", "256", "--val-samples", "256", "--samples", "256", "--max-ratio", "4"]
+    methods = ["--methods", "uniform-kd", "taylor-ce", "scratch"]
+    done = subprocess.run(
+        [*peers, *flags, *methods, "--device", "cuda", "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cuda")
+    for method in result["methods"]:
+        assert [t["ratio"] for t in method["trials"]] == [2.0, 4.0], method  # delta 100: every rung passes
+        assert all(abs(t["paramsRatio"] / t["ratio"] - 1) < 0.1 for t in method["trials"]), method

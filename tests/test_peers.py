@@ -44,6 +44,7 @@ def test_peers_writes_consistent_results(original: Path, tmp_path: Path) -> None
     )  # fmt: skip
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["arch"] == "lenet5" and result["trainSamples"] == 256 and result["samples"] == 256
+    assert result["device"] == "cpu"
     o = result["original"]
     assert o["testImages"] == 10000  # the whole test split, always
     assert 0 <= o["testAccuracy"] <= 100 and o["paramsM"] > 0 and o["macsG"] > 0
