@@ -388,29 +388,32 @@ def test_the_decomposition_of_one_weight_serves_every_ratio_and_every_copy(layer
     decompositions = []
     svd = torch.linalg.svd
     monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: decompositions.append(1) or svd(*a, **k))
-    monkeypatch.setattr(lowrank, "_DECOMPOSED", [])
-
-    def fresh(layer: nn.Module, ratio: float) -> list[torch.Tensor]:
-        lowrank._DECOMPOSED.clear()
-        return lowrank._factors(layer, ratio)
-
     per_layer = 1 if isinstance(layer, nn.Linear) else 2  # Tucker-2: its output and its input unfolding
-    expected = {ratio: fresh(layer, ratio) for ratio in (0.75, 0.5, 0.25)}
-    lowrank._DECOMPOSED.clear()
+    expected = {ratio: lowrank._factors(layer, ratio) for ratio in (0.75, 0.5, 0.25)}  # outside: none kept
+    assert len(decompositions) == 3 * per_layer and lowrank._DECOMPOSED is None
+
     decompositions.clear()
-    for ratio in (0.75, 0.5, 0.25):  # the scan: a copy of the layer at each ratio
-        got = lowrank._factors(copy.deepcopy(layer), ratio)
-        assert all(torch.equal(a, b) for a, b in zip(got, expected[ratio], strict=True))
-    assert len(decompositions) == per_layer
-    # the same tensor changed in place (fine-tuned) is decomposed again, not served from before
+    with lowrank.kept_decompositions():
+        for ratio in (0.75, 0.5, 0.25):  # the scan: a copy of the layer at each ratio
+            got = lowrank._factors(copy.deepcopy(layer), ratio)
+            assert all(torch.equal(a, b) for a, b in zip(got, expected[ratio], strict=True))
+        assert len(decompositions) == per_layer
+        # the same tensor changed in place (fine-tuned) is decomposed again, not served from before
+        with torch.no_grad():
+            layer.weight.mul_(0.5)
+        got = lowrank._factors(layer, 0.5)
+        assert len(decompositions) == 2 * per_layer
+        outer = list(lowrank._DECOMPOSED)
+        with lowrank.kept_decompositions():  # an inner block works with the outer one's, and leaves them
+            assert lowrank._DECOMPOSED == outer
+        assert lowrank._DECOMPOSED == outer
+        for _ in range(lowrank._KEPT + 1):  # what it keeps is bounded: a large layer's SVD is large
+            lowrank._factors(copy.deepcopy(layer).apply(_reinitialised), 0.5)
+        assert len(lowrank._DECOMPOSED) == lowrank._KEPT
+    assert lowrank._DECOMPOSED is None  # and let go after the block
     with torch.no_grad():
-        layer.weight.mul_(0.5)
-    got = lowrank._factors(layer, 0.5)
-    assert len(decompositions) == 2 * per_layer
-    assert all(torch.equal(a, b) for a, b in zip(got, fresh(layer, 0.5), strict=True))
-    for _ in range(lowrank._KEPT + 1):  # what it keeps is bounded: a large layer's SVD is large
-        lowrank._factors(copy.deepcopy(layer).apply(_reinitialised), 0.5)
-    assert len(lowrank._DECOMPOSED) == lowrank._KEPT
+        fresh = lowrank._factors(layer, 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(got, fresh, strict=True))
 
 
 def _reinitialised(module: nn.Module) -> None:

@@ -32,6 +32,7 @@ from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
 from kondense.pipeline.timing import Stopwatch, searching
 from kondense.train import recalibrate_batchnorm
+from kondense.transforms.lowrank import kept_decompositions
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def scan(
         with searching(watch, "estimates"):
             # rank 0's choice, so that every rank measures its share of the same list
             trials = comm.broadcast_object(_screened(made, trials, judge.recal, judge.recal_samples, screen))
-    with searching(watch, "trials"):
+    with searching(watch, "trials"), kept_decompositions():
         return _measured(made, trials, judge, comm)
 
 
@@ -245,7 +246,8 @@ def estimated(
     (pipeline.estimate) rather than measured: what an annealing step ranks; `table` as for scan."""
     made = _Trials(model, example, objective, protected, table)
     moments = estimate.moments(model, recal, samples)
-    return [made.estimate(moments, layer, transform, ratio) for layer, transform in made.candidates]
+    with kept_decompositions():  # each estimate builds its factorisation, then prices it
+        return [made.estimate(moments, layer, transform, ratio) for layer, transform in made.candidates]
 
 
 def _screened(
@@ -253,7 +255,8 @@ def _screened(
 ) -> list[tuple[str, str, float]]:
     """The `keep` trials per layer that save the most per unit of estimated harm, in their given order."""
     moments = estimate.moments(made.model, recal, samples)
-    options = [made.estimate(moments, *trial) for trial in trials]
+    with kept_decompositions():
+        options = [made.estimate(moments, *trial) for trial in trials]
     chosen: set[int] = set()
     for layer in dict.fromkeys(o.layer for o in options):
         mine = [i for i, o in enumerate(options) if o.layer == layer and o.saving > 0]

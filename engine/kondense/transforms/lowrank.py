@@ -8,7 +8,9 @@ and fine-tuning only has to recover the truncated part.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -95,19 +97,34 @@ def _copy_into(param: torch.nn.Parameter, value: torch.Tensor, like: torch.nn.Pa
     param.requires_grad_(like.requires_grad)
 
 
-# The decompositions of the weights factorised last, with a copy of each weight to know them by. The
-# scan factorises one layer at every ratio, and an annealing step estimates a factorisation and then
-# builds it, each time on another copy of the same weight; the SVDs do not depend on the ratio, and
-# on a large layer they are most of a trial's time. Two entries hold what is reused (the scan's ratios
-# of one layer come one after another), and bound the memory a large classifier's SVD keeps.
-_DECOMPOSED: list[tuple[torch.Tensor, bool, tuple[torch.Tensor, ...]]] = []
+# Within kept_decompositions(): the decompositions of the weights factorised last, with a copy of each
+# weight to know them by. The scan factorises one layer at every ratio, and an annealing step estimates
+# a factorisation and then builds it, each time on another copy of the same weight; the SVDs do not
+# depend on the ratio, and on a large layer they are most of a trial's time. Two entries hold what is
+# reused (the scan's ratios of one layer come one after another) and bound the memory a large
+# classifier's SVD holds; leaving the block lets them go.
+_DECOMPOSED: list[tuple[torch.Tensor, bool, tuple[torch.Tensor, ...]]] | None = None
 _KEPT = 2
+
+
+@contextlib.contextmanager
+def kept_decompositions() -> Iterator[None]:
+    """Factorisations in this block reuse the SVDs of the last weights factorised (matched by value)."""
+    global _DECOMPOSED
+    if _DECOMPOSED is not None:  # already inside one: the outer block keeps them
+        yield
+        return
+    _DECOMPOSED = []
+    try:
+        yield
+    finally:
+        _DECOMPOSED = None
 
 
 def _decomposed(w: torch.Tensor, pointwise: bool) -> tuple[torch.Tensor, ...]:
     """(u, s, vh) of the weight as an out x in matrix for a pointwise layer; for a kxk conv the left
     singular vectors of its output and its input unfoldings (Tucker-2's factor matrices, all columns)."""
-    for i, (seen, kind, result) in enumerate(_DECOMPOSED):
+    for i, (seen, kind, result) in enumerate(_DECOMPOSED or ()):
         if kind == pointwise and seen.shape == w.shape and seen.dtype == w.dtype and seen.device == w.device:
             if torch.equal(seen, w):
                 _DECOMPOSED.append(_DECOMPOSED.pop(i))
@@ -121,8 +138,9 @@ def _decomposed(w: torch.Tensor, pointwise: bool) -> tuple[torch.Tensor, ...]:
             torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0],
             torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0],
         )
-    _DECOMPOSED.append((w.clone(), pointwise, result))
-    del _DECOMPOSED[: max(len(_DECOMPOSED) - _KEPT, 0)]
+    if _DECOMPOSED is not None:
+        _DECOMPOSED.append((w.clone(), pointwise, result))
+        del _DECOMPOSED[: max(len(_DECOMPOSED) - _KEPT, 0)]
     return result
 
 
