@@ -75,13 +75,13 @@ if [[ $SMOKE == 1 ]]; then
     TRAIN_ARGS=(--epochs 1 --train-samples 256 --val-samples 128 --test-samples 128)
     BUDGET='{"max_steps": 1, "scan_samples": 64, "recal_samples": 32, "ratios": [0.5],
              "stage1_epochs": 1.0, "train_samples": 256, "val_samples": 128, "test_samples": 128}'
-    PEER_ARGS=(--train-samples 256 --val-samples 128 --samples 256 --max-ratio 4)
+    PEER_ARGS=(--train-samples 256 --val-samples 128 --samples 256)
 else
     TRAIN_ARGS=(--epochs 3)
     BUDGET='{"max_samples": 199680, "scan_samples": 1000, "recal_samples": 256, "train_samples": 20000}'
     # the peers get what kondense got: the same 20,000-image subset and validation split, 199,680 samples
-    # per compression; the ladder starts at 16x (kondense reached 21-60x on the zoo models)
-    PEER_ARGS=(--train-samples 20000 --samples 199680 --start-ratio 16)
+    # per compression
+    PEER_ARGS=(--train-samples 20000 --samples 199680)
 fi
 if [[ -n $SCREEN ]]; then BUDGET="${BUDGET%\}}, \"screen\": $SCREEN}"; fi
 
@@ -252,7 +252,9 @@ if [[ -n $PEERS ]]; then
         "$OUT/compressed/report.json")
     echo "== peers (${PEERS//,/, }) on the same original, subset and samples ($DEVICE); also at kondense's ${RATIO}x" >&2
     T0=$(now)
+    # the ladder starts at kondense's ratio: its first rung is the comparison at that ratio, and it doubles
+    # from there while the peer stays within delta (halves while it does not), about four fine-tunes a method
     "$PYTHON" benchmarks/peers.py --model "$OUT/$MODEL.pt" --data fashion-mnist --delta 1 "${PEER_ARGS[@]}" \
-        --methods ${PEERS//,/ } --at-ratio "$RATIO" --device "$DEVICE" --out "$PEERS_RESULT"
+        --methods ${PEERS//,/ } --start-ratio "$RATIO" --at-ratio "$RATIO" --device "$DEVICE" --out "$PEERS_RESULT"
     echo "peers: $(since "$T0")s, written to $PEERS_RESULT" >&2
 fi
