@@ -33,21 +33,15 @@ class Stopwatch:
 
     @contextmanager
     def timing(self, part: str) -> Iterator[None]:
-        began = time.perf_counter()
         try:
-            yield
+            with _adding(self.seconds, part):
+                yield
         finally:
-            self.seconds[part] += time.perf_counter() - began
             self._lap()
 
-    @contextmanager
-    def searching(self, detail: str) -> Iterator[None]:
+    def searching(self, detail: str) -> AbstractContextManager:
         """Time spent on one of SEARCH, which the caller's timing("scan") around it also counts."""
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.search[detail] += time.perf_counter() - began
+        return _adding(self.search, detail)
 
     @property
     def total(self) -> float:
@@ -62,6 +56,16 @@ class Stopwatch:
         other = max(total - sum(self.seconds[part] for part in PARTS), 0.0)
         search = {f"{detail}Seconds": round(self.search[detail], 2) for detail in SEARCH}
         return {**parts, "otherSeconds": round(other, 2), "totalSeconds": round(total, 2), "search": search}
+
+
+@contextmanager
+def _adding(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """The block's wall time added to seconds[key], however it ends."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] += time.perf_counter() - began
 
 
 def searching(watch: Stopwatch | None, detail: str) -> AbstractContextManager:
