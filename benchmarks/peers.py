@@ -103,11 +103,15 @@ class Setup:
     lr: float
     seed: int
     taylor_batches: int
-    device: torch.device = torch.device("cpu")  # where the original, every shrunk model and its fine-tune run
     aimet_candidates: int = 5
     aimet_reconstruction: int = 1000
     aimet_eval_samples: int = 500
     aimet_svd_scores: Path | None = None  # where AIMET's SVD scores of the original are kept between trials
+
+    @property
+    def device(self) -> torch.device:
+        """Where the original, every shrunk model and its fine-tune run (--device)."""
+        return next(self.original.parameters()).device
 
 
 # ---------------------------------------------------------------- shrinking to a parameter ratio
@@ -472,7 +476,6 @@ def prepare(args: argparse.Namespace) -> Setup:
         lr=args.lr,
         seed=args.seed,
         taylor_batches=args.taylor_batches,
-        device=device,
         aimet_candidates=args.aimet_candidates,
         aimet_reconstruction=args.aimet_reconstruction,
         aimet_eval_samples=args.aimet_eval_samples,
