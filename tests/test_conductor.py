@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
+from torch import nn
 
-from kondense.pipeline.conductor import Option, fit, in_order, ranked
+from kondense import zoo
+from kondense.pipeline.conductor import Option, _Trials, fit, in_order, ranked
+from kondense.transforms.lowrank import kept_decompositions
+from tests.test_attention import _vit
+from tests.test_transforms import ValueGated
 from tests.tinynet import TinyNet
 
 
@@ -171,3 +177,55 @@ def test_a_factorisation_the_prunings_left_nothing_to_save_is_left_out_of_the_pl
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in trial.parameters()]
     # unpruned, the same factorisation still pays and is kept
     assert _composed(model, [Step("3", "lowrank", 0.5)], example)[1] == [Step("3", "lowrank", 0.5)]
+
+
+PRICED = [
+    ("tinynet", "params"),
+    ("tinynet", "macs"),
+    ("tinynet", "latency"),
+    ("mobilenet_v2", "macs"),
+    ("vit", "params"),
+    ("value_gated", "macs"),
+]
+
+
+def _priced_model(arch: str) -> tuple[nn.Module, torch.Tensor, set[str]]:
+    if arch == "tinynet":
+        return TinyNet().eval(), torch.zeros(2, 1, 28, 28), {"fc2"}
+    if arch == "mobilenet_v2":
+        torch.manual_seed(0)
+        return zoo.build("mobilenet_v2", 10, 1).eval(), torch.zeros(2, 1, 28, 28), set()
+    if arch == "vit":
+        return _vit(), torch.zeros(2, 3, 32, 32), {"heads.head"}
+    return ValueGated().eval(), torch.zeros(2, 1, 8, 8), {"fc"}
+
+
+@pytest.mark.parametrize(("arch", "objective"), PRICED)
+def test_estimates_price_candidates_on_skeletons_as_on_copies_without_copying_weights(arch, objective, monkeypatch):
+    """What an estimated candidate saves, and which layers move with it, comes from a skeleton copy (shapes
+    on the meta device): the numbers of a copy with its weights, without copying one. Head pruning reads
+    the weights to choose its heads, and a forward that reads a value cannot run on meta tensors: those
+    are priced on real copies, and still alike."""
+    copies = []
+    real = nn.Parameter.__deepcopy__
+    monkeypatch.setattr(nn.Parameter, "__deepcopy__", lambda self, memo: copies.append(1) or real(self, memo))
+    model, example, protected = _priced_model(arch)
+    made = _Trials(model, example, objective, protected)
+    assert len(made.candidates) >= 3
+    real_copies, savings = set(), []
+    # MobileNet-v2 (depthwise convs, residual groups) has a hundred candidates: every third, at one ratio
+    trials = made.candidates[::3] if arch == "mobilenet_v2" else made.candidates
+    with kept_decompositions():
+        for layer, transform in trials:
+            for ratio in (0.5,) if arch == "mobilenet_v2" else (0.5, 0.25):
+                before = len(copies)
+                saving, coupled = made.priced(layer, transform, ratio)
+                if len(copies) > before:
+                    real_copies.add(transform)
+                _, saving_on_copy, coupled_on_copy = made.make(layer, transform, ratio)
+                assert saving == pytest.approx(saving_on_copy, rel=1e-9, abs=1e-12), (layer, transform)
+                assert coupled == coupled_on_copy, (layer, transform)
+                savings.append(saving)
+    assert max(savings) > 0  # (a factorisation can cost latency: a negative saving, priced alike)
+    expected = {"vit": {"heads"}, "value_gated": {"prune", "lowrank"}}.get(arch, set())
+    assert real_copies == expected

@@ -12,7 +12,8 @@ from torch import nn
 
 from kondense import KondenseError, zoo
 from kondense.pipeline.plan import cost_under, layer_costs
-from kondense.transforms import apply, candidates, optimizable_layers
+from kondense.transforms import apply, candidates, copied, optimizable_layers
+from kondense.transforms._common import uncalled
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -379,6 +380,62 @@ def test_a_pruning_that_breaks_the_forward_pass_is_refused_with_reason() -> None
     with pytest.raises(KondenseError, match="forward pass fails once it is pruned"):
         apply(model, "conv", "prune", 0.5, x)
     assert model.conv.out_channels == 8 and model(x).shape == (1, 10)  # refused before changing anything
+
+
+class ValueGated(nn.Module):
+    """A forward pass that reads a value (`.item()`): it runs on real tensors, never on the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.conv2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        if y.amax().item() > -1.0:
+            y = self.conv2(y)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_pruning_is_checked_on_real_tensors_where_the_forward_refuses_meta_ones() -> None:
+    """Whether a pruned model still runs is first tried on a skeleton (shapes only); a forward that cannot
+    run there is tried for real before the layer is refused."""
+    model, x = ValueGated().eval(), torch.randn(1, 1, 8, 8)
+    with pytest.raises(Exception, match="meta"):  # what the skeleton's forward raises
+        copied(model, weights=False)(x.to("meta"))
+    assert candidates(model, "conv", {"fc"}, example_input=x) == ["prune", "lowrank"]
+    apply(model, "conv", "prune", 0.5, x)
+    assert model.conv.out_channels == 4 and model(x).shape == (1, 10)
+
+
+class WeightOnly(nn.Module):
+    """`side` is used through its weight only (as nn.MultiheadAttention uses out_proj); `b` shares `a`'s weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.side = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.norm = nn.BatchNorm1d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.norm(self.a(x))) @ self.side.weight
+
+
+@pytest.mark.parametrize("weights", [True, False], ids=["copy", "skeleton"])
+def test_a_copy_knows_which_layers_its_forward_calls_without_running_it(weights: bool) -> None:
+    model, x = WeightOnly().eval(), torch.randn(2, 6)
+    assert uncalled(model, x) == {id(model.side)}
+    dup = copied(model, weights)
+    runs = []
+    dup.register_forward_pre_hook(lambda *_: runs.append(1))
+    assert uncalled(dup, x) == {id(dup.side)} and runs == []  # known from the original, not run again
+    assert dup.b.weight is dup.a.weight  # tied weights stay tied
+    assert [(k, v.shape) for k, v in dup.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
+    assert {t.device.type for t in itertools.chain(dup.parameters(), dup.buffers())} == {"cpu" if weights else "meta"}
+    if weights:
+        torch.testing.assert_close(dup(x), model(x), rtol=0, atol=0)
+    else:
+        assert dup(x.to("meta")).shape == (2, 6)
+    assert model.a.weight.device.type == "cpu"  # the original keeps its weights
 
 
 @pytest.mark.parametrize("layer", [nn.Linear(24, 16), nn.Conv2d(8, 12, 3)], ids=["matrix", "tucker"])

@@ -26,7 +26,7 @@ from kondense import transforms
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
 from kondense.errors import KondenseError
-from kondense.measure.latency_table import LatencyTable, latency_cost
+from kondense.measure.latency_table import LatencyTable, default_table, latency_cost
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
@@ -133,8 +133,11 @@ class _Trials:
         protected: set[str],
         table: LatencyTable | None = None,
     ) -> None:
+        if objective == "latency" and table is None:  # the model's device, resolved before a skeleton's (meta) is asked
+            table = default_table(model)
         self.model, self.example, self.objective, self.table = model, example, objective, table
         self.input_shape = tuple(example.shape[1:])
+        self._on_real_copies: set[str] = set()  # transforms whose pricing here needs the weights (see priced)
         self.base_cost = cost(model, objective, self.input_shape, table)
         self.base_dims = _out_dims(model)
         self.candidates = [
@@ -146,13 +149,32 @@ class _Trials:
     def make(self, layer: str, transform: str, ratio: float) -> tuple[nn.Module, float, list[str]]:
         """(the compressed copy, its saving in objective units, the layers coupled to a pruning)"""
         trial = applied(self.model, [Step(layer, transform, ratio)], self.example)
+        return (trial, *self._outcome(trial, transform))
+
+    def _outcome(self, trial: nn.Module, transform: str) -> tuple[float, list[str]]:
         dims = _out_dims(trial)
         coupled = [n for n, d in self.base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
-        return trial, self.base_cost - cost(trial, self.objective, self.input_shape, self.table), coupled
+        return self.base_cost - cost(trial, self.objective, self.input_shape, self.table), coupled
+
+    def priced(self, layer: str, transform: str, ratio: float) -> tuple[float, list[str]]:
+        """make()'s saving and coupled layers, computed on a skeleton copy (shapes on the meta device, see
+        transforms.copied): the same numbers without copying the weights or computing the forward pass.
+        Where a transform reads weight values to decide its shapes (which heads to keep) or the model's
+        forward needs real tensors, that transform is priced on real copies from its first refusal on."""
+        if transform not in self._on_real_copies:
+            try:
+                trial = applied(self.model, [Step(layer, transform, ratio)], self.example, weights=False)
+                return self._outcome(trial, transform)
+            except KondenseError:
+                raise  # the transform refuses the layer: a real copy would be refused alike
+            except Exception as e:  # noqa: BLE001 - an op without a meta kernel, a value read in the forward
+                logger.debug(f"  '{transform}' priced on real copies: it needs the weights here ({e})")
+                self._on_real_copies.add(transform)
+        return self.make(layer, transform, ratio)[1:]
 
     def estimate(self, moments: estimate.Moments, layer: str, transform: str, ratio: float) -> Option:
         """The candidate with its harm estimated from gradient moments of `self.model`, not measured."""
-        _, saving, coupled = self.make(layer, transform, ratio)
+        saving, coupled = self.priced(layer, transform, ratio)
         if transform == "prune":
             harm = estimate.prune_harm(self.model, moments, layer, ratio, self.example)
         elif transform == "heads":

@@ -7,7 +7,6 @@ rebuilt from a weights-only file.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -35,8 +34,9 @@ def replay(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Mod
     return model
 
 
-def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
-    """A transformed copy; `model` is left as it was.
+def applied(model: nn.Module, steps: list[Step], example: torch.Tensor, weights: bool = True) -> nn.Module:
+    """A transformed copy; `model` is left as it was. `weights=False`: a skeleton copy (on the meta
+    device, see transforms.copied) that has the result's shapes and no weights, for pricing.
 
     The leading prunings of distinct channel groups (what one plan holds: prunings first, one per
     group) are planned on `model`'s own dependency graph, traced once per model state and shared by
@@ -52,7 +52,7 @@ def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Mo
         recipes.append(recipe)
         touched |= recipe.touches()
         head += 1
-    trial = copy.deepcopy(model)
+    trial = transforms.copied(model, weights)
     for recipe in recipes:
         recipe.apply(trial)
     return replay(trial, steps[head:], example)

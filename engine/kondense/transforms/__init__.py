@@ -25,6 +25,7 @@ from kondense.transforms import attention, lowrank, pruning
 from kondense.transforms._common import (
     LAYER_TYPES,
     called,
+    copied,
     get_layer,
     get_module,
     prepare_input,
@@ -45,6 +46,7 @@ __all__ = [
     "prune_recipe",
     "packed_attention",
     "Recipe",
+    "copied",
 ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
+
 import torch
 from torch import nn
 
@@ -33,6 +36,27 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, new)
+
+
+def copied(model: nn.Module, weights: bool = True) -> nn.Module:
+    """A deep copy of `model`, which knows which of its layers the forward pass calls (see uncalled) when
+    `model` already did. `weights=False`: a skeleton, whose parameters and buffers live on the meta
+    device, every shape and no weight. What a transform saves depends on shapes alone, and a forward
+    pass on meta tensors propagates shapes without computing, so pricing a candidate or checking that a
+    pruned model still runs needs neither the weights copied nor the arithmetic. Tied weights stay tied;
+    a forward that needs real values (`.item()`, an op without a meta kernel) raises on a skeleton, and
+    the caller falls back to a real copy."""
+    memo: dict[int, object] = {}
+    if not weights:
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            shell = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(shell, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else shell
+    dup = copy.deepcopy(model, memo)
+    hit = _CALLS.get(id(model))
+    if hit is not None and hit[0] is model:  # the copy's layers are called where the original's are
+        _remember(model, *hit[1:])
+        _remember(dup, {id(memo[i]) for i in hit[1] if i in memo}, {id(memo[i]) for i in hit[2] if i in memo})
+    return dup
 
 
 def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -77,13 +101,17 @@ def uncalled(model: nn.Module, x: torch.Tensor) -> set[int]:
     hit = _CALLS.get(id(model))
     current = {id(m) for m in model.modules() if isinstance(m, LAYER_TYPES)}
     if hit is None or hit[0] is not model or not current <= hit[1]:
-        known, missing = _forward_calls(model, x)
-        hit = (model, known, missing)
-        _CALLS.pop(id(model), None)
-        _CALLS[id(model)] = hit
-        while len(_CALLS) > _CACHED:
-            _CALLS.pop(next(iter(_CALLS)))
-    return hit[2]
+        return _remember(model, *_forward_calls(model, x))[2]
+    return _remember(model, *hit[1:])[2]  # the most recently used stays longest
+
+
+def _remember(model: nn.Module, known: set[int], missing: set[int]) -> tuple[nn.Module, set[int], set[int]]:
+    """Cache what the forward pass of `model` calls, as its most recent entry (the oldest goes first)."""
+    _CALLS.pop(id(model), None)
+    _CALLS[id(model)] = hit = (model, known, missing)
+    while len(_CALLS) > _CACHED:
+        _CALLS.pop(next(iter(_CALLS)))
+    return hit
 
 
 def called(model: nn.Module, replacement: nn.Module) -> None:

@@ -10,7 +10,6 @@ not change any shape, so replays on a fresh model reproduce the structure.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from torchvision.models import VisionTransformer
 
 from kondense.device import in_mode
 from kondense.errors import KondenseError
-from kondense.transforms._common import LAYER_TYPES
+from kondense.transforms._common import LAYER_TYPES, copied
 
 
 class _Probed(nn.Module):
@@ -313,18 +312,29 @@ class Pruner:
         """Why a copy pruned at layer `name` no longer runs, or None: a model's own code may hold a channel
         count the graph cannot see (a reshape to a stored width), and a candidate that breaks the forward
         pass would end the whole run when the scan tries it."""
-        recipe = self.recipe(name, 0.5, checked=False)
+        layer = self.model.get_submodule(name)
+        # which channels go does not change whether the model runs: the upper half, without ranking them
+        recipe = self._cuts(layer, list(range(_out_size(layer) // 2, _out_size(layer))))
         group = frozenset(recipe.touches())  # one check per channel group (a ViT's width couples ~50 layers)
         if group not in self._breaks:
-            trial = copy.deepcopy(self.model)
             try:
-                recipe.apply(trial)
-                with in_mode(trial, training=False), torch.no_grad():
-                    trial(self.example)
+                self._run_pruned(recipe, weights=False)  # shapes alone: no weights copied, nothing computed
                 self._breaks[group] = None
-            except Exception as e:  # noqa: BLE001 - whatever the user's forward raises, it is the reason
-                self._breaks[group] = f"the model's forward pass fails once it is pruned ({type(e).__name__}: {e})"
+            except Exception:  # noqa: BLE001 - maybe only the meta device: the real forward decides
+                try:
+                    self._run_pruned(recipe, weights=True)
+                    self._breaks[group] = None
+                except Exception as e:  # noqa: BLE001 - whatever the user's forward raises, it is the reason
+                    self._breaks[group] = f"the model's forward pass fails once it is pruned ({type(e).__name__}: {e})"
         return self._breaks[group]
+
+    def _run_pruned(self, recipe: Recipe, weights: bool) -> None:
+        """A copy of the model pruned by `recipe` runs forward, or this raises what its forward raised."""
+        trial = copied(self.model, weights)
+        recipe.apply(trial)
+        x = self.example if weights else self.example.to("meta")
+        with in_mode(trial, training=False), torch.no_grad():
+            trial(x)
 
     def _checked(self, name: str, layer: nn.Module) -> None:
         reason = self.graph.blocker(layer) or self._breaks_forward(name)
@@ -336,7 +346,10 @@ class Pruner:
         layer = self.model.get_submodule(name)
         if checked:
             self._checked(name, layer)
-        drop = self.graph.dropped(layer, ratio)
+        return self._cuts(layer, self.graph.dropped(layer, ratio))
+
+    def _cuts(self, layer: nn.Module, drop: list[int]) -> Recipe:
+        """The recipe removing output channels `drop` of `layer`, and with them what reads them."""
         if not drop:
             return Recipe(())
         params = self.graph.dg._param_to_name  # bare nn.Parameters the graph prunes (named within the probed model)
