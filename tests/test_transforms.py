@@ -382,31 +382,6 @@ def test_a_pruning_that_breaks_the_forward_pass_is_refused_with_reason() -> None
     assert model.conv.out_channels == 8 and model(x).shape == (1, 10)  # refused before changing anything
 
 
-class ValueGated(nn.Module):
-    """A forward pass that reads a value (`.item()`): it runs on real tensors, never on the meta device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.conv2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv(x))
-        if y.amax().item() > -1.0:
-            y = self.conv2(y)
-        return self.fc(y.mean((2, 3)))
-
-
-def test_a_pruning_is_checked_on_real_tensors_where_the_forward_refuses_meta_ones() -> None:
-    """Whether a pruned model still runs is first tried on a skeleton (shapes only); a forward that cannot
-    run there is tried for real before the layer is refused."""
-    model, x = ValueGated().eval(), torch.randn(1, 1, 8, 8)
-    with pytest.raises(Exception, match="meta"):  # what the skeleton's forward raises
-        copied(model, weights=False)(x.to("meta"))
-    assert candidates(model, "conv", {"fc"}, example_input=x) == ["prune", "lowrank"]
-    apply(model, "conv", "prune", 0.5, x)
-    assert model.conv.out_channels == 4 and model(x).shape == (1, 10)
-
-
 class WeightOnly(nn.Module):
     """`side` is used through its weight only (as nn.MultiheadAttention uses out_proj); `b` shares `a`'s weight."""
 
@@ -420,22 +395,23 @@ class WeightOnly(nn.Module):
         return self.b(self.norm(self.a(x))) @ self.side.weight
 
 
-@pytest.mark.parametrize("weights", [True, False], ids=["copy", "skeleton"])
-def test_a_copy_knows_which_layers_its_forward_calls_without_running_it(weights: bool) -> None:
+@pytest.mark.parametrize("only", [None, ["a"]], ids=["deep", "sharing"])
+def test_a_copy_knows_which_layers_its_forward_calls_without_running_it(only: list[str] | None) -> None:
+    """copied(): a deep copy, or one that copies only the named modules (and their ancestors) and shares the
+    rest; either takes over the original's record of which layers the forward pass calls."""
     model, x = WeightOnly().eval(), torch.randn(2, 6)
     assert uncalled(model, x) == {id(model.side)}
-    dup = copied(model, weights)
+    dup = copied(model, only)
     runs = []
     dup.register_forward_pre_hook(lambda *_: runs.append(1))
     assert uncalled(dup, x) == {id(dup.side)} and runs == []  # known from the original, not run again
     assert dup.b.weight is dup.a.weight  # tied weights stay tied
-    assert [(k, v.shape) for k, v in dup.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
-    assert {t.device.type for t in itertools.chain(dup.parameters(), dup.buffers())} == {"cpu" if weights else "meta"}
-    if weights:
-        torch.testing.assert_close(dup(x), model(x), rtol=0, atol=0)
-    else:
-        assert dup(x.to("meta")).shape == (2, 6)
-    assert model.a.weight.device.type == "cpu"  # the original keeps its weights
+    assert (dup.side is model.side) == (only is not None) and dup.a is not model.a
+    torch.testing.assert_close(dup(x), model(x), rtol=0, atol=0)
+    dup.a.weight = nn.Parameter(torch.zeros(6, 6))  # what a pruning's handlers do: reassign
+    dup.a.out_features = 5
+    assert model.a.weight.abs().sum() > 0 and model.a.out_features == 6  # the original keeps its own
+    assert model._forward_pre_hooks == {}
 
 
 @pytest.mark.parametrize("layer", [nn.Linear(24, 16), nn.Conv2d(8, 12, 3)], ids=["matrix", "tucker"])

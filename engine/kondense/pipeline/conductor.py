@@ -26,7 +26,7 @@ from kondense import transforms
 from kondense.device import autocast
 from kondense.distributed import Comm, SingleComm
 from kondense.errors import KondenseError
-from kondense.measure.latency_table import LatencyTable, default_table, latency_cost
+from kondense.measure.latency_table import LatencyTable, latency_cost
 from kondense.measure.profile import accuracy, macs_g, params_m
 from kondense.pipeline import estimate
 from kondense.pipeline.plan import Step, applied
@@ -133,11 +133,8 @@ class _Trials:
         protected: set[str],
         table: LatencyTable | None = None,
     ) -> None:
-        if objective == "latency" and table is None:  # the model's device, resolved before a skeleton's (meta) is asked
-            table = default_table(model)
         self.model, self.example, self.objective, self.table = model, example, objective, table
         self.input_shape = tuple(example.shape[1:])
-        self._on_real_copies: set[str] = set()  # transforms whose pricing here needs the weights (see priced)
         self.base_cost = cost(model, objective, self.input_shape, table)
         self.base_dims = _out_dims(model)
         self.candidates = [
@@ -157,20 +154,20 @@ class _Trials:
         return self.base_cost - cost(trial, self.objective, self.input_shape, self.table), coupled
 
     def priced(self, layer: str, transform: str, ratio: float) -> tuple[float, list[str]]:
-        """make()'s saving and coupled layers, computed on a skeleton copy (shapes on the meta device, see
-        transforms.copied): the same numbers without copying the weights or computing the forward pass.
-        Where a transform reads weight values to decide its shapes (which heads to keep) or the model's
-        forward needs real tensors, that transform is priced on real copies from its first refusal on."""
-        if transform not in self._on_real_copies:
-            try:
-                trial = applied(self.model, [Step(layer, transform, ratio)], self.example, weights=False)
-                return self._outcome(trial, transform)
-            except KondenseError:
-                raise  # the transform refuses the layer: a real copy would be refused alike
-            except Exception as e:  # noqa: BLE001 - an op without a meta kernel, a value read in the forward
-                logger.debug(f"  '{transform}' priced on real copies: it needs the weights here ({e})")
-                self._on_real_copies.add(transform)
-        return self.make(layer, transform, ratio)[1:]
+        """make()'s saving and coupled layers, from a copy that shares every module the candidate leaves
+        alone (transforms.copied with `only`): a pruning reassigns attributes of the modules it cuts, a
+        factorisation replaces its layer in the parent. Head pruning changes its attention in place, and
+        is priced on a deep copy."""
+        if transform == "heads":
+            return self.make(layer, transform, ratio)[1:]
+        if transform == "prune":
+            recipe = transforms.prune_recipe(self.model, layer, ratio, self.example)
+            trial = transforms.copied(self.model, only=recipe.modules(self.model))
+            recipe.apply(trial)
+        else:
+            trial = transforms.copied(self.model, only=[layer])
+            transforms.apply(trial, layer, transform, ratio, self.example)
+        return self._outcome(trial, transform)
 
     def estimate(self, moments: estimate.Moments, layer: str, transform: str, ratio: float) -> Option:
         """The candidate with its harm estimated from gradient moments of `self.model`, not measured."""

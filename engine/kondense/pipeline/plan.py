@@ -34,9 +34,8 @@ def replay(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Mod
     return model
 
 
-def applied(model: nn.Module, steps: list[Step], example: torch.Tensor, weights: bool = True) -> nn.Module:
-    """A transformed copy; `model` is left as it was. `weights=False`: a skeleton copy (on the meta
-    device, see transforms.copied) that has the result's shapes and no weights, for pricing.
+def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
+    """A transformed copy; `model` is left as it was.
 
     The leading prunings of distinct channel groups (what one plan holds: prunings first, one per
     group) are planned on `model`'s own dependency graph, traced once per model state and shared by
@@ -52,7 +51,7 @@ def applied(model: nn.Module, steps: list[Step], example: torch.Tensor, weights:
         recipes.append(recipe)
         touched |= recipe.touches()
         head += 1
-    trial = transforms.copied(model, weights)
+    trial = transforms.copied(model)
     for recipe in recipes:
         recipe.apply(trial)
     return replay(trial, steps[head:], example)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -38,24 +38,37 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def copied(model: nn.Module, weights: bool = True) -> nn.Module:
-    """A deep copy of `model`, which knows which of its layers the forward pass calls (see uncalled) when
-    `model` already did. `weights=False`: a skeleton, whose parameters and buffers live on the meta
-    device, every shape and no weight. What a transform saves depends on shapes alone, and a forward
-    pass on meta tensors propagates shapes without computing, so pricing a candidate or checking that a
-    pruned model still runs needs neither the weights copied nor the arithmetic. Tied weights stay tied;
-    a forward that needs real values (`.item()`, an op without a meta kernel) raises on a skeleton, and
-    the caller falls back to a real copy."""
+def copied(model: nn.Module, only: Iterable[str] | None = None) -> nn.Module:
+    """A copy of `model` that knows which of its layers the forward pass calls (see uncalled) when `model`
+    already did: a deep copy, or with `only` one that copies just the named modules and their ancestors
+    (each its own attribute, parameter, buffer and child dicts, over the same tensors) and shares every
+    other module with `model`. Pricing a candidate needs nothing more where the transform only reassigns
+    attributes of the named modules (a pruning's cuts) or replaces them in their parents (a
+    factorisation): deep copies of the whole model were most of an annealing step's estimates. Such a
+    copy must not be trained, recalibrated or transformed any further."""
     memo: dict[int, object] = {}
-    if not weights:
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            shell = torch.empty_like(t, device="meta")
-            memo[id(t)] = nn.Parameter(shell, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else shell
-    dup = copy.deepcopy(model, memo)
+    if only is None:
+        dup = copy.deepcopy(model, memo)
+    else:
+        dup = memo[id(model)] = _shallow(model)
+        for name in only:
+            parent, original = dup, model
+            for part in name.split(".") if name else ():
+                child = original._modules[part]
+                if id(child) not in memo:
+                    memo[id(child)] = _shallow(child)
+                parent._modules[part] = memo[id(child)]
+                parent, original = memo[id(child)], child
     hit = _CALLS.get(id(model))
     if hit is not None and hit[0] is model:  # the copy's layers are called where the original's are
         _remember(model, *hit[1:])
-        _remember(dup, {id(memo[i]) for i in hit[1] if i in memo}, {id(memo[i]) for i in hit[2] if i in memo})
+        _remember(dup, *({id(memo[i]) if i in memo else i for i in ids} for ids in hit[1:]))  # shared: same ids
+    return dup
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    dup = copy.copy(module)
+    dup.__dict__ = {k: copy.copy(v) if isinstance(v, (dict, set, list)) else v for k, v in module.__dict__.items()}
     return dup
 
 

@@ -138,7 +138,7 @@ def _decomposed(w: torch.Tensor, pointwise: bool) -> tuple[torch.Tensor, ...]:
             torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0],
             torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0],
         )
-    if _DECOMPOSED is not None and not w.is_meta:  # a skeleton's weight has shapes only: nothing to match
+    if _DECOMPOSED is not None:
         _DECOMPOSED.append((w.clone(), pointwise, result))
         del _DECOMPOSED[: max(len(_DECOMPOSED) - _KEPT, 0)]
     return result

@@ -251,6 +251,12 @@ class Recipe:
         """(name, in or out channels): what another recipe of the same state must leave alone."""
         return {(c.name, c.handler.__name__) for c in self.cuts}
 
+    def modules(self, model: nn.Module) -> set[str]:
+        """The modules apply() changes: those cut, the owners of the bare parameters cut, and the models
+        whose widths synced() brings in line."""
+        cut = {c.name.rpartition(".")[0] if c.parameter else c.name for c in self.cuts}
+        return cut | {n for n, m in model.named_modules() if isinstance(m, VisionTransformer)}
+
     def apply(self, model: nn.Module) -> None:
         for cut in self.cuts:
             cut.handler.__self__.pruning_dim = cut.dim  # torch-pruning's handlers read their dim from their pruner
@@ -317,24 +323,15 @@ class Pruner:
         recipe = self._cuts(layer, list(range(_out_size(layer) // 2, _out_size(layer))))
         group = frozenset(recipe.touches())  # one check per channel group (a ViT's width couples ~50 layers)
         if group not in self._breaks:
+            trial = copied(self.model, only=recipe.modules(self.model))
             try:
-                self._run_pruned(recipe, weights=False)  # shapes alone: no weights copied, nothing computed
+                recipe.apply(trial)
+                with in_mode(trial, training=False), torch.no_grad():
+                    trial(self.example)
                 self._breaks[group] = None
-            except Exception:  # noqa: BLE001 - maybe only the meta device: the real forward decides
-                try:
-                    self._run_pruned(recipe, weights=True)
-                    self._breaks[group] = None
-                except Exception as e:  # noqa: BLE001 - whatever the user's forward raises, it is the reason
-                    self._breaks[group] = f"the model's forward pass fails once it is pruned ({type(e).__name__}: {e})"
+            except Exception as e:  # noqa: BLE001 - whatever the user's forward raises, it is the reason
+                self._breaks[group] = f"the model's forward pass fails once it is pruned ({type(e).__name__}: {e})"
         return self._breaks[group]
-
-    def _run_pruned(self, recipe: Recipe, weights: bool) -> None:
-        """A copy of the model pruned by `recipe` runs forward, or this raises what its forward raised."""
-        trial = copied(self.model, weights)
-        recipe.apply(trial)
-        x = self.example if weights else self.example.to("meta")
-        with in_mode(trial, training=False), torch.no_grad():
-            trial(x)
 
     def _checked(self, name: str, layer: nn.Module) -> None:
         reason = self.graph.blocker(layer) or self._breaks_forward(name)
