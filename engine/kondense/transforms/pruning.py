@@ -338,11 +338,10 @@ class Pruner:
         if reason is not None:
             raise KondenseError(f"'prune' does not apply to '{name}': {reason}")
 
-    def recipe(self, name: str, ratio: float, checked: bool = True) -> Recipe:
+    def recipe(self, name: str, ratio: float) -> Recipe:
         """The cuts pruning layer `name` to `ratio` makes, planned without changing the model."""
         layer = self.model.get_submodule(name)
-        if checked:
-            self._checked(name, layer)
+        self._checked(name, layer)
         return self._cuts(layer, self.graph.dropped(layer, ratio))
 
     def _cuts(self, layer: nn.Module, drop: list[int]) -> Recipe:
