@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,26 @@ def check_collectives(results: list[dict], backend: str) -> None:
     assert r0["params_wrapped"] == r1["params_wrapped"]
     # Averaged shard gradients equal the full-batch gradient: the same trajectory as one process.
     assert r0["max_diff_to_full_batch"] < 1e-5
+
+
+def test_a_collective_returns_once_the_backend_thread_has_let_go_of_its_tensor() -> None:
+    """gloo's worker thread drops its reference to a collective's tensor just after the caller's wait()
+    returns; a tensor whose Python object that thread frees while the interpreter finalises aborts the
+    rank (SIGABRT after a finished run). TorchComm's collectives return only once the thread let go."""
+    from kondense.distributed.torch_backend import _collective
+
+    tensor, held = torch.zeros(4), []
+
+    def op(t: torch.Tensor, value: float) -> None:  # done at once; the "thread" lets go 0.3 s later
+        t.fill_(value)
+        held.append(t.view(-1))  # a view holds the tensor itself, as the backend's work object does
+        threading.Timer(0.3, held.clear).start()
+
+    before = tensor._use_count()
+    start = time.monotonic()
+    _collective(op, tensor, value=2.0)
+    assert time.monotonic() - start >= 0.25 and held == [] and tensor._use_count() == before
+    assert tensor.tolist() == [2.0] * 4
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +19,26 @@ from kondense.errors import KondenseError
 from kondense.job.worker_env import env_int
 
 _CPU = torch.device("cpu")
+_RELEASE_S = 10.0  # how long a collective waits for gloo's worker thread to let go of its tensor
+
+
+def _collective(call: Callable[..., Any], tensor: torch.Tensor, /, **kwargs: Any) -> None:
+    """`call(tensor, **kwargs)`, returning once gloo's worker thread has let go of `tensor`.
+
+    The worker thread drops its reference to a collective's tensor a moment after the caller's wait()
+    returns. Were the caller's reference dropped first, that thread would free the tensor's Python
+    object, which needs the interpreter; at exit, with the interpreter finalising, that aborts the
+    process (SIGABRT, "terminate called without an active exception": a core dump showed the gloo
+    thread freeing an allreduce's tensor during Py_FinalizeEx) and a finished run is reported failed.
+    NCCL's tensors stay with its watchdog until the GPU is done: waiting for that would serialise
+    training, and they are left as they are."""
+    held = tensor._use_count()
+    call(tensor, **kwargs)
+    if tensor.device.type != "cpu":
+        return
+    deadline = time.monotonic() + _RELEASE_S
+    while tensor._use_count() > held and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -55,21 +78,27 @@ class TorchComm(Comm):
             dist.init_process_group(backend=self._pg_backend, rank=rank, world_size=size, timeout=timeout(), **where)
 
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        box = [obj if self.rank == root else None]
-        dist.broadcast_object_list(box, src=root, device=_CPU)
-        return box[0]
+        # torch's broadcast_object_list, with tensors this rank holds until gloo lets go (see _collective);
+        # the pickle comes from this job's own root rank
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8) if self.rank == root else None
+        size = torch.tensor([0 if data is None else data.numel()], dtype=torch.long)
+        _collective(dist.broadcast, size, src=root)
+        if data is None:
+            data = torch.empty(int(size), dtype=torch.uint8)
+        _collective(dist.broadcast, data, src=root)
+        return obj if self.rank == root else pickle.loads(data.numpy().tobytes())  # noqa: S301
 
     def broadcast_module(self, module: nn.Module, root: int = 0) -> None:
         with torch.no_grad():
             for bucket in _buckets(state_tensors(module)):
                 flat = _flatten_dense_tensors(bucket)
-                dist.broadcast(flat, src=root)
+                _collective(dist.broadcast, flat, src=root)
                 for t, value in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
                     t.copy_(value)
 
     def allreduce_sum(self, values: list[float]) -> list[float]:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        _collective(dist.all_reduce, t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
     def average_gradients(self, module: nn.Module) -> None:
@@ -78,7 +107,7 @@ class TorchComm(Comm):
         with torch.no_grad():
             for bucket in _buckets(grad_tensors(module)):
                 flat = _flatten_dense_tensors(bucket)
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                _collective(dist.all_reduce, flat, op=dist.ReduceOp.SUM)
                 flat.div_(self.size)
                 for g, value in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
                     g.copy_(value)
@@ -90,7 +119,7 @@ class TorchComm(Comm):
         if self._pg_backend == "gloo":
             dist.barrier()
         else:  # a CPU allreduce: a barrier that stays on gloo, whatever the GPU backend
-            dist.all_reduce(torch.zeros(1))
+            _collective(dist.all_reduce, torch.zeros(1))
 
     def shutdown(self) -> None:
         if dist.is_initialized():
