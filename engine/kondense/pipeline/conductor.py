@@ -153,15 +153,17 @@ class _Trials:
         coupled = [n for n, d in self.base_dims.items() if n in dims and dims[n] != d] if transform == "prune" else []
         return self.base_cost - cost(trial, self.objective, self.input_shape, self.table), coupled
 
-    def priced(self, layer: str, transform: str, ratio: float) -> tuple[float, list[str]]:
+    def priced(
+        self, layer: str, transform: str, ratio: float, recipe: transforms.Recipe | None = None
+    ) -> tuple[float, list[str]]:
         """make()'s saving and coupled layers, from a copy that shares every module the candidate leaves
         alone (transforms.copied with `only`): a pruning reassigns attributes of the modules it cuts, a
         factorisation replaces its layer in the parent. Head pruning changes its attention in place, and
-        is priced on a deep copy."""
+        is priced on a deep copy. `recipe`: the pruning's, where the caller has planned it already."""
         if transform == "heads":
             return self.make(layer, transform, ratio)[1:]
         if transform == "prune":
-            recipe = transforms.prune_recipe(self.model, layer, ratio, self.example)
+            recipe = recipe or transforms.prune_recipe(self.model, layer, ratio, self.example)
             trial = transforms.copied(self.model, only=recipe.modules(self.model))
             recipe.apply(trial)
         else:
@@ -171,9 +173,10 @@ class _Trials:
 
     def estimate(self, moments: estimate.Moments, layer: str, transform: str, ratio: float) -> Option:
         """The candidate with its harm estimated from gradient moments of `self.model`, not measured."""
-        saving, coupled = self.priced(layer, transform, ratio)
-        if transform == "prune":
-            harm = estimate.prune_harm(self.model, moments, layer, ratio, self.example)
+        recipe = transforms.prune_recipe(self.model, layer, ratio, self.example) if transform == "prune" else None
+        saving, coupled = self.priced(layer, transform, ratio, recipe)
+        if recipe is not None:  # planned once: ranking the channels is most of a pruning's estimate
+            harm = estimate.prune_harm(self.model, moments, recipe)
         elif transform == "heads":
             harm = estimate.heads_harm(self.model, moments, layer, ratio)
         else:

@@ -74,10 +74,10 @@ def _depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
-def prune_harm(model: nn.Module, est: Moments, layer: str, ratio: float, example: torch.Tensor) -> float:
-    """Removing the channels pruning `layer` to `ratio` removes: zeroing every weight that reads them."""
+def prune_harm(model: nn.Module, est: Moments, recipe: transforms.Recipe) -> float:
+    """Removing the channels a pruning `recipe` of `model` removes: zeroing every weight that reads them."""
     total = 0.0
-    for cut in transforms.prune_recipe(model, layer, ratio, example).cuts:
+    for cut in recipe.cuts:
         module = model.get_submodule(cut.name) if not cut.parameter else None
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or cut.name not in est.grad:
             continue
