@@ -74,6 +74,33 @@ def test_lowrank_is_exact_when_the_rank_suffices(case: str) -> None:
     assert optimizable_layers(model) == [f"1.{i}" for i in range(len(model[1]))]
 
 
+@pytest.mark.parametrize("shape", [(48, 64), (64, 48), (20, 144)], ids=["wide", "tall", "tucker-unfolding"])
+def test_the_decomposition_is_the_svd_so_a_truncation_is_the_best_one_of_its_rank(shape) -> None:
+    # the factors come from eigenvectors of a Gram matrix; Eckart-Young says the truncated SVD is the best
+    # approximation of its rank, so any other factors of that rank would leave a larger error
+    from kondense.transforms import lowrank
+
+    torch.manual_seed(2)
+    a = torch.randn(*shape, dtype=torch.float64) @ torch.diag(torch.logspace(0, -4, shape[1], dtype=torch.float64))
+    u, s, vh = lowrank._svd(a)
+    best = torch.linalg.svdvals(a)
+    torch.testing.assert_close(s, best, rtol=1e-9, atol=1e-11)
+    for k in (1, 5, min(shape) // 2, min(shape)):
+        error = (a - u[:, :k] * s[:k] @ vh[:k]).norm()
+        torch.testing.assert_close(error, best[k:].norm(), rtol=1e-7, atol=1e-12)
+    # dead rows (an all-zero output channel) leave directions of zero singular value, which the Gram matrix
+    # gives as 0 or as its rounding's square root: nothing to divide by, and nothing they add
+    dead = a.clone()
+    dead[::2] = 0
+    u, s, vh = lowrank._svd(dead)
+    assert torch.isfinite(vh).all() and (s[min((shape[0] + 1) // 2, shape[1]) :] < 1e-6 * s[0]).all()
+    torch.testing.assert_close(u * s @ vh, dead, rtol=0, atol=1e-12)
+    left, values = lowrank._left_vectors(a)
+    assert left.shape == (shape[0], shape[0])
+    torch.testing.assert_close(values[: min(shape)], best, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(left.T @ left, torch.eye(shape[0], dtype=torch.float64), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("case", LOWRANK_CASES)
 def test_lowrank_error_shrinks_as_the_ratio_grows(case: str) -> None:
     torch.manual_seed(1)
@@ -418,9 +445,9 @@ def test_a_copy_knows_which_layers_its_forward_calls_without_running_it(only: li
 def test_the_decomposition_of_one_weight_serves_every_ratio_and_every_copy(layer, monkeypatch) -> None:
     from kondense.transforms import lowrank
 
-    decompositions = []
-    svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: decompositions.append(1) or svd(*a, **k))
+    decompositions = []  # each a symmetric eigendecomposition of a Gram matrix (lowrank._left_vectors)
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda *a, **k: decompositions.append(1) or eigh(*a, **k))
     per_layer = 1 if isinstance(layer, nn.Linear) else 2  # Tucker-2: its output and its input unfolding
     expected = {ratio: lowrank._factors(layer, ratio) for ratio in (0.75, 0.5, 0.25)}  # outside: none kept
     assert len(decompositions) == 3 * per_layer and lowrank._DECOMPOSED is None

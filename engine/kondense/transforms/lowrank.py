@@ -87,8 +87,9 @@ def blocker(layer: nn.Conv2d | nn.Linear, called: bool = True) -> str | None:
 
 
 def _svd_dtype(weight: torch.Tensor) -> torch.dtype:
-    # double where it is cheap and supported, for factors that reproduce exactly-low-rank layers exactly
-    return torch.float64 if weight.device.type == "cpu" else torch.float32
+    # double wherever it is supported: the Gram matrix squares the spread of the singular values, and double
+    # keeps the top vectors exact (and exactly-low-rank layers reproduced exactly); Apple's MPS has no double
+    return torch.float32 if weight.device.type == "mps" else torch.float64
 
 
 def _copy_into(param: torch.nn.Parameter, value: torch.Tensor, like: torch.nn.Parameter) -> None:
@@ -132,16 +133,33 @@ def _decomposed(w: torch.Tensor, pointwise: bool) -> tuple[torch.Tensor, ...]:
     work = w.to(_svd_dtype(w))
     c_out, c_in = w.shape[:2]
     if pointwise:
-        result = tuple(torch.linalg.svd(work.reshape(c_out, c_in), full_matrices=False))
+        result = _svd(work.reshape(c_out, c_in))
     else:
-        result = (
-            torch.linalg.svd(work.reshape(c_out, -1), full_matrices=False)[0],
-            torch.linalg.svd(work.transpose(0, 1).reshape(c_in, -1), full_matrices=False)[0],
-        )
+        result = (_left_vectors(work.reshape(c_out, -1))[0], _left_vectors(work.transpose(0, 1).reshape(c_in, -1))[0])
     if _DECOMPOSED is not None:
         _DECOMPOSED.append((w.clone(), pointwise, result))
         del _DECOMPOSED[: max(len(_DECOMPOSED) - _KEPT, 0)]
     return result
+
+
+def _left_vectors(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, s) of the thin SVD of `a` (m x n, m <= n or not), every one of its m columns, from the eigenvectors
+    of the m x m Gram matrix: a 3x3 conv's unfolding is short and wide (512 x 4608 in ResNet-18), where this
+    is ten times faster than the SVD, and the top vectors a factorisation keeps are as accurate in float64.
+    Columns beyond a's rank span the rest of the space, which truncation never reaches."""
+    values, vectors = torch.linalg.eigh(a @ a.T)
+    return vectors.flip(1), values.flip(0).clamp(min=0).sqrt()
+
+
+def _svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(u, s, vh) of the thin SVD of `a`, through the Gram matrix of its shorter side (see _left_vectors).
+    Directions of zero singular value get zero rows or columns on the other side: they carry nothing."""
+    if a.shape[0] > a.shape[1]:
+        v, s, uh = _svd(a.T)
+        return uh.T, s, v.T
+    u, s = _left_vectors(a)
+    scale = torch.where(s > s[0] * 1e-12, 1 / s, torch.zeros_like(s))
+    return u, s, (u.T @ a) * scale[:, None]
 
 
 def _factors(layer: nn.Conv2d | nn.Linear, ratio: float) -> list[torch.Tensor]:
