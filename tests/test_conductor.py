@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from kondense import zoo
-from kondense.pipeline.conductor import Option, _Trials, fit, in_order, ranked
+from kondense import transforms, zoo
+from kondense.pipeline.conductor import Judge, Option, _composed, _Trials, fit, in_order, ranked
+from kondense.pipeline.plan import Step, applied
 from kondense.transforms.lowrank import kept_decompositions
 from tests.test_attention import _vit
 from tests.tinynet import TinyNet
@@ -219,7 +220,8 @@ def test_estimates_price_candidates_as_deep_copies_do_without_copying_the_model(
                 saving, coupled = made.priced(layer, transform, ratio)
                 if len(copies) > before:
                     real_copies.add(transform)
-                _, saving_on_copy, coupled_on_copy = made.make(layer, transform, ratio)
+                deep = applied(model, [Step(layer, transform, ratio)], example)  # a copy of every weight
+                saving_on_copy, coupled_on_copy = made._outcome(deep, transform)
                 assert saving == pytest.approx(saving_on_copy, rel=1e-9, abs=1e-12), (layer, transform)
                 assert coupled == coupled_on_copy, (layer, transform)
                 savings.append(saving)
@@ -228,3 +230,56 @@ def test_estimates_price_candidates_as_deep_copies_do_without_copying_the_model(
     assert [(n, id(m), m.training) for n, m in model.named_modules()] == modules
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["tinynet", "mobilenet_v2", "vit"])
+def test_trials_and_probes_are_judged_on_copies_that_share_what_they_leave_alone(arch, monkeypatch):
+    """The scan's trials and the plans' probes are recalibrated and evaluated on copies that share every module
+    their steps leave alone: the same accuracy and logits as a deep copy's, without copying a weight (head
+    pruning, which changes its attention in place, still deep-copies), and the model left exactly as it was,
+    although BatchNorm rewrote its statistics on every copy."""
+    copies = []
+    real = nn.Parameter.__deepcopy__
+    monkeypatch.setattr(nn.Parameter, "__deepcopy__", lambda self, memo: copies.append(1) or real(self, memo))
+    model, example, protected = _priced_model(arch)
+    torch.manual_seed(1)
+    x = torch.randn(64, *example.shape[1:])
+    data = torch.utils.data.TensorDataset(x, torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=32)  # no shuffle: a deep copy sees the same batches
+    judge = Judge(recal=loader, scan=loader, val=loader, recal_samples=64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [(n, id(m), m.training) for n, m in model.named_modules()]
+    made = _Trials(model, example, "params", protected)
+    every = 6 if arch == "mobilenet_v2" else 1  # a hundred candidates there: some of each transform
+    trials = [(layer, t, 0.5) for kind in transforms.TRANSFORMS for layer, t in made.candidates if t == kind][::every]
+    prunings = [Step(layer, t, r) for layer, t, r in trials if t == "prune"][:3]
+    factorisations = [Step(layer, t, r) for layer, t, r in trials if t == "lowrank"][-2:]
+    shared, deep = {}, {}
+    for kind, copy_of in (("shared", shared), ("deep", deep)):
+        for layer, transform, ratio in trials:
+            before = len(copies)
+            if kind == "shared":
+                trial = made.make(layer, transform, ratio)[0]
+            else:
+                trial = applied(model, [Step(layer, transform, ratio)], example)
+            copied_weights = len(copies) > before
+            accuracy = judge.scan_accuracy(trial)
+            with torch.no_grad():
+                copy_of[(layer, transform)] = (accuracy, trial.eval()(x[:8]), copied_weights)
+        before = len(copies)
+        if kind == "shared":
+            probe = _composed(model, prunings + factorisations, example)[0]
+        else:
+            probe = applied(model, prunings + factorisations, example)
+        copied_weights = len(copies) > before
+        accuracy = judge.scan_accuracy(probe)
+        with torch.no_grad():
+            copy_of["probe"] = (accuracy, probe.eval()(x[:8]), copied_weights)
+        assert [(n, id(m), m.training) for n, m in model.named_modules()] == modules
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert prunings and factorisations
+    for key, (accuracy, logits, copied_weights) in shared.items():
+        assert accuracy == deep[key][0], key
+        torch.testing.assert_close(logits, deep[key][1], rtol=0, atol=0)
+        assert copied_weights == (key != "probe" and key[1] == "heads"), key
+        assert deep[key][2]

@@ -93,7 +93,7 @@ def _anneal(ctx: Context, start: StageResult, report: StageProgress) -> tuple[St
                         )
                     )
                 with ctx.stopwatch.searching("probes"):
-                    scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example)))
+                    scanned = (options, ctx.judge.scan_accuracy(applied(current.model, [], ctx.example, judged=True)))
             options, base = scanned
             with ctx.stopwatch.searching("probes"):
                 steps, _ = fit(

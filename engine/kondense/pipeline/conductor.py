@@ -145,7 +145,7 @@ class _Trials:
 
     def make(self, layer: str, transform: str, ratio: float) -> tuple[nn.Module, float, list[str]]:
         """(the compressed copy, its saving in objective units, the layers coupled to a pruning)"""
-        trial = applied(self.model, [Step(layer, transform, ratio)], self.example)
+        trial = applied(self.model, [Step(layer, transform, ratio)], self.example, judged=True)
         return (trial, *self._outcome(trial, transform))
 
     def _outcome(self, trial: nn.Module, transform: str) -> tuple[float, list[str]]:
@@ -345,7 +345,7 @@ def _composed(model: nn.Module, steps: list[Step], example: torch.Tensor) -> tup
     a layer's inputs can shrink it until even rank 1 is no smaller (a squeeze-and-excitation layer of a
     few channels). Returns the model and the steps it took, which replay exactly."""
     head = next((i for i, s in enumerate(steps) if s.transform != "prune"), len(steps))
-    trial, kept = applied(model, steps[:head], example), steps[:head]
+    trial, kept = applied(model, steps[:head], example, judged=True, later=steps[head:]), steps[:head]
     for step in steps[head:]:
         try:
             transforms.apply(trial, step.layer, step.transform, step.ratio, example)

@@ -85,7 +85,7 @@ def _explore(ctx: Context, report: StageProgress, batches: int) -> StageResult:
             run.state["scan"] = options_to_json(options)
             run.save()
         with ctx.stopwatch.searching("probes"):
-            base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example))
+            base_scan = ctx.judge.scan_accuracy(applied(base, [], ctx.example, judged=True))
     drop = budget.stage1_drop * ctx.delta
     for attempt in range(1, 4):
         if attempt > 1 and not ctx.within_sample_cap(budget.stage1_epochs):

@@ -34,12 +34,20 @@ def replay(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Mod
     return model
 
 
-def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Module:
+def applied(
+    model: nn.Module, steps: list[Step], example: torch.Tensor, judged: bool = False, later: list[Step] | None = None
+) -> nn.Module:
     """A transformed copy; `model` is left as it was.
 
     The leading prunings of distinct channel groups (what one plan holds: prunings first, one per
     group) are planned on `model`'s own dependency graph, traced once per model state and shared by
     every trial the conductor composes, and carried out on the copy; the rest replays in order.
+
+    `judged`: the copy will only be recalibrated and evaluated (the conductor's trials and probes), so where
+    the steps allow it, it shares with `model` every module they leave alone and copies only those they change
+    and those holding buffers (transforms.copied with `only` and `buffers`): a deep copy of every weight was a
+    large part of a trial on a GPU. They allow it when everything after the prunings is a factorisation, which
+    replaces its layer in the parent; `later`: the steps the caller will apply to the copy itself.
     """
     recipes, touched, head = [], set(), 0
     for step in steps:
@@ -51,7 +59,12 @@ def applied(model: nn.Module, steps: list[Step], example: torch.Tensor) -> nn.Mo
         recipes.append(recipe)
         touched |= recipe.touches()
         head += 1
-    trial = transforms.copied(model)
+    after = steps[head:] + (later or [])
+    if judged and all(s.transform == "lowrank" for s in after):
+        changed = {name for recipe in recipes for name in recipe.modules(model)} | {s.layer for s in after}
+        trial = transforms.copied(model, only=changed, buffers=True)
+    else:
+        trial = transforms.copied(model)
     for recipe in recipes:
         recipe.apply(trial)
     return replay(trial, steps[head:], example)

@@ -38,18 +38,22 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def copied(model: nn.Module, only: Iterable[str] | None = None) -> nn.Module:
+def copied(model: nn.Module, only: Iterable[str] | None = None, buffers: bool = False) -> nn.Module:
     """A copy of `model` that knows which of its layers the forward pass calls (see uncalled) when `model`
     already did: a deep copy, or with `only` one that copies just the named modules and their ancestors
     (each its own attribute, parameter, buffer and child dicts, over the same tensors) and shares every
     other module with `model`. Pricing a candidate needs nothing more where the transform only reassigns
     attributes of the named modules (a pruning's cuts) or replaces them in their parents (a
     factorisation): deep copies of the whole model were most of an annealing step's estimates. Such a
-    copy must not be trained, recalibrated or transformed any further."""
+    copy must not be trained or transformed any further. With `buffers`, every module that holds buffers
+    is copied too, with its own copy of each: the copy may then also be recalibrated and evaluated
+    (BatchNorm writes its statistics in place; the modes a forward pass sets are restored by in_mode)."""
     memo: dict[int, object] = {}
     if only is None:
         dup = copy.deepcopy(model, memo)
     else:
+        holders = [n for n, m in model.named_modules() if buffers and any(b is not None for b in m._buffers.values())]
+        only = [*only, *holders]
         dup = memo[id(model)] = _shallow(model)
         for name in only:
             parent, original = dup, model
@@ -59,6 +63,10 @@ def copied(model: nn.Module, only: Iterable[str] | None = None) -> nn.Module:
                     memo[id(child)] = _shallow(child)
                 parent._modules[part] = memo[id(child)]
                 parent, original = memo[id(child)], child
+        if buffers:
+            for name in holders:
+                held = dup.get_submodule(name)._buffers
+                held.update({k: b.clone() for k, b in held.items() if b is not None})
     hit = _CALLS.get(id(model))
     if hit is not None and hit[0] is model:  # the copy's layers are called where the original's are
         _remember(model, *hit[1:])
