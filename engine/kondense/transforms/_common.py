@@ -75,8 +75,9 @@ def copied(model: nn.Module, only: Iterable[str] | None = None, buffers: bool = 
 
 
 def _shallow(module: nn.Module) -> nn.Module:
-    dup = copy.copy(module)
-    dup.__dict__ = {k: copy.copy(v) if isinstance(v, (dict, set, list)) else v for k, v in module.__dict__.items()}
+    # what copy.copy does for a module, without its generic pickling protocol (six times slower here)
+    dup = type(module).__new__(type(module))
+    dup.__dict__ = {k: v.copy() if isinstance(v, (dict, set, list)) else v for k, v in module.__dict__.items()}
     return dup
 
 
