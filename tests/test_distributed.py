@@ -24,7 +24,8 @@ from kondense.errors import KondenseError
 from kondense.job import spec
 from kondense.job.worker_env import WorkerEnv
 from kondense.launch import rendezvous
-from kondense.launch.worker import GRACE_S, free_port, launch_local, rank_environ, torchrun_args
+from kondense.launch.processes import GRACE_S, rank_environ
+from kondense.launch.worker import free_port, launch_local, torchrun_args
 
 from .conftest import backend_params, missing_module
 

@@ -24,7 +24,7 @@ import pytest
 from kondense import distributed
 from kondense.errors import KondenseError
 from kondense.job.worker_env import WorkerEnv
-from kondense.launch import mpi, stages
+from kondense.launch import mpi, termination
 from kondense.launch.mpi_rank import rank_names
 from kondense.launch.worker import free_port, launch_local, run_worker
 
@@ -66,7 +66,7 @@ def test_ranks_environment_on_this_machine_and_over_a_host_file() -> None:
     env = WorkerEnv(0, workers=2, slots=2, backend="mpi")
     here = mpi.ranks_environ(env, {"PATH": "/usr/bin"}, local=True)
     assert here["KONDENSE_BACKEND"] == "mpi"
-    assert here["KONDENSE_TERMINATION_LOG"] == stages.RELAY  # rank 0's summary comes back over stdout
+    assert here["KONDENSE_TERMINATION_LOG"] == termination.RELAY  # rank 0's summary comes back over stdout
     assert here["OMPI_MCA_rmaps_base_oversubscribe"] == "1"
     assert here["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 4))  # 4 ranks share this machine
     alone = mpi.ranks_environ(WorkerEnv(0, backend="mpi"), {"PATH": "/usr/bin"}, local=True)

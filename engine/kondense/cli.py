@@ -251,7 +251,8 @@ def _worker(args: argparse.Namespace) -> None:
 def _job_stage(args: argparse.Namespace) -> None:
     from kondense.distributed import SingleComm
     from kondense.job import spec
-    from kondense.launch.stages import fail_message, run_stage
+    from kondense.launch.stages import run_stage
+    from kondense.launch.termination import fail_message
 
     comm = getattr(args, "comm", None) or SingleComm()
     try:

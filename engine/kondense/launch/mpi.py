@@ -7,7 +7,7 @@ no ssh. Each rank runs under kondense.launch.mpi_rank, which names the rank when
 
 Ranks that mpirun starts over ssh do not inherit the launcher's environment. Open MPI's mpirun
 passes on its OMPI_* settings and what `-x NAME` names; MPICH's passes on everything. The ranks'
-stage summary comes back over mpirun's stdout (kondense.launch.stages.RELAY), and this process
+stage summary comes back over mpirun's stdout (kondense.launch.termination.RELAY), and this process
 writes it to its own termination-message file, where the operator (or `kondense run`) reads it.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Mapping
 
 from kondense.errors import KondenseError
 from kondense.job.worker_env import WorkerEnv
-from kondense.launch import stages
-from kondense.launch.worker import GRACE_S, POLL_S, Signals, describe, exit_status, rank_environ
+from kondense.launch import termination
+from kondense.launch.processes import GRACE_S, POLL_S, Signals, describe, exit_status, rank_environ
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def forwarded(environ: Mapping[str, str]) -> list[str]:
 def ranks_environ(env: WorkerEnv, environ: Mapping[str, str], local: bool) -> dict[str, str]:
     """mpirun's environment: the launcher's, what every rank gets (rank_environ), the summary relay,
     and Open MPI's settings (MPICH ignores them)."""
-    out = {**environ, **rank_environ(env), "KONDENSE_TERMINATION_LOG": stages.RELAY}
+    out = {**environ, **rank_environ(env), "KONDENSE_TERMINATION_LOG": termination.RELAY}
     per_host = env.size if local else env.slots  # ranks sharing a host's cores
     # Always set: under mpirun, OpenMP's default came out as 1 thread even where a rank had every core
     out["OMP_NUM_THREADS"] = environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // per_host))
@@ -116,8 +116,8 @@ def run_mpi(env: WorkerEnv, command: list[str], prefix: str) -> int:
 
     def relay(stream) -> None:  # rank output to our stdout, except the summary line, which is ours to keep
         for line in iter(stream.readline, ""):
-            if line.startswith(stages.SUMMARY_PREFIX):
-                summaries.append(line[len(stages.SUMMARY_PREFIX) :].rstrip("\n"))
+            if line.startswith(termination.SUMMARY_PREFIX):
+                summaries.append(line[len(termination.SUMMARY_PREFIX) :].rstrip("\n"))
             else:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -149,7 +149,7 @@ def run_mpi(env: WorkerEnv, command: list[str], prefix: str) -> int:
                 proc.wait()
         reader.join(timeout=5)
     if summaries:
-        stages.write_termination_text(summaries[-1])
+        termination.write_termination_text(summaries[-1])
     if signals.event.is_set():
         return 128 + signals.signum
     if proc.returncode != 0:

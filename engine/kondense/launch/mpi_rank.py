@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 
 from kondense import logs
-from kondense.launch.worker import describe, exit_status
+from kondense.launch.processes import describe, exit_status
 
 logger = logging.getLogger(__name__)
 

@@ -21,167 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from kondense import logs
-from kondense.distributed import timeout
 from kondense.errors import KondenseError
 from kondense.job.worker_env import JOB_INDEX, LOOPBACK, WorkerEnv
 from kondense.launch import rendezvous
+from kondense.launch.processes import GRACE_S, Signals, describe, exit_status, rank_environ, run_processes, timeout_s
 
 logger = logging.getLogger(__name__)
-
-GRACE_S = 5  # between SIGTERM and SIGKILL for a worker's own processes
-POLL_S = 0.1
-SETTLE_S = 1.0  # after a failure, how long peers may take to fail on their own before being stopped
-
-
-def describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"exit code {code} (killed by {signal.Signals(-code).name})"
-        except ValueError:
-            return f"exit code {code} (killed by signal {-code})"
-    return f"exit code {code}"
-
-
-def exit_status(code: int) -> int:
-    """A process's return code as a shell would report it (128 + signal for a killed one)."""
-    return 128 - code if code < 0 else code
-
-
-def _timeout_s() -> int:
-    return max(1, round(timeout().total_seconds()))
-
-
-def _stop(procs: list[subprocess.Popen], grace: float) -> None:
-    """SIGTERM every process still running, then SIGKILL whichever is still there after `grace` seconds."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-    for p in procs:
-        p.wait()
-
-
-class Signals:
-    """SIGTERM/SIGINT to the launcher become an event (and are passed on to the children by the loop)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum = 0
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        self.event.set()
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _supervise(procs: list[subprocess.Popen], names: list[str], signals: Signals, grace: float, prefix: str) -> int:
-    """Wait for all processes; on the first failure (or a signal) stop the rest and return non-zero.
-
-    Peers of a failed process often fail a moment later on their own (a collective loses its
-    partner), and which exit a poll sees first is a race. So after the first failure the others
-    get SETTLE_S to exit by themselves, and every process that failed is named, the first one first.
-    """
-    while True:
-        failed = [i for i, p in enumerate(procs) if p.poll() is not None and p.returncode != 0]
-        if failed:
-            deadline = time.monotonic() + SETTLE_S
-            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                time.sleep(POLL_S)
-            failed += [i for i, p in enumerate(procs) if i not in failed and p.poll() is not None and p.returncode != 0]
-            for i in failed:
-                logger.error("%s%s failed with %s", prefix, names[i], describe(procs[i].returncode))
-            others = [p for p in procs if p.poll() is None]
-            if others:
-                logger.warning("%sstopping the %d other process(es)", prefix, len(others))
-            _stop(procs, grace)
-            return exit_status(procs[failed[0]].returncode) or 1
-        if all(p.poll() is not None for p in procs):
-            return 0
-        if signals.event.is_set():
-            running = sum(p.poll() is None for p in procs)
-            logger.warning(
-                "%sreceived %s: stopping %d process(es)", prefix, signal.Signals(signals.signum).name, running
-            )
-            _stop(procs, grace)
-            return 128 + signals.signum
-        signals.event.wait(POLL_S)
-
-
-def _relay(stream) -> None:
-    for line in iter(stream.readline, ""):
-        logger.info("%s", line.rstrip("\n"))
-    stream.close()
-
-
-def run_processes(
-    processes: list[tuple[str, list[str], Mapping[str, str]]],
-    signals: Signals,
-    grace: float,
-    prefix: str = "",
-    relay: bool = False,
-) -> int:
-    """Start each (name, command, environment), supervise them (see _supervise) and stop them all on the
-    way out. With `relay`, their stderr (their log) goes to this module's logger line by line, so that the
-    caller's logging sees it; their stdout stays the caller's (a result such as a report in JSON)."""
-    procs, names, relays = [], [], []
-    try:
-        for name, command, env in processes:
-            try:
-                p = subprocess.Popen(
-                    command,
-                    env=dict(env),
-                    text=True,
-                    bufsize=1 if relay else -1,
-                    stderr=subprocess.PIPE if relay else None,
-                )
-            except OSError as e:
-                raise KondenseError(f"cannot start {command[0]!r}: {e}") from None
-            procs.append(p)
-            names.append(name)
-            if relay:
-                relays.append(threading.Thread(target=_relay, args=(p.stderr,), daemon=True))
-                relays[-1].start()
-        return _supervise(procs, names, signals, grace, prefix)
-    finally:
-        _stop(procs, grace)
-        for t in relays:
-            t.join(timeout=5)
-
-
-def rank_environ(env: WorkerEnv) -> dict[str, str]:
-    """What every rank of this worker gets on top of the worker's own environment, whatever the backend."""
-    out = {"KONDENSE_BACKEND": env.backend, "KONDENSE_TIMEOUT": str(_timeout_s())}
-    if env.iface:
-        out.update(GLOO_SOCKET_IFNAME=env.iface, NCCL_SOCKET_IFNAME=env.iface)
-    if env.slots > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # no oversubscription, but all the cores in use (torchrun's own default would be 1 thread)
-        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // env.slots))
-    return out
 
 
 def torchrun_args(env: WorkerEnv, command: list[str]) -> list[str]:
@@ -198,7 +49,7 @@ def torchrun_args(env: WorkerEnv, command: list[str]) -> list[str]:
         "--master-port",
         str(env.port),
         "--rdzv-conf",
-        f"timeout={_timeout_s()}",
+        f"timeout={timeout_s()}",
         "--max-restarts",
         "0",
         *(["--shutdown-timeout", str(GRACE_S)] if _torchrun_knows("--shutdown-timeout") else []),
@@ -243,7 +94,7 @@ def _run_torch(env: WorkerEnv, command: list[str], prefix: str) -> int:
             prefix,
             env.coordinator,
             env.port,
-            _timeout_s(),
+            timeout_s(),
             e,
         )
         return 1
@@ -256,7 +107,7 @@ def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
         server = None
         if env.index == 0:
             server = rendezvous.start_server(env, plan)
-        elif not rendezvous.wait_for_server(env, _timeout_s(), signals.event):
+        elif not rendezvous.wait_for_server(env, timeout_s(), signals.event):
             if signals.event.is_set():
                 return 128 + signals.signum
             logger.error(
@@ -264,7 +115,7 @@ def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
                 prefix,
                 env.coordinator,
                 env.port,
-                _timeout_s(),
+                timeout_s(),
             )
             return 1
         common = {**os.environ, **rank_environ(env)}
@@ -272,7 +123,7 @@ def _run_horovod(env: WorkerEnv, command: list[str], prefix: str) -> int:
             (
                 f"rank {env.rank(local)} (local {local})",
                 command,
-                {**common, **rendezvous.rank_environ(env, local, plan, _timeout_s())},
+                {**common, **rendezvous.rank_environ(env, local, plan, timeout_s())},
             )
             for local in range(env.slots)
         ]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -29,58 +28,11 @@ from kondense.device import in_mode
 from kondense.errors import KondenseError
 from kondense.job.spec import DEFAULT_LATENCY_BATCH, DEFAULT_LATENCY_RUNTIME, LATENCY_RUNTIMES
 from kondense.measure import onnx_layer
+from kondense.measure.layer_shape import LayerShape
 from kondense.pipeline import onnx_export
 
 _MIN_BLOCK_S = 2e-4  # time blocks of calls at least this long: one small layer call is below the timer's noise
 _BLOCKS = 7
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """Everything a Conv2d's or Linear's time depends on (not its weights' values)."""
-
-    kind: str  # "conv" or "linear"
-    in_features: int
-    out_features: int
-    input: tuple[int, ...]  # the input's shape without the batch dimension
-    kernel: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-    padding: tuple[int, ...] | str = ()
-    dilation: tuple[int, ...] = ()
-    groups: int = 1
-    bias: bool = True
-
-    @classmethod
-    def of(cls, layer: nn.Module, input_shape: tuple[int, ...]) -> LayerShape:
-        bias = layer.bias is not None
-        if isinstance(layer, nn.Conv2d):
-            return cls(
-                "conv",
-                layer.in_channels,
-                layer.out_channels,
-                input_shape,
-                tuple(layer.kernel_size),
-                tuple(layer.stride),
-                layer.padding if isinstance(layer.padding, str) else tuple(layer.padding),
-                tuple(layer.dilation),
-                layer.groups,
-                bias,
-            )
-        return cls("linear", layer.in_features, layer.out_features, input_shape, bias=bias)
-
-    def build(self) -> nn.Module:
-        if self.kind == "conv":
-            return nn.Conv2d(
-                self.in_features,
-                self.out_features,
-                self.kernel,
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.groups,
-                self.bias,
-            )
-        return nn.Linear(self.in_features, self.out_features, self.bias)
 
 
 class LatencyTable:

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from kondense.pipeline import onnx_export
 
 if TYPE_CHECKING:
-    from kondense.measure.latency_table import LayerShape
+    from kondense.measure.layer_shape import LayerShape
 
 OPSET = 18  # the torch exporter's; every operator used here is unchanged since long before it
 _INPUT, _OUTPUT = "x", "y"
