@@ -4,7 +4,7 @@
 
 Each argument is the output directory of a finished `kondense compress` run (here the torchvision
 benchmark's, benchmarks/torchvision_fmnist.py) whose model.pt rebuilds alone. The model is
-exported and checked as a run does (kondense.pipeline.onnx_export), then quantised as
+exported and checked as a run does (kondense.onnx_export), then quantised as
 `--quantize int8` does (kondense.pipeline.quantize.stage3: calibrated on 512 training samples,
 kept only if its validation accuracy stays above the run's floor), on the run's own splits.
 Results go to benchmarks/results/int8-fmnist.json: accuracy (val, test), weight size and ONNX Runtime
@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import kondense
-from kondense import Budget, logs
+from kondense import Budget, logs, onnx_export
 from kondense import data as data_mod
 from kondense.files import save_json
-from kondense.pipeline import onnx_export, quantize
+from kondense.pipeline import quantize
 
 RESULTS = Path(__file__).parent / "results" / "int8-fmnist.json"
 
@@ -60,9 +60,9 @@ def measure(run: Path) -> dict:
     )
     threads = torch.get_num_threads()
     batch32 = {
-        "fp32Ms": quantize.latency_ms(run / "bench-model.onnx", example, threads, batch=32),
+        "fp32Ms": onnx_export.latency_ms(run / "bench-model.onnx", example, threads, batch=32),
         **(
-            {"int8Ms": quantize.latency_ms(run / "bench-model.int8.onnx", example, threads, batch=32)}
+            {"int8Ms": onnx_export.latency_ms(run / "bench-model.int8.onnx", example, threads, batch=32)}
             if int8["file"]
             else {}
         ),

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 import kondense
-from kondense import logs
+from kondense import logs, onnx_export
 from kondense.files import save_json
 from kondense.measure.profile import latency_ms as torch_latency_ms
-from kondense.pipeline import onnx_export, quantize
 from kondense.zoo import torchvision_models
 
 RESULTS = Path(__file__).parent / "results" / "latency-objective.json"
@@ -65,7 +64,7 @@ def compare(name: str, params_run: Path, latency_run: Path, threads: int) -> dic
             for k in models:
                 for b in BATCHES:
                     times[k].setdefault(f"onnxruntime {b}", []).append(
-                        quantize.latency_ms(files[k], example, threads, b)
+                        onnx_export.latency_ms(files[k], example, threads, b)
                     )
                     times[k].setdefault(f"torch {b}", []).append(torch_latency_ms(models[k], example.shape[1:], b) * b)
     ms = {k: {where: statistics.median(v) for where, v in t.items()} for k, t in times.items()}

@@ -9,10 +9,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from kondense import onnx_export
 from kondense.errors import KondenseError
 from kondense.measure import deployed_latency, onnx_layer
 from kondense.measure import latency_table as lt
-from kondense.pipeline import onnx_export
 from kondense.pipeline.conductor import cost
 from kondense.pipeline.plan import Step, applied
 

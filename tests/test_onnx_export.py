@@ -11,8 +11,7 @@ import onnxruntime
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kondense import zoo
-from kondense.pipeline import onnx_export
+from kondense import onnx_export, zoo
 from kondense.pipeline.plan import Step, replay
 
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kondense import data
-from kondense.pipeline import onnx_export, qat, quantize
+from kondense import data, onnx_export
+from kondense.pipeline import qat, quantize
 from kondense.pipeline.distill import FineTune, cache_teacher
 from kondense.train import train_epoch
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kondense import zoo
+from kondense import onnx_export, zoo
 from kondense.errors import KondenseError
 from kondense.job import spec
-from kondense.pipeline import onnx_export, quantize
+from kondense.pipeline import quantize
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from kondense.measure import latency_table
 from kondense.measure import report as report_mod
 from kondense.measure.deployed_latency import latency_report
 from kondense.measure.profile import Metrics, accuracy, profile
+from kondense.onnx_export import save_onnx
 from kondense.pipeline import quantize as quantize_mod
 from kondense.pipeline.annealing import anneal
 from kondense.pipeline.artifacts import save_state, save_torchscript
@@ -39,7 +40,6 @@ from kondense.pipeline.conductor import EvalFn, Judge, evaluate_sharded
 from kondense.pipeline.context import Context
 from kondense.pipeline.distill import FineTune, cache_teacher
 from kondense.pipeline.exploration import explore
-from kondense.pipeline.onnx_export import save_onnx
 from kondense.pipeline.plan import Plan
 from kondense.pipeline.qat import Retraining
 from kondense.pipeline.runstate import RunDir

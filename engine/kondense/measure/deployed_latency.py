@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kondense import onnx_export
 from kondense.errors import KondenseError
 from kondense.measure.profile import latency_ms as torch_latency_ms
-from kondense.pipeline import onnx_export, quantize
 
 BATCHES = (1, 32)  # always timed: one input at a time, and a typical server batch
 
@@ -61,7 +61,7 @@ def latency_report(
             "device": "cpu",
             "threads": threads,
             **{
-                name: {str(b): quantize.latency_ms(path, cpu_example, threads, batch=b) for b in timed}
+                name: {str(b): onnx_export.latency_ms(path, cpu_example, threads, batch=b) for b in timed}
                 for name, path in (("original", original_onnx), ("final", final_onnx))
                 if path is not None
             },

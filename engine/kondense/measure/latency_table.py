@@ -24,12 +24,12 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from kondense import onnx_export
 from kondense.device import in_mode
 from kondense.errors import KondenseError
 from kondense.job.spec import DEFAULT_LATENCY_BATCH, DEFAULT_LATENCY_RUNTIME, LATENCY_RUNTIMES
 from kondense.measure import onnx_layer
 from kondense.measure.layer_shape import LayerShape
-from kondense.pipeline import onnx_export
 
 _MIN_BLOCK_S = 2e-4  # time blocks of calls at least this long: one small layer call is below the timer's noise
 _BLOCKS = 7

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from kondense.pipeline import onnx_export
+from kondense import onnx_export
 
 if TYPE_CHECKING:
     from kondense.measure.layer_shape import LayerShape

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,15 +31,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kondense import onnx_export
 from kondense.errors import KondenseError
 from kondense.measure.profile import MB, Metrics, profile
-from kondense.pipeline import onnx_export, qat
-from kondense.pipeline.onnx_export import INPUT, OUTPUT, session
+from kondense.onnx_export import INPUT, OUTPUT, latency_ms, session
+from kondense.pipeline import qat
 
 logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLES = 512
-LATENCY_RUNS = 30
 # the batch at which every float column's latencyMs is a per-sample time (profile's default): stage 3's is
 # measured the same way, so that the column compares runtimes and precisions, not batch sizes
 PROFILE_BATCH = inspect.signature(profile).parameters["latency_batch"].default
@@ -143,22 +141,6 @@ def accuracy(path: str | Path, loader: DataLoader, threads: int) -> float:
         right += int((logits.argmax(1) == y.numpy()).sum())
         count += len(y)
     return 100.0 * right / max(count, 1)
-
-
-def latency_ms(
-    path: str | Path, example: torch.Tensor, threads: int, batch: int = 1, runs: int = LATENCY_RUNS
-) -> float:
-    """Median wall time of one inference at `batch` in ONNX Runtime, after warm-up."""
-    run = session(path, threads)
-    x = {INPUT: example[:1].float().repeat(batch, *[1] * (example.dim() - 1)).numpy()}
-    for _ in range(5):
-        run.run([OUTPUT], x)
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        run.run([OUTPUT], x)
-        times.append(time.perf_counter() - began)
-    return 1000.0 * statistics.median(times)
 
 
 def weights_mb(path: str | Path) -> float:

@@ -1,4 +1,5 @@
-"""model.onnx: the compressed model in ONNX, checked against PyTorch in ONNX Runtime before it is kept.
+"""model.onnx: the compressed model in ONNX, checked against PyTorch in ONNX Runtime before it is kept, and
+timed there.
 
 The export is torch's own (torch.onnx.export with the torch.export-based exporter, the one torch
 maintains; the TorchScript-based one is deprecated), with a dynamic batch dimension. An export can
@@ -13,7 +14,9 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import statistics
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from kondense.files import atomic_write
 logger = logging.getLogger(__name__)
 
 INPUT, OUTPUT = "input", "logits"
+LATENCY_RUNS = 30
 RELATIVE_TOLERANCE = 1e-4  # of the largest |logit|: float32 kernels that fuse or reorder differ by ~1e-6
 
 
@@ -146,3 +150,19 @@ def runtime() -> str:
     import onnxruntime
 
     return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+
+
+def latency_ms(
+    path: str | Path, example: torch.Tensor, threads: int, batch: int = 1, runs: int = LATENCY_RUNS
+) -> float:
+    """Median wall time of one inference at `batch` in ONNX Runtime, after warm-up."""
+    run = session(path, threads)
+    x = {INPUT: example[:1].float().repeat(batch, *[1] * (example.dim() - 1)).numpy()}
+    for _ in range(5):
+        run.run([OUTPUT], x)
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        run.run([OUTPUT], x)
+        times.append(time.perf_counter() - began)
+    return 1000.0 * statistics.median(times)
