@@ -45,9 +45,9 @@ def applied(
 
     `judged`: the copy will only be recalibrated and evaluated (the conductor's trials and probes), so where
     the steps allow it, it shares with `model` every module they leave alone and copies only those they change
-    and those holding buffers (transforms.copied with `only` and `buffers`): a deep copy of every weight was a
-    large part of a trial on a GPU. They allow it when everything after the prunings is a factorisation, which
-    replaces its layer in the parent; `later`: the steps the caller will apply to the copy itself.
+    and those holding buffers (transforms.copied with `only` and `buffers`): where forward passes are cheap (a
+    GPU), copying every weight is much of a trial's work. They allow it when everything after the prunings is a
+    factorisation, which replaces its layer in the parent; `later`: the steps the caller will apply to the copy.
     """
     recipes, touched, head = [], set(), 0
     for step in steps:
