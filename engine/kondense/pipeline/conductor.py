@@ -156,19 +156,14 @@ class _Trials:
     def priced(
         self, layer: str, transform: str, ratio: float, recipe: transforms.Recipe | None = None
     ) -> tuple[float, list[str]]:
-        """make()'s saving and coupled layers, from a copy that shares every module the candidate leaves
-        alone (transforms.copied with `only`): a pruning reassigns attributes of the modules it cuts, a
-        factorisation replaces its layer in the parent. Head pruning changes its attention in place, and
-        is priced on a deep copy. `recipe`: the pruning's, where the caller has planned it already."""
-        if transform == "heads":
+        """make()'s saving and coupled layers. A pruning is carried out from `recipe`, where the caller has
+        planned it already (ranking the channels is most of a pruning's estimate), on a copy that shares
+        every module the recipe leaves alone; any other transform is priced on make()'s own copy."""
+        if transform != "prune":
             return self.make(layer, transform, ratio)[1:]
-        if transform == "prune":
-            recipe = recipe or transforms.prune_recipe(self.model, layer, ratio, self.example)
-            trial = transforms.copied(self.model, only=recipe.modules(self.model))
-            recipe.apply(trial)
-        else:
-            trial = transforms.copied(self.model, only=[layer])
-            transforms.apply(trial, layer, transform, ratio, self.example)
+        recipe = recipe or transforms.prune_recipe(self.model, layer, ratio, self.example)
+        trial = transforms.copied(self.model, only=recipe.modules(self.model))
+        recipe.apply(trial)
         return self._outcome(trial, transform)
 
     def estimate(self, moments: estimate.Moments, layer: str, transform: str, ratio: float) -> Option:

@@ -52,7 +52,9 @@ def copied(model: nn.Module, only: Iterable[str] | None = None, buffers: bool = 
     if only is None:
         dup = copy.deepcopy(model, memo)
     else:
-        holders = [n for n, m in model.named_modules() if buffers and any(b is not None for b in m._buffers.values())]
+        holders = (
+            [n for n, m in model.named_modules() if any(b is not None for b in m._buffers.values())] if buffers else []
+        )
         only = [*only, *holders]
         dup = memo[id(model)] = _shallow(model)
         for name in only:
