@@ -24,7 +24,7 @@ from kondense.errors import KondenseError
 from kondense.job import spec
 from kondense.job.worker_env import WorkerEnv
 from kondense.launch import rendezvous
-from kondense.launch.processes import GRACE_S, rank_environ
+from kondense.launch.processes import GRACE_S, rank_environ, threads_per_rank
 from kondense.launch.worker import free_port, launch_local, torchrun_args
 
 from .conftest import backend_params, missing_module
@@ -102,6 +102,10 @@ def test_two_workers(backend: str, tmp_path: Path, run) -> None:
     check_collectives(results, backend)
     # mpirun starts both workers' ranks from one launcher: to MPI this machine is one host
     assert [r["local_rank"] for r in results] == ([0, 1] if backend == "mpi" else [0, 0])
+    # both ranks share this machine's cores: a thread each on 2 cores, not every core each
+    assert [r["env_omp_num_threads"] for r in results] == [
+        os.environ.get("OMP_NUM_THREADS") or str(threads_per_rank(2))
+    ] * 2
 
 
 def test_torch_one_worker_two_slots(tmp_path: Path, run) -> None:
@@ -111,6 +115,9 @@ def test_torch_one_worker_two_slots(tmp_path: Path, run) -> None:
     check_collectives(results, "torch")
     assert [r["local_rank"] for r in results] == [0, 1]
     assert {r["env_local_world_size"] for r in results} == {"2"}
+    assert [r["env_omp_num_threads"] for r in results] == [
+        os.environ.get("OMP_NUM_THREADS") or str(threads_per_rank(2))
+    ] * 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

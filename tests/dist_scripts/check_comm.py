@@ -35,6 +35,7 @@ result = {
     "is_root": comm.is_root,
     "device": str(dev),
     "env_local_world_size": os.environ.get("LOCAL_WORLD_SIZE"),
+    "env_omp_num_threads": os.environ.get("OMP_NUM_THREADS"),  # what the launcher gave this rank
 }
 
 if fail_rank is not None:

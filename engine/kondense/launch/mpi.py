@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from kondense.errors import KondenseError
 from kondense.job.worker_env import WorkerEnv
 from kondense.launch import termination
-from kondense.launch.processes import GRACE_S, POLL_S, Signals, describe, exit_status, rank_environ
+from kondense.launch.processes import GRACE_S, POLL_S, Signals, describe, exit_status, rank_environ, threads_per_rank
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def ranks_environ(env: WorkerEnv, environ: Mapping[str, str], local: bool) -> di
     out = {**environ, **rank_environ(env), "KONDENSE_TERMINATION_LOG": termination.RELAY}
     per_host = env.size if local else env.slots  # ranks sharing a host's cores
     # Always set: under mpirun, OpenMP's default came out as 1 thread even where a rank had every core
-    out["OMP_NUM_THREADS"] = environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // per_host))
+    out["OMP_NUM_THREADS"] = environ.get("OMP_NUM_THREADS") or str(threads_per_rank(per_host))
     # The ranks share cores with each other's threads: no pinning. MPI carries one broadcast, so
     # shared memory's single-copy transport (ptrace, refused in most containers) buys nothing.
     out.setdefault("OMPI_MCA_hwloc_base_binding_policy", "none")

@@ -156,6 +156,12 @@ def run_processes(
             t.join(timeout=5)
 
 
+def threads_per_rank(ranks: int) -> int:
+    """OpenMP threads for each of `ranks` processes sharing this machine's cores: all of them in use, none
+    oversubscribed (OpenMP threads of two processes on the same core spin against each other)."""
+    return max(1, (os.cpu_count() or 1) // max(1, ranks))
+
+
 def rank_environ(env: WorkerEnv) -> dict[str, str]:
     """What every rank of this worker gets on top of the worker's own environment, whatever the backend."""
     out = {"KONDENSE_BACKEND": env.backend, "KONDENSE_TIMEOUT": str(timeout_s())}
@@ -163,5 +169,5 @@ def rank_environ(env: WorkerEnv) -> dict[str, str]:
         out.update(GLOO_SOCKET_IFNAME=env.iface, NCCL_SOCKET_IFNAME=env.iface)
     if env.slots > 1 and "OMP_NUM_THREADS" not in os.environ:
         # no oversubscription, but all the cores in use (torchrun's own default would be 1 thread)
-        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // env.slots))
+        out["OMP_NUM_THREADS"] = str(threads_per_rank(env.slots))
     return out
